@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages incres needs, only those missing. Idempotent.
+# Usage: scripts/install-deps.sh [--with-torch]   (torch is needed by the parity tests)
+set -euo pipefail
+
+pkgs=(build-essential cmake ninja-build pkg-config
+      libdnnl-dev zlib1g-dev libcli11-dev nlohmann-json3-dev
+      libgtest-dev libbenchmark-dev
+      dataset-fashion-mnist gnuplot-nox)
+if [[ "${1:-}" == "--with-torch" ]]; then
+  pkgs+=(python3 python3-numpy python3-torch)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,20 @@
+#include "core/log.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace incres {
+
+static bool quiet() {
+  const char* v = std::getenv("INCRES_LOG");
+  return v && std::strcmp(v, "quiet") == 0;
+}
+void log_info(const std::string& line) {
+  if (!quiet()) std::fprintf(stderr, "%s\n", line.c_str());
+}
+void log_warn(const std::string& line) { std::fprintf(stderr, "warning: %s\n", line.c_str()); }
+bool stderr_is_terminal() { return isatty(2); }
+
+}  // namespace incres
