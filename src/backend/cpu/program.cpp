@@ -1,0 +1,545 @@
+// The oneDNN CPU backend. Compiling a graph (plan once):
+//   1. picks a layout per value: nChw16c (AVX-512) or nChw8c (AVX2) where the channel
+//      count allows (oneDNN's jit kernels work on it natively, so no reorders between
+//      ops), nchw otherwise, nc for flat values;
+//   2. fuses BatchNorm + ReLU (oneDNN's fuse_norm_relu, ReLU mask in a workspace) and
+//      runs other ReLUs in place on their input;
+//   3. creates every primitive once, with backward descriptors hinted by the forward
+//      ones, and one shared scratchpad sized to the largest need;
+//   4. allocates every activation and gradient buffer.
+// forward()/backward() then only execute the recorded steps (run many).
+//
+// Gradients: in backward, the consumers of a value run in reverse order. The first
+// of them writes d(value); later ones add to it (fan-out, e.g. the block input that
+// feeds both the residual branch and the shortcut). Primitives that cannot
+// accumulate write into a shared temporary, followed by an in-place add.
+#include <dnnl.hpp>
+
+#include <cstring>
+#include <functional>
+#include <unordered_map>
+
+#include "backend/cpu/kernels.h"
+#include "backend/program.h"
+#include "core/error.h"
+
+namespace incres::backend {
+
+namespace {
+
+using dnnl::memory;
+using dnnl::primitive;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+using graph::Graph;
+using graph::Node;
+
+struct Step {
+  primitive prim;
+  std::unordered_map<int, memory> args;
+  std::function<void()> fn;  // our own loop when no primitive fits
+};
+
+// Buffers whose size is known only after every primitive exists (scratchpad, the
+// gradient temporary): memories are created without a handle, then bound at the end.
+struct SharedBuffer {
+  std::vector<memory> users;
+  size_t bytes = 0;
+  Tensor storage;
+  memory make(const memory::desc& md, const dnnl::engine& eng) {
+    memory m(md, eng, DNNL_MEMORY_NONE);
+    bytes = std::max(bytes, md.get_size());
+    users.push_back(m);
+    return m;
+  }
+  void bind() {
+    storage = Tensor(Shape{static_cast<int64_t>(std::max<size_t>(bytes, 1))}, DType::u8);
+    for (memory& m : users) m.set_data_handle(storage.raw());
+  }
+};
+
+// The channel block of oneDNN's native activation layout on this CPU: nChw16c with
+// AVX-512, nChw8c with AVX2 (the jit kernels of each ISA work on these directly).
+int64_t channel_block() {
+  static const int64_t block = [] {
+    auto isa = dnnl::get_effective_cpu_isa();
+    return isa >= dnnl::cpu_isa::avx512_core ? int64_t{16} : int64_t{8};
+  }();
+  return block;
+}
+
+tag blocked_tag(int64_t block) { return block == 16 ? tag::nChw16c : tag::nChw8c; }
+
+memory::dims dims_of(const Shape& s, int64_t batch) {
+  memory::dims d{batch};
+  for (int64_t x : s.dims()) d.push_back(x);
+  return d;
+}
+
+class CpuProgram final : public Program {
+ public:
+  CpuProgram(const Graph& g, graph::ParamStore& store, Options opt);
+
+  void forward(const float* x) override;
+  const float* output() const override { return static_cast<const float*>(out_plain_.get_data_handle()); }
+  void backward(const float* dy) override;
+  const float* input_grad() const override;
+  int64_t planned_bytes() const override;
+  std::string backend_name() const override { return "cpu"; }
+
+ private:
+  bool training() const { return opt_.mode == Mode::train; }
+  memory alloc(const memory::desc& md);
+  memory param(int param_id, bool grad);
+  dnnl::primitive_attr attr() const;
+  void add_scratch(Step& s, const memory::desc& scratch_md);
+  template <class PD>
+  Step step(const PD& pd, std::unordered_map<int, memory> args) {
+    Step s{primitive(pd.get()), std::move(args), {}};
+    add_scratch(s, pd.scratchpad_desc());
+    return s;
+  }
+  // Reorder (or copy) `from` into a new memory of layout md, unless equal.
+  memory converted(std::vector<Step>& steps, const memory& from, const memory::desc& md);
+
+  // Where node n writes its contribution to d(v): d(v) itself for the first
+  // contributor (in backward order), else the temporary; `finish` adds the latter.
+  bool first_contribution(int node, int v) const { return g_.values[v].consumers.back() == node; }
+  memory contribution(int node, int v);
+  void finish_contribution(std::vector<Step>& steps, int node, int v, const memory& written);
+
+  void compile_conv(const Node& n, const graph::Conv2d& c);
+  void compile_batchnorm(const Node& n, const graph::BatchNorm& bn);
+  void compile_relu(const Node& n);
+  void compile_add(const Node& n);
+  void compile_shortcut_a(const Node& n, const graph::ShortcutA& s);
+  void compile_avgpool(const Node& n);
+  void compile_linear(const Node& n);
+
+  const Graph& g_;
+  graph::ParamStore& store_;
+  Options opt_;
+  dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm_{eng_};
+
+  std::vector<memory::desc> md_;      // per value
+  std::vector<memory> act_, grad_;    // per value
+  std::vector<int> fused_relu_;       // per node: the ReLU node fused into this BN, or -1
+  std::vector<bool> skip_;            // per node: folded into another node
+  std::vector<Tensor> buffers_;
+  std::vector<std::vector<Step>> node_fwd_, node_bwd_;
+  std::vector<Step> fwd_, bwd_;
+  SharedBuffer scratch_, tmp_;
+  memory in_plain_, out_plain_, dout_plain_, din_plain_;
+};
+
+memory CpuProgram::alloc(const memory::desc& md) {
+  buffers_.emplace_back(Shape{static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, DType::u8);
+  return memory(md, eng_, buffers_.back().raw());
+}
+
+memory CpuProgram::param(int id, bool grad) {
+  const graph::Param& p = g_.params[id];
+  tag t = p.shape.rank() == 4 ? tag::oihw : p.shape.rank() == 2 ? tag::ab : tag::a;
+  memory::desc md(memory::dims(p.shape.dims().begin(), p.shape.dims().end()), dt::f32, t);
+  Tensor& t_ = grad ? store_.grads[id] : store_.values[id];
+  return memory(md, eng_, t_.raw());
+}
+
+dnnl::primitive_attr CpuProgram::attr() const {
+  dnnl::primitive_attr a;
+  a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return a;
+}
+
+void CpuProgram::add_scratch(Step& s, const memory::desc& md) {
+  if (md.get_size() > 0) s.args[DNNL_ARG_SCRATCHPAD] = scratch_.make(md, eng_);
+}
+
+memory CpuProgram::converted(std::vector<Step>& steps, const memory& from, const memory::desc& md) {
+  if (from.get_desc() == md) return from;
+  memory to = alloc(md);
+  dnnl::reorder::primitive_desc pd(eng_, from.get_desc(), eng_, md, attr());
+  steps.push_back(step(pd, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}));
+  return to;
+}
+
+memory CpuProgram::contribution(int node, int v) {
+  return first_contribution(node, v) ? grad_[v] : tmp_.make(md_[v], eng_);
+}
+
+void CpuProgram::finish_contribution(std::vector<Step>& steps, int node, int v, const memory& t) {
+  if (first_contribution(node, v)) return;
+  dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[v], md_[v], md_[v]);
+  dnnl::binary::primitive_desc pd(d, attr(), eng_);
+  steps.push_back(step(pd, {{DNNL_ARG_SRC_0, grad_[v]}, {DNNL_ARG_SRC_1, t}, {DNNL_ARG_DST, grad_[v]}}));
+}
+
+CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
+    : g_(g), store_(store), opt_(opt) {
+  INCRES_CHECK(opt.batch > 0, "batch size must be positive, got ", opt.batch);
+  const size_t V = g.values.size(), Nn = g.nodes.size();
+
+  // 1. Fusion decisions. BN followed by its only consumer, a ReLU, run as one primitive.
+  fused_relu_.assign(Nn, -1);
+  skip_.assign(Nn, false);
+  for (size_t i = 0; i < Nn; ++i) {
+    if (!std::holds_alternative<graph::BatchNorm>(g.nodes[i].op)) continue;
+    const auto& cons = g.values[g.nodes[i].output].consumers;
+    if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g.nodes[cons[0]].op) &&
+        g.nodes[i].output != g.output) {
+      fused_relu_[i] = cons[0];
+      skip_[cons[0]] = true;
+    }
+  }
+
+  // 2. Layouts and buffers. A ReLU whose input has no other consumer, produced by an
+  // op whose backward does not read its own output, runs in place.
+  md_.resize(V);
+  act_.resize(V);
+  grad_.resize(V);
+  for (size_t v = 0; v < V; ++v) {
+    const Shape& s = g.values[v].shape;
+    memory::dims d = dims_of(s, opt.batch);
+    const int64_t blk = channel_block();
+    tag t = s.rank() == 1 ? tag::nc : (s[0] % blk == 0 ? blocked_tag(blk) : tag::nchw);
+    INCRES_CHECK(s.rank() == 1 || s.rank() == 3, "cpu backend: value ", v, " has unsupported shape ", s.str());
+    md_[v] = memory::desc(d, dt::f32, t);
+  }
+  for (size_t v = 0; v < V; ++v) {
+    const graph::Value& val = g.values[v];
+    bool hidden = val.producer >= 0 && fused_relu_[val.producer] >= 0;  // BN output inside a fused pair
+    if (hidden) continue;
+    int alias = -1;
+    if (val.producer >= 0 && std::holds_alternative<graph::Relu>(g.nodes[val.producer].op) &&
+        !skip_[val.producer]) {
+      int x = g.nodes[val.producer].inputs[0];
+      int px = g.values[x].producer;
+      bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g.nodes[px].op) ||
+                              std::holds_alternative<graph::Conv2d>(g.nodes[px].op));
+      if (safe && g.values[x].consumers.size() == 1 && x != g.output) alias = x;
+    }
+    bool needs_grad = training() && (static_cast<int>(v) != g.input || opt.input_grad);
+    if (alias >= 0) {
+      act_[v] = memory(md_[v], eng_, act_[alias].get_data_handle());
+      if (needs_grad) grad_[v] = memory(md_[v], eng_, grad_[alias].get_data_handle());
+    } else {
+      act_[v] = alloc(md_[v]);
+      if (needs_grad) grad_[v] = alloc(md_[v]);
+    }
+  }
+  // A fused BN writes straight into its ReLU's output.
+  for (size_t i = 0; i < Nn; ++i) {
+    if (fused_relu_[i] < 0) continue;
+    int bn_out = g.nodes[i].output, relu_out = g.nodes[fused_relu_[i]].output;
+    act_[bn_out] = act_[relu_out];
+    grad_[bn_out] = grad_[relu_out];
+  }
+
+  // 3. Primitives, node by node.
+  node_fwd_.resize(Nn);
+  node_bwd_.resize(Nn);
+  for (size_t i = 0; i < Nn; ++i) {
+    const Node& n = g.nodes[i];
+    if (skip_[i] || std::holds_alternative<graph::Input>(n.op)) continue;
+    std::visit([&](const auto& op) {
+      using T = std::decay_t<decltype(op)>;
+      if constexpr (std::is_same_v<T, graph::Conv2d>) compile_conv(n, op);
+      else if constexpr (std::is_same_v<T, graph::BatchNorm>) compile_batchnorm(n, op);
+      else if constexpr (std::is_same_v<T, graph::Relu>) compile_relu(n);
+      else if constexpr (std::is_same_v<T, graph::Add>) compile_add(n);
+      else if constexpr (std::is_same_v<T, graph::ShortcutA>) compile_shortcut_a(n, op);
+      else if constexpr (std::is_same_v<T, graph::GlobalAvgPool>) compile_avgpool(n);
+      else if constexpr (std::is_same_v<T, graph::Linear>) compile_linear(n);
+      else fail("cpu backend: op ", graph::op_name(n.op), " is not implemented");
+    }, n.op);
+  }
+
+  // 4. The graph's edges: plain NCHW in and out, reorders only here.
+  const int in = g.input, out = g.output;
+  memory::desc in_plain_md(md_[in].dims(), dt::f32, md_[in].dims().size() == 2 ? tag::nc : tag::nchw);
+  memory::desc out_plain_md(md_[out].dims(), dt::f32, md_[out].dims().size() == 2 ? tag::nc : tag::nchw);
+  in_plain_ = memory(in_plain_md, eng_, DNNL_MEMORY_NONE);
+  {
+    dnnl::reorder::primitive_desc pd(eng_, in_plain_md, eng_, md_[in], attr());
+    fwd_.push_back(step(pd, {{DNNL_ARG_FROM, in_plain_}, {DNNL_ARG_TO, act_[in]}}));
+  }
+  for (auto& s : node_fwd_) for (auto& st : s) fwd_.push_back(std::move(st));
+  out_plain_ = out_plain_md == md_[out] ? act_[out] : alloc(out_plain_md);
+  if (out_plain_md != md_[out]) {
+    dnnl::reorder::primitive_desc pd(eng_, md_[out], eng_, out_plain_md, attr());
+    fwd_.push_back(step(pd, {{DNNL_ARG_FROM, act_[out]}, {DNNL_ARG_TO, out_plain_}}));
+  }
+  if (training()) {
+    dout_plain_ = memory(out_plain_md, eng_, DNNL_MEMORY_NONE);
+    dnnl::reorder::primitive_desc pd(eng_, out_plain_md, eng_, md_[out], attr());
+    bwd_.push_back(step(pd, {{DNNL_ARG_FROM, dout_plain_}, {DNNL_ARG_TO, grad_[out]}}));
+    for (size_t i = Nn; i-- > 0;) for (auto& st : node_bwd_[i]) bwd_.push_back(std::move(st));
+    if (opt.input_grad) {
+      din_plain_ = alloc(in_plain_md);
+      dnnl::reorder::primitive_desc rpd(eng_, md_[in], eng_, in_plain_md, attr());
+      bwd_.push_back(step(rpd, {{DNNL_ARG_FROM, grad_[in]}, {DNNL_ARG_TO, din_plain_}}));
+    }
+  }
+  node_fwd_.clear();
+  node_bwd_.clear();
+  scratch_.bind();
+  tmp_.bind();
+}
+
+void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
+  const int x = n.inputs[0], y = n.output;
+  const auto& xd = md_[x].dims();
+  const auto& yd = md_[y].dims();
+  const int64_t K = c.K, C = xd[1];
+  // oneDNN wants both paddings; PyTorch's output size floor((H + 2p - R) / s) + 1 can
+  // leave the right/bottom padding smaller than the left/top one.
+  memory::dims strides{c.stride, c.stride}, pad_l{c.pad_h, c.pad_w};
+  memory::dims pad_r{(yd[2] - 1) * c.stride + c.R - xd[2] - c.pad_h,
+                     (yd[3] - 1) * c.stride + c.S - xd[3] - c.pad_w};
+  memory::desc w_any({K, C, c.R, c.S}, dt::f32, tag::any);
+  memory::desc b_md({K}, dt::f32, tag::a);
+  const auto algo = dnnl::algorithm::convolution_direct;
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  auto fd = c.bias ? dnnl::convolution_forward::desc(pk, algo, md_[x], w_any, b_md, md_[y], strides, pad_l, pad_r)
+                   : dnnl::convolution_forward::desc(pk, algo, md_[x], w_any, md_[y], strides, pad_l, pad_r);
+  dnnl::convolution_forward::primitive_desc fpd(fd, attr(), eng_);
+  auto& fs = node_fwd_[&n - g_.nodes.data()];
+  auto& bs = node_bwd_[&n - g_.nodes.data()];
+  const int w_id = n.params[0];
+  memory w_user = param(w_id, false);
+  memory w = converted(fs, w_user, fpd.weights_desc());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, act_[y]}};
+  if (c.bias) args[DNNL_ARG_BIAS] = param(n.params[1], false);
+  fs.push_back(step(fpd, std::move(args)));
+  if (!training()) return;
+
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  if (grad_[x]) {  // d(input): not needed for the graph's input
+    dnnl::convolution_backward_data::desc bd(algo, md_[x], w_any, md_[y], strides, pad_l, pad_r);
+    dnnl::convolution_backward_data::primitive_desc bpd(bd, attr(), eng_, fpd);
+    // The weights were reordered for the forward pass; backward-data reuses them
+    // when it wants the same layout, else reorders the user weights once more.
+    memory wb = bpd.weights_desc() == w.get_desc() ? w : converted(bs, w_user, bpd.weights_desc());
+    memory dx = contribution(node, x);
+    bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, dx}}));
+    finish_contribution(bs, node, x, dx);
+  }
+  auto wd = c.bias ? dnnl::convolution_backward_weights::desc(algo, md_[x], w_any, b_md, md_[y], strides, pad_l, pad_r)
+                   : dnnl::convolution_backward_weights::desc(algo, md_[x], w_any, md_[y], strides, pad_l, pad_r);
+  dnnl::convolution_backward_weights::primitive_desc wpd(wd, attr(), eng_, fpd);
+  memory dw_user = param(w_id, true);
+  memory dw = wpd.diff_weights_desc() == dw_user.get_desc() ? dw_user : alloc(wpd.diff_weights_desc());
+  std::unordered_map<int, memory> wargs{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+  if (c.bias) wargs[DNNL_ARG_DIFF_BIAS] = param(n.params[1], true);
+  bs.push_back(step(wpd, std::move(wargs)));
+  if (dw != dw_user) {
+    dnnl::reorder::primitive_desc rpd(eng_, dw.get_desc(), eng_, dw_user.get_desc(), attr());
+    bs.push_back(step(rpd, {{DNNL_ARG_FROM, dw}, {DNNL_ARG_TO, dw_user}}));
+  }
+}
+
+void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  auto& fs = node_fwd_[node];
+  auto& bs = node_bwd_[node];
+  const bool fuse = fused_relu_[node] >= 0;
+  using nf = dnnl::normalization_flags;
+  nf flags = nf::use_scale | nf::use_shift;
+  if (fuse) flags = flags | nf::fuse_norm_relu;
+  memory gamma = param(n.params[0], false), beta = param(n.params[1], false);
+  memory rmean = param(n.params[2], false), rvar = param(n.params[3], false);
+
+  if (!training()) {
+    dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_inference, md_[x], bn.eps,
+                                              flags | nf::use_global_stats);
+    dnnl::batch_normalization_forward::primitive_desc pd(d, attr(), eng_);
+    fs.push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}, {DNNL_ARG_SCALE, gamma},
+                           {DNNL_ARG_SHIFT, beta}, {DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
+    return;
+  }
+  dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_training, md_[x], bn.eps, flags);
+  dnnl::batch_normalization_forward::primitive_desc pd(d, attr(), eng_);
+  memory mean = alloc(pd.mean_desc()), var = alloc(pd.variance_desc());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}, {DNNL_ARG_SCALE, gamma},
+                                       {DNNL_ARG_SHIFT, beta}, {DNNL_ARG_MEAN, mean}, {DNNL_ARG_VARIANCE, var}};
+  memory ws;
+  if (fuse) args[DNNL_ARG_WORKSPACE] = ws = alloc(pd.workspace_desc());
+  fs.push_back(step(pd, std::move(args)));
+  // Running statistics as PyTorch keeps them: the variance is the unbiased one.
+  const auto& xd = md_[x].dims();
+  const int64_t C = xd[1], count = xd[0] * xd[2] * xd[3];
+  const float m = bn.momentum, unbias = count > 1 ? float(count) / float(count - 1) : 1.f;
+  fs.push_back(Step{{}, {}, [=]() mutable {
+    kernels::update_running_stats(static_cast<float*>(rmean.get_data_handle()),
+                                  static_cast<float*>(rvar.get_data_handle()),
+                                  static_cast<const float*>(mean.get_data_handle()),
+                                  static_cast<const float*>(var.get_data_handle()), C, m, unbias);
+  }});
+
+  dnnl::batch_normalization_backward::desc bd(dnnl::prop_kind::backward, md_[x], md_[x], bn.eps, flags);
+  dnnl::batch_normalization_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  memory dx = contribution(node, x);
+  std::unordered_map<int, memory> bargs{
+      {DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_MEAN, mean}, {DNNL_ARG_VARIANCE, var},
+      {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_SCALE, gamma}, {DNNL_ARG_SHIFT, beta},
+      {DNNL_ARG_DIFF_SRC, dx},
+      {DNNL_ARG_DIFF_SCALE, param(n.params[0], true)}, {DNNL_ARG_DIFF_SHIFT, param(n.params[1], true)}};
+  if (fuse) bargs[DNNL_ARG_WORKSPACE] = ws;
+  bs.push_back(step(bpd, std::move(bargs)));
+  finish_contribution(bs, node, x, dx);
+}
+
+void CpuProgram::compile_relu(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  // The "use_dst" form lets backward read the output, so the ReLU can run in place.
+  const auto algo = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  dnnl::eltwise_forward::desc d(pk, algo, md_[x], 0.f, 0.f);
+  dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}}));
+  if (!training() || !grad_[x]) return;
+  dnnl::eltwise_backward::desc bd(algo, md_[y], md_[y], 0.f, 0.f);
+  dnnl::eltwise_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  auto& bs = node_bwd_[node];
+  memory dx = contribution(node, x);
+  bs.push_back(step(bpd, {{DNNL_ARG_DST, act_[y]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_SRC, dx}}));
+  finish_contribution(bs, node, x, dx);
+}
+
+void CpuProgram::compile_add(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int a = n.inputs[0], b = n.inputs[1], y = n.output;
+  INCRES_CHECK(md_[a] == md_[b], "cpu backend: add of two layouts at ", n.name);
+  dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[a], md_[b], md_[y]);
+  dnnl::binary::primitive_desc pd(d, attr(), eng_);
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC_0, act_[a]}, {DNNL_ARG_SRC_1, act_[b]}, {DNNL_ARG_DST, act_[y]}}));
+  if (!training()) return;
+  // d(a) = d(b) = d(y): copied to a first contributor, added to a later one.
+  for (int v : {a, b}) {
+    if (!grad_[v]) continue;
+    if (first_contribution(node, v)) {
+      memory from = grad_[y], to = grad_[v];
+      size_t bytes = md_[v].get_size();
+      node_bwd_[node].push_back(Step{{}, {}, [from, to, bytes]() {
+        kernels::copy(static_cast<float*>(to.get_data_handle()),
+                      static_cast<const float*>(from.get_data_handle()), bytes / sizeof(float));
+      }});
+    } else {
+      dnnl::binary::primitive_desc apd(dnnl::binary::desc(dnnl::algorithm::binary_add, md_[v], md_[v], md_[v]), attr(), eng_);
+      node_bwd_[node].push_back(step(apd, {{DNNL_ARG_SRC_0, grad_[v]}, {DNNL_ARG_SRC_1, grad_[y]}, {DNNL_ARG_DST, grad_[v]}}));
+    }
+  }
+}
+
+kernels::Blocked blocked(const memory::desc& md) {
+  const auto& d = md.dims();
+  // Our values are nchw or nChw{8,16}c (see the layout choice in the constructor).
+  const int64_t blk = channel_block();
+  int64_t block = md == memory::desc(d, dt::f32, blocked_tag(blk)) ? blk : 1;
+  return kernels::Blocked{d[0], d[1], d[2], d[3], block};
+}
+
+void CpuProgram::compile_shortcut_a(const Node& n, const graph::ShortcutA& s) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  auto X = blocked(md_[x]), Y = blocked(md_[y]);
+  memory xm = act_[x], ym = act_[y];
+  int stride = s.stride;
+  node_fwd_[node].push_back(Step{{}, {}, [=]() {
+    kernels::shortcut_a_forward(static_cast<float*>(ym.get_data_handle()), Y,
+                                static_cast<const float*>(xm.get_data_handle()), X, stride);
+  }});
+  if (!training() || !grad_[x]) return;
+  memory dx = grad_[x], dy = grad_[y];
+  bool accumulate = !first_contribution(node, x);
+  node_bwd_[node].push_back(Step{{}, {}, [=]() {
+    kernels::shortcut_a_backward(static_cast<float*>(dx.get_data_handle()), X,
+                                 static_cast<const float*>(dy.get_data_handle()), Y, stride, accumulate);
+  }});
+}
+
+void CpuProgram::compile_avgpool(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  auto X = blocked(md_[x]);
+  memory xm = act_[x], ym = act_[y];
+  node_fwd_[node].push_back(Step{{}, {}, [=]() {
+    kernels::avgpool_forward(static_cast<float*>(ym.get_data_handle()),
+                             static_cast<const float*>(xm.get_data_handle()), X);
+  }});
+  if (!training() || !grad_[x]) return;
+  memory dx = grad_[x], dy = grad_[y];
+  bool accumulate = !first_contribution(node, x);
+  node_bwd_[node].push_back(Step{{}, {}, [=]() {
+    kernels::avgpool_backward(static_cast<float*>(dx.get_data_handle()), X,
+                              static_cast<const float*>(dy.get_data_handle()), accumulate);
+  }});
+}
+
+void CpuProgram::compile_linear(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  memory w = param(n.params[0], false), b = param(n.params[1], false);
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  dnnl::inner_product_forward::desc d(pk, md_[x], w.get_desc(), b.get_desc(), md_[y]);
+  dnnl::inner_product_forward::primitive_desc pd(d, attr(), eng_);
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, act_[y]}}));
+  if (!training()) return;
+  auto& bs = node_bwd_[node];
+  if (grad_[x]) {
+    dnnl::inner_product_backward_data::desc bd(md_[x], w.get_desc(), md_[y]);
+    dnnl::inner_product_backward_data::primitive_desc bpd(bd, attr(), eng_, pd);
+    memory dx = contribution(node, x);
+    bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}}));
+    finish_contribution(bs, node, x, dx);
+  }
+  memory dw = param(n.params[0], true), db = param(n.params[1], true);
+  dnnl::inner_product_backward_weights::desc wd(md_[x], dw.get_desc(), db.get_desc(), md_[y]);
+  dnnl::inner_product_backward_weights::primitive_desc wpd(wd, attr(), eng_, pd);
+  bs.push_back(step(wpd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_WEIGHTS, dw}, {DNNL_ARG_DIFF_BIAS, db}}));
+}
+
+void CpuProgram::forward(const float* x) {
+  in_plain_.set_data_handle(const_cast<float*>(x));
+  for (Step& s : fwd_) {
+    if (s.fn) s.fn();
+    else s.prim.execute(strm_, s.args);
+  }
+  strm_.wait();
+}
+
+void CpuProgram::backward(const float* dy) {
+  INCRES_CHECK(training(), "backward() on a program compiled for inference");
+  dout_plain_.set_data_handle(const_cast<float*>(dy));
+  for (Step& s : bwd_) {
+    if (s.fn) s.fn();
+    else s.prim.execute(strm_, s.args);
+  }
+  strm_.wait();
+}
+
+const float* CpuProgram::input_grad() const {
+  INCRES_CHECK(opt_.input_grad, "input_grad() needs a program compiled with Options::input_grad");
+  return static_cast<const float*>(din_plain_.get_data_handle());
+}
+
+int64_t CpuProgram::planned_bytes() const {
+  int64_t b = 0;
+  for (const Tensor& t : buffers_) b += static_cast<int64_t>(t.nbytes());
+  return b + static_cast<int64_t>(scratch_.bytes + tmp_.bytes);
+}
+
+}  // namespace
+
+std::unique_ptr<Program> compile_cpu(const graph::Graph& g, graph::ParamStore& store, Options opt) {
+  try {
+    return std::make_unique<CpuProgram>(g, store, opt);
+  } catch (const dnnl::error& e) {
+    fail("oneDNN could not compile the graph (batch ", opt.batch, "): ", e.what());
+  }
+}
+
+}  // namespace incres::backend

@@ -1,0 +1,222 @@
+// The reference backend: the graph run node by node with the naive kernels of
+// backend/ref/ops.h on float, NCHW throughout. It is the oracle other backends are
+// tested against, so it does the simplest correct thing everywhere:
+//   - one buffer per value (and, in train mode, one gradient buffer per value),
+//     allocated at compile time; no buffer is reused or shared;
+//   - forward copies the input into its own buffer and reads the parameters from the
+//     store at every call (the optimizer changes them between steps);
+//   - backward zeroes every value gradient and every parameter gradient, seeds
+//     d(output) with dy, and runs the nodes in reverse; each kernel ADDS its
+//     contribution, so a value read by several nodes gets the sum of its consumers'
+//     gradients, and store.grads ends up overwritten with this step's gradient.
+#include <cstring>
+#include <variant>
+
+#include "backend/program.h"
+#include "backend/ref/ops.h"
+#include "core/error.h"
+
+namespace incres::backend {
+
+namespace {
+
+using graph::Graph;
+using graph::Node;
+
+template <class... F> struct Overload : F... { using F::operator()...; };
+template <class... F> Overload(F...) -> Overload<F...>;
+
+// The number of parameters (weight, bias, ...) each op's node must own, in order.
+size_t expected_params(const graph::Op& op) {
+  return std::visit(Overload{
+      [](const graph::Conv2d& c) -> size_t { return c.bias ? 2 : 1; },
+      [](const graph::BatchNorm&) -> size_t { return 4; },  // gamma, beta, running mean, var
+      [](const graph::Linear& l) -> size_t { return l.bias ? 2 : 1; },
+      [](const auto&) -> size_t { return 0; },
+  }, op);
+}
+
+class RefProgram final : public Program {
+ public:
+  RefProgram(const Graph& g, graph::ParamStore& store, Options opt);
+
+  void forward(const float* x) override;
+  const float* output() const override { return act_[g_.output].data<float>(); }
+  void backward(const float* dy) override;
+  const float* input_grad() const override;
+  int64_t planned_bytes() const override;
+  std::string backend_name() const override { return "ref"; }
+
+ private:
+  bool training() const { return opt_.mode == Mode::train; }
+  // (N, C, H, W) of value v with the program's batch size.
+  ref::Dims dims(int v) const {
+    const Shape& s = g_.values[v].shape;
+    return {opt_.batch, s[0], s[1], s[2]};
+  }
+  int64_t count(int v) const { return opt_.batch * g_.values[v].shape.numel(); }
+  float* act(int v) { return act_[v].data<float>(); }
+  // d(loss)/d(value v), or null where no one asked for it (the network input).
+  float* grad(int v) { return grad_[v].empty() ? nullptr : grad_[v].data<float>(); }
+  const float* param(const Node& n, size_t i) const { return store_.values[n.params[i]].data<float>(); }
+  float* param_mut(const Node& n, size_t i) { return store_.values[n.params[i]].data<float>(); }
+  float* param_grad(const Node& n, size_t i) { return store_.grads[n.params[i]].data<float>(); }
+
+  void forward_node(int id);
+  void backward_node(int id);
+
+  Graph g_;  // a copy: the program stays valid when the caller's graph goes away
+  graph::ParamStore& store_;
+  Options opt_;
+  std::vector<Tensor> act_, grad_;          // per value
+  std::vector<Tensor> bn_mean_, bn_inv_std_;  // per node; saved by BN training forward
+};
+
+RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
+    : g_(g), store_(store), opt_(opt) {
+  INCRES_CHECK(opt.batch >= 1, "ref backend: batch size must be at least 1, got ", opt.batch);
+  INCRES_CHECK(g_.input >= 0 && g_.output >= 0, "ref backend: the graph has no input or output");
+  INCRES_CHECK(store.values.size() == g_.params.size() && store.grads.size() == g_.params.size(),
+               "ref backend: the parameter store holds ", store.values.size(),
+               " tensors but the graph has ", g_.params.size(), " parameters");
+  for (size_t i = 0; i < g_.params.size(); ++i) {
+    const graph::Param& p = g_.params[i];
+    const Tensor& t = store.values[i];
+    INCRES_CHECK(t.dtype() == DType::f32 && t.shape() == p.shape, "ref backend: parameter ", p.name,
+                 " is stored as ", dtype_name(t.dtype()), " ", t.shape().str(), ", expected F32 ",
+                 p.shape.str());
+    INCRES_CHECK(!training() || !p.trainable() || store.grads[i].shape() == p.shape,
+                 "ref backend: parameter ", p.name, " has no gradient tensor of shape ", p.shape.str());
+  }
+  for (const Node& n : g_.nodes) {
+    INCRES_CHECK(!std::holds_alternative<graph::Input>(n.op), "ref backend: node ", n.name,
+                 " is an input op, which cannot be executed");
+    INCRES_CHECK(n.params.size() == expected_params(n.op), "ref backend: node ", n.name, " (",
+                 graph::op_name(n.op), ") has ", n.params.size(), " parameters, expected ",
+                 expected_params(n.op));
+  }
+
+  for (size_t v = 0; v < g_.values.size(); ++v) {
+    Shape s = g_.values[v].shape.with_batch(opt.batch);
+    act_.emplace_back(s);
+    bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
+    grad_.push_back(needs_grad ? Tensor(s) : Tensor());
+  }
+  for (const Node& n : g_.nodes) {
+    const bool bn = std::holds_alternative<graph::BatchNorm>(n.op);
+    if (bn && training()) {
+      ref::Dims d = dims(n.inputs[0]);
+      INCRES_CHECK(d.N * d.H * d.W > 1, "ref backend: batchnorm ", n.name,
+                   " in training needs more than one value per channel, got batch ", d.N, " x ",
+                   d.H, "x", d.W);
+    }
+    int64_t C = bn ? g_.values[n.inputs[0]].shape[0] : 0;
+    bn_mean_.push_back(bn && training() ? Tensor(Shape{C}) : Tensor());
+    bn_inv_std_.push_back(bn && training() ? Tensor(Shape{C}) : Tensor());
+  }
+}
+
+void RefProgram::forward(const float* x) {
+  std::memcpy(act(g_.input), x, static_cast<size_t>(count(g_.input)) * sizeof(float));
+  for (int id = 0; id < static_cast<int>(g_.nodes.size()); ++id) forward_node(id);
+}
+
+void RefProgram::forward_node(int id) {
+  const Node& n = g_.nodes[id];
+  const int in = n.inputs.empty() ? -1 : n.inputs[0];
+  float* y = act(n.output);
+  std::visit(Overload{
+      [&](const graph::Input&) {},
+      [&](const graph::Conv2d& c) {
+        ref::Dims d = dims(in);
+        ref::conv2d_forward(y, act(in), param(n, 0), c.bias ? param(n, 1) : nullptr,
+                            ref::ConvDims::make(d.N, d.C, d.H, d.W, c));
+      },
+      [&](const graph::BatchNorm& bn) {
+        if (training())
+          ref::batchnorm_train_forward(y, bn_mean_[id].data<float>(), bn_inv_std_[id].data<float>(),
+                                       act(in), param(n, 0), param(n, 1), param_mut(n, 2),
+                                       param_mut(n, 3), dims(in), bn.eps, bn.momentum);
+        else
+          ref::batchnorm_infer_forward(y, act(in), param(n, 0), param(n, 1), param(n, 2),
+                                       param(n, 3), dims(in), bn.eps);
+      },
+      [&](const graph::Relu&) { ref::relu_forward(y, act(in), count(in)); },
+      [&](const graph::Add&) { ref::add_forward(y, act(n.inputs[0]), act(n.inputs[1]), count(in)); },
+      [&](const graph::ShortcutA& s) {
+        ref::Dims d = dims(in);
+        ref::shortcut_a_forward(y, act(in), ref::ShortcutDims::make(d.N, d.C, d.H, d.W, s));
+      },
+      [&](const graph::GlobalAvgPool&) { ref::avgpool_forward(y, act(in), dims(in)); },
+      [&](const graph::Linear& l) {
+        ref::linear_forward(y, act(in), param(n, 0), l.bias ? param(n, 1) : nullptr, opt_.batch,
+                            g_.values[in].shape[0], l.out);
+      },
+  }, n.op);
+}
+
+void RefProgram::backward(const float* dy) {
+  INCRES_CHECK(training(), "ref backend: backward() needs a program compiled in train mode");
+  for (Tensor& t : grad_)
+    if (!t.empty()) std::memset(t.raw(), 0, t.nbytes());
+  store_.zero_grads();
+  std::memcpy(grad(g_.output), dy, static_cast<size_t>(count(g_.output)) * sizeof(float));
+  for (int id = static_cast<int>(g_.nodes.size()) - 1; id >= 0; --id) backward_node(id);
+}
+
+void RefProgram::backward_node(int id) {
+  const Node& n = g_.nodes[id];
+  const int in = n.inputs.empty() ? -1 : n.inputs[0];
+  const float* dy = grad(n.output);
+  std::visit(Overload{
+      [&](const graph::Input&) {},
+      [&](const graph::Conv2d& c) {
+        ref::Dims d = dims(in);
+        ref::conv2d_backward(grad(in), param_grad(n, 0), c.bias ? param_grad(n, 1) : nullptr, dy,
+                             act(in), param(n, 0), ref::ConvDims::make(d.N, d.C, d.H, d.W, c));
+      },
+      [&](const graph::BatchNorm&) {
+        ref::batchnorm_backward(grad(in), param_grad(n, 0), param_grad(n, 1), dy, act(in),
+                                param(n, 0), bn_mean_[id].data<float>(),
+                                bn_inv_std_[id].data<float>(), dims(in));
+      },
+      [&](const graph::Relu&) {
+        if (float* dx = grad(in)) ref::relu_backward(dx, dy, act(in), count(in));
+      },
+      [&](const graph::Add&) { ref::add_backward(grad(n.inputs[0]), grad(n.inputs[1]), dy, count(in)); },
+      [&](const graph::ShortcutA& s) {
+        ref::Dims d = dims(in);
+        if (float* dx = grad(in))
+          ref::shortcut_a_backward(dx, dy, ref::ShortcutDims::make(d.N, d.C, d.H, d.W, s));
+      },
+      [&](const graph::GlobalAvgPool&) {
+        if (float* dx = grad(in)) ref::avgpool_backward(dx, dy, dims(in));
+      },
+      [&](const graph::Linear& l) {
+        ref::linear_backward(grad(in), param_grad(n, 0), l.bias ? param_grad(n, 1) : nullptr, dy,
+                             act(in), param(n, 0), opt_.batch, g_.values[in].shape[0], l.out);
+      },
+  }, n.op);
+}
+
+const float* RefProgram::input_grad() const {
+  INCRES_CHECK(training() && opt_.input_grad,
+               "ref backend: input_grad() needs a program compiled in train mode with Options::input_grad");
+  return grad_[g_.input].data<float>();
+}
+
+int64_t RefProgram::planned_bytes() const {
+  int64_t bytes = 0;
+  for (const auto* list : {&act_, &grad_, &bn_mean_, &bn_inv_std_})
+    for (const Tensor& t : *list)
+      if (!t.empty()) bytes += static_cast<int64_t>(t.nbytes());
+  return bytes;
+}
+
+}  // namespace
+
+std::unique_ptr<Program> compile_ref(const graph::Graph& g, graph::ParamStore& store, Options opt) {
+  return std::make_unique<RefProgram>(g, store, opt);
+}
+
+}  // namespace incres::backend

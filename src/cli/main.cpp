@@ -1,0 +1,298 @@
+// incres: the command-line front end. Thin: parse flags, call the library, print.
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "backend/program.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include "models/models.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace incres;
+
+namespace {
+
+std::string human(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2f G", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.2f M", v / 1e6);
+  else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1f K", v / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  return buf;
+}
+
+std::string with_commas(int64_t v) {
+  std::string s = std::to_string(v), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+// Flags shared by the commands that build a model.
+struct ModelFlags {
+  int64_t in_channels = 3, classes = 10, image = 32;
+  std::string shortcut = "A";
+  void add(CLI::App* c) {
+    c->add_option("--in-channels", in_channels, "input channels (1 for Fashion-MNIST)")
+        ->capture_default_str()->check(CLI::Range(1, 4096));
+    c->add_option("--classes", classes, "number of classes")->capture_default_str()->check(CLI::Range(1, 1000000));
+    c->add_option("--image", image, "input height = width")->capture_default_str()->check(CLI::Range(1, 4096));
+    c->add_option("--shortcut", shortcut, "ResNet shortcut where dimensions grow: A (zero-padded identity) or B (1x1 projection)")
+        ->capture_default_str()->check(CLI::IsMember({"A", "B", "a", "b"}));
+  }
+  models::ModelConfig config() const {
+    return models::ModelConfig{in_channels, classes, image, models::parse_shortcut(shortcut)};
+  }
+};
+
+int cmd_models() {
+  std::printf("%-12s %14s %10s  %s\n", "model", "params", "MACs", "description");
+  for (const auto& m : models::registry()) {
+    graph::Graph g = m.build(m.defaults);
+    std::printf("%-12s %14s %10s  %s\n", m.name.c_str(), with_commas(g.param_count()).c_str(),
+                human(static_cast<double>(g.macs())).c_str(), m.description.c_str());
+  }
+  std::printf("\n(3 input channels, 10 classes, 32x32; see `incres info MODEL --help` for options)\n");
+  return 0;
+}
+
+int cmd_info(const std::string& name, const ModelFlags& mf) {
+  graph::Graph g = models::build_model(name, mf.config());
+  std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
+  for (const auto& n : g.nodes) {
+    int64_t params = 0;
+    for (int p : n.params)
+      if (g.params[p].trainable()) params += g.params[p].shape.numel();
+    std::printf("%-28s %-11s %-16s %12s %12s\n", n.name.c_str(), graph::op_name(n.op),
+                g.values[n.output].shape.str().c_str(), params ? with_commas(params).c_str() : "",
+                graph::node_macs(g, n) ? human(static_cast<double>(graph::node_macs(g, n))).c_str() : "");
+  }
+  std::printf("\n%s: input %s, %s parameters, %s MACs per image\n", name.c_str(), g.input_shape().str().c_str(),
+              with_commas(g.param_count()).c_str(), human(static_cast<double>(g.macs())).c_str());
+  return 0;
+}
+
+int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& mode, int64_t batch,
+              int iters, int warmup, const std::string& backend, bool json) {
+  graph::Graph g = models::build_model(name, mf.config());
+  graph::ParamStore store(g);
+  store.init(g, 0);
+  const bool train = mode == "train";
+  auto t_compile = std::chrono::steady_clock::now();
+  auto program = backend::compile(backend, g, store, {batch, train ? backend::Mode::train : backend::Mode::infer, false});
+  double compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_compile).count();
+  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
+  std::vector<float> dy(static_cast<size_t>(batch * g.output_shape().numel()));
+  Rng rng(1);
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  for (float& v : dy) v = static_cast<float>(rng.normal() * 1e-3);
+  auto run = [&] {
+    program->forward(x.data());
+    if (train) program->backward(dy.data());
+  };
+  for (int i = 0; i < warmup; ++i) run();
+  std::vector<double> times;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    run();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  double median = times[times.size() / 2], mean = 0;
+  for (double t : times) mean += t;
+  mean /= static_cast<double>(times.size());
+  // FLOPs: 2 per MAC; a training step costs forward + backward-data + backward-weights.
+  double flops = 2.0 * static_cast<double>(g.macs()) * static_cast<double>(batch) * (train ? 3 : 1);
+  double ips = static_cast<double>(batch) / median;
+  if (json) {
+    nlohmann::json j{{"model", name}, {"mode", mode}, {"batch", batch}, {"backend", backend},
+                     {"images_per_sec", ips}, {"median_ms", median * 1e3}, {"mean_ms", mean * 1e3},
+                     {"gflops", flops / median / 1e9}, {"iters", iters}, {"compile_s", compile_s},
+                     {"planned_mb", static_cast<double>(program->planned_bytes()) / 1e6}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s %s batch %lld (%s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), %.1f GFLOP/s, "
+                "compiled in %.2f s, %.1f MB planned\n",
+                name.c_str(), mode.c_str(), static_cast<long long>(batch), backend.c_str(), ips, median * 1e3,
+                mean * 1e3, iters, flops / median / 1e9, compile_s,
+                static_cast<double>(program->planned_bytes()) / 1e6);
+  }
+  return 0;
+}
+
+int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int workers) {
+  io::SafeTensors st = io::load_safetensors(path);
+  nlohmann::json cfg;
+  if (auto it = st.metadata.find("config"); it != st.metadata.end()) cfg = nlohmann::json::parse(it->second, nullptr, false);
+  INCRES_CHECK(cfg.is_object() && cfg.contains("model"), path,
+               ": no incres run configuration in the metadata; is this a checkpoint written by `incres train`?");
+  if (data_spec.empty()) data_spec = cfg.value("data", "fashion-mnist");
+  train::DataPair d = train::load_data(data_spec);
+  models::ModelConfig mc{d.train.channels, d.train.classes, 32,
+                         models::parse_shortcut(cfg.value("shortcut", "A"))};
+  graph::Graph g = models::build_model(cfg["model"].get<std::string>(), mc);
+  graph::ParamStore store(g);
+  train::load_checkpoint(path, g, store, nullptr);
+  data::Loader loader(d.test, train::loader_options(d.train, mc.image, batch, false, false, 0, workers));
+  auto program = backend::compile("cpu", g, store, {batch, backend::Mode::infer, false});
+  train::EvalResult r = train::evaluate(*program, loader, mc.classes);
+  std::printf("%s on %s test set: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
+              cfg["model"].get<std::string>().c_str(), d.test.source.c_str(), static_cast<long long>(r.count), r.loss,
+              r.error, 100 - r.error, r.top5_error);
+  return 0;
+}
+
+// The training curve as a PNG next to metrics.jsonl, when gnuplot is installed.
+void plot_curves(const std::string& out_dir) {
+  fs::path dir(out_dir), metrics = dir / "metrics.jsonl", tsv = dir / "curve.tsv", png = dir / "curve.png";
+  std::FILE* in = std::fopen(metrics.c_str(), "r");
+  if (!in) return;
+  std::FILE* out = std::fopen(tsv.c_str(), "w");
+  if (!out) { std::fclose(in); return; }
+  std::fprintf(out, "epoch\ttrain_error\ttest_error\ttrain_loss\ttest_loss\n");
+  char line[4096];
+  while (std::fgets(line, sizeof line, in)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object() || !j.contains("test_error")) continue;
+    std::fprintf(out, "%g\t%g\t%g\t%g\t%g\n", j["epoch"].get<double>(), j["train_error"].get<double>(),
+                 j["test_error"].get<double>(), j["train_loss"].get<double>(), j["test_loss"].get<double>());
+  }
+  std::fclose(in);
+  std::fclose(out);
+  std::string script =
+      "set terminal pngcairo size 1000,420 font ',10'; set output '" + png.string() + "';"
+      "set multiplot layout 1,2; set grid; set key top right; set xlabel 'epoch';"
+      "set ylabel 'error (%)'; set title 'error';"
+      "plot '" + tsv.string() + "' using 1:2 with linespoints title 'train', '' using 1:3 with linespoints title 'test';"
+      "set ylabel 'loss'; set title 'loss';"
+      "plot '" + tsv.string() + "' using 1:4 with linespoints title 'train', '' using 1:5 with linespoints title 'test';"
+      "unset multiplot";
+  std::string cmd = "gnuplot -e \"" + script + "\" 2>/dev/null";
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(cmd.c_str()) == 0)
+    log_info("training curve: " + png.string());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"incres: train, evaluate and run the ResNet and Inception networks of four papers, in C++"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "incres 0.1");
+
+  app.add_subcommand("models", "list every architecture with its parameters and MACs");
+
+  auto* info = app.add_subcommand("info", "per-layer table of a model: output shape, parameters, MACs");
+  std::string info_model;
+  ModelFlags info_flags;
+  info->add_option("model", info_model, "model name (see `incres models`)")->required();
+  info_flags.add(info);
+
+  auto* tr = app.add_subcommand("train", "train a model; checkpoints and metrics go to --out");
+  train::TrainConfig tc;
+  tr->add_option("model", tc.model, "model name (see `incres models`)")->required();
+  tr->add_option("--data", tc.data, "fashion-mnist[:DIR] (Debian's dataset-fashion-mnist), cifar10:DIR or cifar100:DIR")
+      ->capture_default_str();
+  tr->add_option("--shortcut", tc.shortcut, "ResNet shortcut where dimensions grow: A or B")
+      ->capture_default_str()->check(CLI::IsMember({"A", "B", "a", "b"}));
+  tr->add_option("--epochs", tc.epochs, "length of the run in epochs")->check(CLI::Range(int64_t{1}, int64_t{1000000}));
+  tr->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  tr->add_option("--batch", tc.batch, "images per step")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+  tr->add_option("--lr", tc.lr, "base learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--schedule", tc.schedule, "multistep | cosine | onecycle | constant")
+      ->capture_default_str()->check(CLI::IsMember({"multistep", "cosine", "onecycle", "constant"}));
+  tr->add_option("--milestones", tc.milestones,
+                 "multistep: where lr *= gamma, iterations (\"32000,48000\") or epochs (\"91e,136e\"); default 50% and 75% of the run");
+  tr->add_option("--gamma", tc.gamma, "multistep factor")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--warmup-iters", tc.warmup_iters, "iterations of warm-up (the paper uses 400 at lr 0.01 for ResNet-110)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  tr->add_option("--warmup-lr", tc.warmup_lr, "learning rate during warm-up")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--warmup-kind", tc.warmup_kind, "constant | linear")->capture_default_str()
+      ->check(CLI::IsMember({"constant", "linear"}));
+  tr->add_option("--momentum", tc.momentum, "SGD momentum")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  tr->add_option("--weight-decay", tc.weight_decay, "L2 weight decay")->capture_default_str()->check(CLI::NonNegativeNumber);
+  tr->add_flag("--nesterov", tc.nesterov, "Nesterov momentum");
+  tr->add_flag("--no-decay-bn-bias", tc.no_decay_bn_bias, "no weight decay on BN parameters and biases");
+  tr->add_option("--label-smoothing", tc.label_smoothing, "label smoothing epsilon (Inception-v3 uses 0.1)")
+      ->capture_default_str()->check(CLI::Range(0.0, 0.999));
+  bool no_augment = false;
+  tr->add_flag("--no-augment", no_augment, "no random crop / flip");
+  tr->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str();
+  tr->add_option("--workers", tc.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+  tr->add_option("--train-limit", tc.train_limit, "use only the first N training images")->check(CLI::NonNegativeNumber);
+  tr->add_option("--test-limit", tc.test_limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
+  tr->add_option("--backend", tc.backend, "cpu (oneDNN) or ref (naive loops; slow)")->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "ref"}));
+  tr->add_option("--out", tc.out_dir, "folder for last.safetensors, metrics.jsonl and curve.png");
+  tr->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
+  tr->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
+      ->check(CLI::NonNegativeNumber);
+  bool no_progress = false;
+  tr->add_flag("--no-progress", no_progress, "no progress bar");
+
+  auto* ev = app.add_subcommand("eval", "evaluate a checkpoint on its dataset's test set");
+  std::string ev_path, ev_data;
+  int64_t ev_batch = 256;
+  int ev_workers = 2;
+  ev->add_option("checkpoint", ev_path, "a .safetensors file written by `incres train`")->required();
+  ev->add_option("--data", ev_data, "dataset (default: the one the checkpoint was trained on)");
+  ev->add_option("--batch", ev_batch, "images per batch")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+  ev->add_option("--workers", ev_workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+
+  auto* bn = app.add_subcommand("bench", "time training steps or inference on synthetic data");
+  std::string bn_model, bn_mode = "train", bn_backend = "cpu";
+  int64_t bn_batch = 128;
+  int bn_iters = 20, bn_warmup = 3;
+  bool bn_json = false;
+  ModelFlags bn_flags;
+  bn->add_option("model", bn_model, "model name (see `incres models`)")->required();
+  bn->add_option("--mode", bn_mode, "train (forward + backward) or infer")->capture_default_str()
+      ->check(CLI::IsMember({"train", "infer"}));
+  bn->add_option("--batch", bn_batch, "batch size")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+  bn->add_option("--iters", bn_iters, "timed iterations (the median is reported)")->capture_default_str()->check(CLI::Range(1, 100000));
+  bn->add_option("--warmup", bn_warmup, "untimed iterations first")->capture_default_str()->check(CLI::Range(0, 100000));
+  bn->add_option("--backend", bn_backend, "cpu or ref")->capture_default_str()->check(CLI::IsMember({"cpu", "ref"}));
+  bn->add_flag("--json", bn_json, "print one JSON line");
+  bn_flags.add(bn);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (app.got_subcommand("models")) return cmd_models();
+    if (app.got_subcommand("info")) return cmd_info(info_model, info_flags);
+    if (app.got_subcommand("bench"))
+      return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json);
+    if (app.got_subcommand("eval")) return cmd_eval(ev_path, ev_data, ev_batch, ev_workers);
+    if (app.got_subcommand("train")) {
+      tc.augment = !no_augment;
+      tc.progress = !no_progress;
+      train::TrainResult r = train::run_training(tc);
+      std::printf("%s: %lld steps, final train error %.2f%%, test error %.2f%% (accuracy %.2f%%), %.0f images/s\n",
+                  tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,
+                  r.images_per_sec);
+      if (!tc.out_dir.empty()) plot_curves(tc.out_dir);
+      return 0;
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "incres: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "incres: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,233 @@
+// Loader: a fixed ring of preallocated batches filled by worker threads.
+//
+// Batch b always lives in slot b % S (S = prefetch). A worker may claim batch b only
+// when b < released_ + S, i.e. when next() has given back batch b - S, the slot's
+// previous tenant; so at most one thread writes a slot and never while the caller
+// reads it. next() hands out batches strictly in index order. What a batch contains
+// depends only on (seed, epoch, index), never on which worker filled it.
+#include "data/loader.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace incres::data {
+
+Loader::Loader(const Dataset& ds, LoaderOptions opts) : ds_(ds), opts_(std::move(opts)) {
+  validate(ds_, "Loader dataset");
+  const LoaderOptions& o = opts_;
+  INCRES_CHECK(o.batch >= 1, "LoaderOptions.batch is ", o.batch, ", expected >= 1");
+  INCRES_CHECK(o.prefetch >= 1 && o.prefetch <= 1024, "LoaderOptions.prefetch is ", o.prefetch,
+               ", expected 1..1024 ring slots");
+  INCRES_CHECK(o.workers >= 0 && o.workers <= 256, "LoaderOptions.workers is ", o.workers,
+               ", expected 0..256 (0 fills batches inside next())");
+  INCRES_CHECK(o.crop_pad >= 0 && o.crop_pad <= 4096, "LoaderOptions.crop_pad is ", o.crop_pad,
+               ", expected 0..4096");
+  const int64_t C = ds_.channels;
+  INCRES_CHECK(o.mean.empty() || static_cast<int64_t>(o.mean.size()) == C, "LoaderOptions.mean has ",
+               o.mean.size(), " values, expected 0 or ", C, " (one per channel of ", ds_.source, ")");
+  INCRES_CHECK(o.std.empty() || static_cast<int64_t>(o.std.size()) == C, "LoaderOptions.std has ",
+               o.std.size(), " values, expected 0 or ", C, " (one per channel of ", ds_.source, ")");
+
+  C_ = C;
+  H_ = ds_.height;
+  W_ = ds_.width;
+  if (o.out_size != 0) {
+    INCRES_CHECK(o.out_size >= std::max(H_, W_) && o.out_size <= 65536, "LoaderOptions.out_size is ",
+                 o.out_size, ", expected 0 or at least the image size ", H_, "x", W_,
+                 " (it only pads)");
+    top_ = (o.out_size - H_) / 2;
+    left_ = (o.out_size - W_) / 2;
+    H_ = W_ = o.out_size;
+  }
+
+  batches_ = o.drop_last ? ds_.count / o.batch : (ds_.count + o.batch - 1) / o.batch;
+  INCRES_CHECK(batches_ > 0, "Loader: ", ds_.source, " has ", ds_.count,
+               " samples, not one full batch of ", o.batch, (o.drop_last ? " with drop_last" : ""),
+               "; lower LoaderOptions.batch");
+
+  // One table per channel: the normalised value of each of the 256 pixel bytes,
+  // computed in double exactly as (p/255 - mean) / std.
+  lut_.resize(static_cast<size_t>(C) * 256);
+  for (int64_t c = 0; c < C; ++c) {
+    double mean = o.mean.empty() ? 0.0 : o.mean[c], sd = o.std.empty() ? 1.0 : o.std[c];
+    INCRES_CHECK(std::isfinite(mean), "LoaderOptions.mean[", c, "] is ", mean, ", expected finite");
+    INCRES_CHECK(std::isfinite(sd) && sd > 0, "LoaderOptions.std[", c, "] is ", sd,
+                 ", expected finite and > 0");
+    for (int p = 0; p < 256; ++p) lut_[c * 256 + p] = static_cast<float>((p / 255.0 - mean) / sd);
+  }
+
+  order_.resize(static_cast<size_t>(ds_.count));
+  slots_.resize(static_cast<size_t>(o.prefetch));
+  for (Batch& b : slots_) {
+    b.images = Tensor(Shape{o.batch, C_, H_, W_});
+    b.labels.reserve(static_cast<size_t>(o.batch));  // later resizes never allocate
+  }
+  ready_.assign(slots_.size(), -1);
+  for (int i = 0; i < o.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+}
+
+Loader::~Loader() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+    ++generation_;
+  }
+  work_cv_.notify_all();
+  done_cv_.notify_all();
+  for (auto& t : threads_) t.join();  // a worker mid-fill finishes that batch first
+}
+
+Shape Loader::sample_shape() const { return Shape{C_, H_, W_}; }
+
+void Loader::compute_order(int64_t epoch) {
+  std::iota(order_.begin(), order_.end(), int64_t{0});
+  if (!opts_.shuffle) return;
+  // Fisher-Yates (Knuth, TAOCP vol. 2, Algorithm 3.4.2P). Note mix_key(seed, e) equals
+  // mix_key(seed, e, 0), the key of position 0's augmentation: the two streams are
+  // the same numbers used for unrelated purposes, a harmless coincidence.
+  Rng rng(mix_key(opts_.seed, static_cast<uint64_t>(epoch)));
+  for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
+}
+
+void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
+  INCRES_CHECK(epoch >= 0, "Loader::start_epoch: epoch is ", epoch, ", expected >= 0");
+  INCRES_CHECK(first_batch >= 0 && first_batch <= batches_, "Loader::start_epoch: first_batch is ",
+               first_batch, ", expected 0..", batches_, " (batches per epoch)");
+  std::unique_lock lk(mu_);
+  // Stop new claims, then wait for fills in progress: after that no worker touches
+  // order_ or a slot, and the new epoch can reset them.
+  ++generation_;
+  active_ = false;
+  done_cv_.wait(lk, [&] { return in_flight_ == 0; });
+  compute_order(epoch);
+  epoch_ = epoch;
+  next_claim_ = released_ = next_out_ = first_batch;
+  std::fill(ready_.begin(), ready_.end(), -1);
+  error_batch_ = -1;
+  error_.clear();
+  active_ = true;
+  lk.unlock();
+  work_cv_.notify_all();
+}
+
+const Batch* Loader::next() {
+  std::unique_lock lk(mu_);
+  INCRES_CHECK(active_, "Loader::next called before start_epoch");
+  released_ = next_out_;  // gives back the batch handed out by the previous call
+  work_cv_.notify_all();
+  if (next_out_ >= batches_) return nullptr;
+  const int64_t b = next_out_;
+  const size_t slot = static_cast<size_t>(b) % slots_.size();
+  if (threads_.empty() && ready_[slot] != b && error_batch_ != b) {
+    try {
+      fill(slots_[slot], epoch_, b);
+      ready_[slot] = b;
+    } catch (const std::exception& e) {
+      error_batch_ = b;
+      error_ = e.what();
+    }
+  }
+  done_cv_.wait(lk, [&] { return ready_[slot] == b || (error_batch_ >= 0 && error_batch_ <= b); });
+  if (ready_[slot] != b)
+    fail("data loader: batch ", error_batch_, " of epoch ", epoch_, " failed: ", error_);
+  ++next_out_;
+  return &slots_[slot];
+}
+
+void Loader::worker_loop() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    work_cv_.wait(lk, [&] {
+      return stopping_ || (active_ && next_claim_ < batches_);
+    });
+    if (stopping_) return;
+    const int64_t b = next_claim_++;
+    const uint64_t gen = generation_;
+    const int64_t epoch = epoch_;
+    ++in_flight_;
+    lk.unlock();
+    std::string err;
+    try {
+      fill(slots_[static_cast<size_t>(b) % slots_.size()], epoch, b);
+    } catch (const std::exception& e) {
+      err = e.what();
+      if (err.empty()) err = "exception without a message";
+    } catch (...) {
+      err = "unknown exception";
+    }
+    lk.lock();
+    --in_flight_;
+    if (gen == generation_) {  // else start_epoch or the destructor discarded it
+      if (err.empty())
+        ready_[static_cast<size_t>(b) % slots_.size()] = b;
+      else if (error_batch_ < 0 || b < error_batch_) {
+        error_batch_ = b;
+        error_ = err;
+      }
+    }
+    done_cv_.notify_all();
+  }
+}
+
+void Loader::fill(Batch& out, int64_t epoch, int64_t index) const {
+  const int64_t n = opts_.batch, per = C_ * H_ * W_;
+  const int64_t start = index * n, size = std::min(n, ds_.count - start);
+  // The dataset is only referenced: catch one changed since construction rather than
+  // read out of bounds.
+  INCRES_CHECK(ds_.images.size() == static_cast<size_t>(ds_.count * ds_.channels * ds_.height * ds_.width) &&
+                   ds_.labels.size() == static_cast<size_t>(ds_.count),
+               "Loader: ", ds_.source, " changed size after the Loader was built");
+  out.index = index;
+  out.size = size;
+  out.labels.resize(static_cast<size_t>(size));  // within the reserved capacity
+  float* images = out.images.data<float>();
+  for (int64_t r = 0; r < size; ++r) {
+    const int64_t sample = order_[static_cast<size_t>(start + r)];
+    const int32_t label = ds_.labels[static_cast<size_t>(sample)];
+    INCRES_CHECK(label >= 0 && label < ds_.classes, "Loader: ", ds_.source, ": label ", label,
+                 " of sample ", sample, " outside [0, ", ds_.classes, ")");
+    out.labels[static_cast<size_t>(r)] = label;
+    fill_sample(images + r * per, epoch, start + r);
+  }
+  std::fill(images + size * per, images + n * per, 0.0f);  // unused rows of a partial batch
+}
+
+void Loader::fill_sample(float* out, int64_t epoch, int64_t position) const {
+  const int64_t Hs = ds_.height, Ws = ds_.width, Cs = ds_.channels;
+  const uint8_t* img = ds_.images.data() + order_[static_cast<size_t>(position)] * Hs * Ws * Cs;
+  // Output pixel (y, x) shows pixel (y + dy, xs + dx) of the padded image, where
+  // xs = flip ? W-1-x : x; padded pixel (py, px) is source pixel (py - top, px - left).
+  int64_t dy = 0, dx = 0;
+  bool flip = false;
+  if (opts_.augment) {
+    Rng rng(mix_key(opts_.seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(position)));
+    const uint64_t span = 2 * static_cast<uint64_t>(opts_.crop_pad) + 1;
+    dy = static_cast<int64_t>(rng.below(span)) - opts_.crop_pad;
+    dx = static_cast<int64_t>(rng.below(span)) - opts_.crop_pad;
+    const bool coin = rng.uniform() < 0.5;  // drawn even when flip is off: same crops
+    flip = opts_.flip && coin;
+  }
+  for (int64_t c = 0; c < C_; ++c) {
+    const float* lut = lut_.data() + c * 256;
+    const float pad = lut[0];  // a black (zero) pixel, normalised
+    for (int64_t y = 0; y < H_; ++y) {
+      float* row = out + (c * H_ + y) * W_;
+      const int64_t iy = y + dy - top_;
+      if (iy < 0 || iy >= Hs) {
+        std::fill(row, row + W_, pad);
+        continue;
+      }
+      const uint8_t* src = img + iy * Ws * Cs + c;
+      for (int64_t x = 0; x < W_; ++x) {
+        const int64_t ix = (flip ? W_ - 1 - x : x) + dx - left_;
+        row[x] = (ix >= 0 && ix < Ws) ? lut[src[ix * Cs]] : pad;
+      }
+    }
+  }
+}
+
+}  // namespace incres::data

@@ -1,0 +1,109 @@
+// Loader: turns a Dataset into normalised f32 NCHW batches on worker threads, in a
+// fixed order that depends only on (seed, epoch): never on the number of workers or
+// on timing, so a run resumed at (epoch, first_batch) sees the same batches.
+//
+// Per epoch e, the sample order is a Fisher-Yates permutation drawn from
+// Rng(mix_key(seed, e)) (identity when shuffle is off). The sample at position i of
+// the epoch is augmented with Rng(mix_key(seed, e, i)): first its crop offsets dy, dx
+// (each below(2*crop_pad + 1)), then the flip (uniform() < 0.5). The draws are made
+// in that order whatever the options, so turning flip off keeps the crops.
+//
+// Per sample: zero-pad HxW to out_size x out_size (if set; an odd difference puts
+// the extra row/column at the bottom/right), then, with augment, pad by crop_pad
+// zeros on each side and crop back at (dy, dx) (torchvision RandomCrop(padding=4)),
+// then flip left-right, then normalise (pixel/255 - mean[c]) / std[c]. Padding is
+// black pixels (value 0 before normalisation), as in torchvision.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/shape.h"
+#include "core/tensor.h"
+#include "data/dataset.h"
+
+namespace incres::data {
+
+struct LoaderOptions {
+  int64_t batch = 128;
+  bool shuffle = true;
+  bool drop_last = true;   // drop the last partial batch of an epoch
+  bool augment = false;    // random pad-crop (crop_pad) and flip (flip)
+  int64_t out_size = 0;    // pad symmetrically with zeros to out_size x out_size; 0 = keep
+  int crop_pad = 4;
+  bool flip = true;
+  std::vector<float> mean, std;  // per channel, [0,1] pixel units; empty = 0 and 1
+  uint64_t seed = 0;
+  int workers = 2;   // 0 = fill batches on the calling thread inside next()
+  int prefetch = 4;  // ring slots: batches filled ahead, plus the one handed out
+};
+
+struct Batch {
+  Tensor images;                // N, C, H, W f32 normalised; N = LoaderOptions::batch
+  std::vector<int32_t> labels;  // size values (labels.size() == size)
+  int64_t index = 0;            // batch index within the epoch
+  int64_t size = 0;             // rows in use; < N only for a last partial batch,
+                                // whose unused rows are zero
+};
+
+class Loader {
+ public:
+  // ds must outlive the Loader and stay unchanged while an epoch runs. Throws Error on
+  // an inconsistent dataset or options. Allocates every batch buffer here.
+  Loader(const Dataset& ds, LoaderOptions opts);
+  Loader(Dataset&&, LoaderOptions) = delete;  // a temporary dataset would dangle
+  ~Loader();  // stops and joins the workers, also mid-epoch
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  int64_t batches_per_epoch() const { return batches_; }
+  Shape sample_shape() const;  // C, H, W after out_size padding
+
+  // Starts (or restarts, also mid-epoch) epoch `epoch` at batch first_batch
+  // (0 <= first_batch <= batches_per_epoch()). Batches of a previous epoch still in
+  // flight are discarded.
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
+
+  // The next batch of the epoch in order, nullptr after the last. The pointer is valid
+  // until the next call to next() or start_epoch(). A failure while filling a batch
+  // (in a worker or here) is thrown as Error when that batch is reached.
+  const Batch* next();
+
+ private:
+  void worker_loop();
+  void fill(Batch& b, int64_t epoch, int64_t index) const;
+  void fill_sample(float* out, int64_t epoch, int64_t position) const;
+  void compute_order(int64_t epoch);
+
+  const Dataset& ds_;
+  LoaderOptions opts_;
+  int64_t batches_ = 0;
+  int64_t C_ = 0, H_ = 0, W_ = 0;       // output sample shape
+  int64_t top_ = 0, left_ = 0;          // out_size padding before the image
+  std::vector<float> lut_;              // C x 256: normalised value of each pixel byte
+  std::vector<int64_t> order_;          // epoch position -> sample index
+  std::vector<Batch> slots_;            // batch b lives in slots_[b % slots_.size()]
+  std::vector<int64_t> ready_;          // per slot: the batch index filled in it, or -1
+
+  // Everything below is guarded by mu_.
+  std::mutex mu_;
+  std::condition_variable work_cv_;     // workers wait for a batch they may fill
+  std::condition_variable done_cv_;     // next() and start_epoch wait for workers
+  bool stopping_ = false;
+  bool active_ = false;                 // an epoch was started
+  uint64_t generation_ = 0;             // bumped by start_epoch: stale fills are dropped
+  int64_t epoch_ = 0;
+  int64_t next_claim_ = 0;              // next batch index a worker takes
+  int64_t released_ = 0;                // batches < released_ are given back by next()
+  int64_t next_out_ = 0;                // the batch next() returns next
+  int in_flight_ = 0;                   // workers filling a slot right now
+  int64_t error_batch_ = -1;            // smallest failed batch of this generation
+  std::string error_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace incres::data

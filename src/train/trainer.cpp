@@ -1,0 +1,221 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "models/models.h"
+#include "train/checkpoint.h"
+#include "train/loss.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace incres::train {
+
+namespace fs = std::filesystem;
+
+nlohmann::json to_json(const TrainConfig& c) {
+  return {{"model", c.model}, {"shortcut", c.shortcut}, {"data", c.data},
+          {"train_limit", c.train_limit}, {"test_limit", c.test_limit}, {"epochs", c.epochs},
+          {"iters", c.iters}, {"batch", c.batch}, {"schedule", c.schedule}, {"lr", c.lr},
+          {"milestones", c.milestones}, {"gamma", c.gamma}, {"warmup_iters", c.warmup_iters},
+          {"warmup_lr", c.warmup_lr}, {"warmup_kind", c.warmup_kind}, {"momentum", c.momentum},
+          {"weight_decay", c.weight_decay}, {"nesterov", c.nesterov},
+          {"no_decay_bn_bias", c.no_decay_bn_bias}, {"label_smoothing", c.label_smoothing},
+          {"augment", c.augment}, {"seed", c.seed}, {"backend", c.backend}};
+}
+
+DataPair load_data(const std::string& spec) {
+  auto colon = spec.find(':');
+  std::string kind = spec.substr(0, colon);
+  std::string dir = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  if (kind == "fashion-mnist") {
+    if (dir.empty()) dir = data::kFashionMnistDir;
+    return {data::load_fashion_mnist(dir, true), data::load_fashion_mnist(dir, false)};
+  }
+  if (kind == "cifar10" || kind == "cifar100") {
+    INCRES_CHECK(!dir.empty(), "--data ", kind, " needs the folder of the binary files: --data ", kind, ":DIR");
+    int classes = kind == "cifar10" ? 10 : 100;
+    return {data::load_cifar(dir, true, classes), data::load_cifar(dir, false, classes)};
+  }
+  fail("unknown dataset '", spec, "': expected fashion-mnist[:DIR], cifar10:DIR or cifar100:DIR");
+}
+
+data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
+                                   bool training, bool augment, uint64_t seed, int workers) {
+  data::LoaderOptions o;
+  o.batch = batch;
+  o.shuffle = training;
+  o.drop_last = training;
+  o.augment = training && augment;
+  INCRES_CHECK(train_set.height <= image && train_set.width <= image, "images of ", train_set.height, "x",
+               train_set.width, " do not fit the model's ", image, "x", image, " input");
+  o.out_size = image;
+  auto [mean, std] = data::channel_mean_std(train_set);
+  o.mean = mean;
+  o.std = std;
+  o.seed = seed;
+  o.workers = workers;
+  return o;
+}
+
+EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t classes) {
+  EvalResult r;
+  double loss_sum = 0;
+  int64_t correct = 0, correct5 = 0;
+  loader.start_epoch(0);
+  while (const data::Batch* b = loader.next()) {
+    program.forward(b->images.data<float>());
+    const float* logits = program.output();
+    LossResult l = softmax_cross_entropy(logits, b->labels.data(), b->size, classes, 0.f, nullptr);
+    loss_sum += l.loss * static_cast<double>(b->size);
+    correct += l.correct;
+    correct5 += topk_correct(logits, b->labels.data(), b->size, classes, 5);
+    r.count += b->size;
+  }
+  INCRES_CHECK(r.count > 0, "evaluation set is empty");
+  r.loss = loss_sum / static_cast<double>(r.count);
+  r.error = 100.0 * (1.0 - static_cast<double>(correct) / static_cast<double>(r.count));
+  r.top5_error = 100.0 * (1.0 - static_cast<double>(correct5) / static_cast<double>(r.count));
+  return r;
+}
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+TrainResult run_training(const TrainConfig& cfg) {
+  INCRES_CHECK(cfg.batch > 0, "--batch must be positive, got ", cfg.batch);
+  INCRES_CHECK(cfg.epochs > 0 || cfg.iters > 0, "give the length of the run: --epochs N or --iters N");
+  INCRES_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1), got ",
+               cfg.label_smoothing);
+
+  DataPair data = load_data(cfg.data);
+  if (cfg.train_limit > 0) data.train = data::subset(data.train, cfg.train_limit);
+  if (cfg.test_limit > 0) data.test = data::subset(data.test, cfg.test_limit);
+  INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
+               " images, fewer than one batch of ", cfg.batch);
+
+  models::ModelConfig mc;
+  mc.in_channels = data.train.channels;
+  mc.classes = data.train.classes;
+  mc.image = 32;
+  mc.shortcut = models::parse_shortcut(cfg.shortcut);
+  graph::Graph g = models::build_model(cfg.model, mc);
+  graph::ParamStore store(g);
+  store.init(g, cfg.seed);
+
+  data::Loader train_loader(data.train, loader_options(data.train, mc.image, cfg.batch, true, cfg.augment,
+                                                       cfg.seed, cfg.workers));
+  data::Loader test_loader(data.test, loader_options(data.train, mc.image, cfg.batch, false, false,
+                                                     cfg.seed, cfg.workers));
+  const int64_t ipe = train_loader.batches_per_epoch();
+  const int64_t total = cfg.iters > 0 ? cfg.iters : cfg.epochs * ipe;
+
+  ScheduleOptions so;
+  so.kind = cfg.schedule;
+  so.lr = cfg.lr;
+  so.gamma = cfg.gamma;
+  so.milestones = cfg.milestones.empty() ? std::vector<int64_t>{total / 2, total * 3 / 4}
+                                         : parse_milestones(cfg.milestones, ipe);
+  so.warmup_iters = cfg.warmup_iters;
+  so.warmup_lr = cfg.warmup_lr;
+  so.warmup_kind = cfg.warmup_kind;
+  so.total_iters = total;
+  Schedule schedule(so);
+
+  Sgd sgd(g, store, SgdOptions{cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias});
+  int64_t step = 0;
+  if (!cfg.resume.empty()) {
+    CheckpointState s = load_checkpoint(cfg.resume, g, store, &sgd);
+    INCRES_CHECK(s.model.empty() || s.model == cfg.model, cfg.resume, " holds a ", s.model,
+                 " checkpoint, not ", cfg.model);
+    INCRES_CHECK(s.seed == cfg.seed, cfg.resume, " was trained with --seed ", s.seed,
+                 "; resume with the same seed (got ", cfg.seed, ")");
+    step = s.step;
+    log_info(cat("resuming ", cfg.model, " from ", cfg.resume, " at step ", step, " (epoch ", step / ipe, ")"));
+  }
+  std::string bad = first_non_finite(g, store);
+  INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
+
+  auto program = backend::compile(cfg.backend, g, store, {cfg.batch, backend::Mode::train, false});
+  auto evaluator = backend::compile(cfg.backend, g, store, {cfg.batch, backend::Mode::infer, false});
+
+  std::unique_ptr<MetricsLog> metrics;
+  std::string ckpt;
+  CheckpointState cs{0, cfg.seed, cfg.model, to_json(cfg).dump()};
+  if (!cfg.out_dir.empty()) {
+    fs::create_directories(cfg.out_dir);
+    metrics = std::make_unique<MetricsLog>((fs::path(cfg.out_dir) / "metrics.jsonl").string(), step > 0);
+    ckpt = (fs::path(cfg.out_dir) / "last.safetensors").string();
+  }
+  log_info(cat("training ", cfg.model, " (", g.param_count(), " params, ", g.macs() / 1e6, " MMACs) on ",
+               data.train.source, ": ", data.train.count, " images, ", ipe, " steps/epoch, ", total,
+               " steps, batch ", cfg.batch, ", backend ", program->backend_name()));
+
+  const int64_t K = mc.classes;
+  std::vector<float> dlogits(static_cast<size_t>(cfg.batch * K));
+  TrainResult result;
+  const bool terminal = cfg.progress && stderr_is_terminal();
+  while (step < total) {
+    const int64_t epoch = step / ipe;
+    train_loader.start_epoch(epoch, step % ipe);
+    Progress bar(cat("epoch ", epoch + 1, "/", (total + ipe - 1) / ipe), ipe, terminal);
+    double loss_sum = 0;
+    int64_t correct = 0, seen = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    double lr = schedule.lr(step);
+    while (step < total) {
+      const data::Batch* b = train_loader.next();
+      if (!b) break;
+      lr = schedule.lr(step);
+      program->forward(b->images.data<float>());
+      LossResult l = softmax_cross_entropy(program->output(), b->labels.data(), b->size, K,
+                                           static_cast<float>(cfg.label_smoothing), dlogits.data());
+      if (!std::isfinite(l.loss))
+        fail("loss is ", l.loss, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
+             "); stopping. Lower --lr or resume from the last checkpoint", ckpt.empty() ? "" : " " + ckpt);
+      program->backward(dlogits.data());
+      sgd.step(lr);
+      ++step;
+      loss_sum += l.loss * static_cast<double>(b->size);
+      correct += l.correct;
+      seen += b->size;
+      if (cfg.progress)
+        bar.update(b->index + 1, cat("loss ", loss_sum / seen, "  err ", 100.0 * (1 - double(correct) / seen), "%  ",
+                                     static_cast<int64_t>(seen / seconds_since(t0)), " img/s"));
+      if (step == cfg.stop_after) break;
+    }
+    bar.finish();
+    const double secs = seconds_since(t0);
+    result.steps = step;
+    result.train_loss = seen ? loss_sum / seen : 0;
+    result.train_error = seen ? 100.0 * (1 - double(correct) / seen) : 0;
+    result.images_per_sec = seen / secs;
+    const bool epoch_end = step % ipe == 0 || step == total;
+    if (epoch_end) {
+      result.test = evaluate(*evaluator, test_loader, K);
+      log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
+                   " err ", result.train_error, "%  test loss ", result.test.loss, " err ", result.test.error,
+                   "%  ", static_cast<int64_t>(result.images_per_sec), " img/s"));
+      if (metrics)
+        metrics->write({{"epoch", (step + ipe - 1) / ipe}, {"step", step}, {"lr", lr},
+                        {"train_loss", result.train_loss}, {"train_error", result.train_error},
+                        {"test_loss", result.test.loss}, {"test_error", result.test.error},
+                        {"test_top5_error", result.test.top5_error}, {"images_per_sec", result.images_per_sec}});
+    }
+    if (!ckpt.empty()) {
+      cs.step = step;
+      save_checkpoint(ckpt, g, store, &sgd, cs);
+    }
+    if (step == cfg.stop_after) break;
+  }
+  return result;
+}
+
+}  // namespace incres::train

@@ -1,0 +1,75 @@
+// The training loop: data -> Program forward -> loss -> backward -> SGD, with the
+// schedule, evaluation every epoch, metrics as JSON lines, checkpoints and resume.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/program.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+
+namespace incres::train {
+
+struct TrainConfig {
+  std::string model = "resnet20";
+  std::string shortcut = "A";
+  std::string data = "fashion-mnist";  // fashion-mnist[:DIR] | cifar10:DIR | cifar100:DIR
+  int64_t train_limit = 0, test_limit = 0;  // use only the first N images (0 = all)
+  int64_t epochs = 0, iters = 0;  // length of the run: iterations win when both are set
+  int64_t batch = 128;
+  // Schedule: the ResNet paper's CIFAR recipe by default (lr 0.1, /10 at 50% and 75%).
+  std::string schedule = "multistep";
+  double lr = 0.1;
+  std::string milestones;  // "32000,48000" or "91e,136e"; empty = 50% and 75% of the run
+  double gamma = 0.1;
+  int64_t warmup_iters = 0;
+  double warmup_lr = 0.01;
+  std::string warmup_kind = "constant";
+  // SGD, PyTorch's form.
+  double momentum = 0.9, weight_decay = 1e-4;
+  bool nesterov = false, no_decay_bn_bias = false;
+  double label_smoothing = 0;
+  bool augment = true;  // pad-4 random crop + horizontal flip
+  uint64_t seed = 0;
+  int workers = 2;
+  std::string backend = "cpu";
+  std::string out_dir;       // checkpoints and metrics; empty = write nothing
+  std::string resume;        // a checkpoint to continue from
+  int64_t stop_after = 0;    // stop after this step (checkpointing) as if interrupted; 0 = no
+  bool progress = true;
+};
+
+nlohmann::json to_json(const TrainConfig& c);
+
+struct EvalResult {
+  int64_t count = 0;
+  double loss = 0, error = 0, top5_error = 0;  // error in percent
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double train_loss = 0, train_error = 0;
+  EvalResult test;
+  double images_per_sec = 0;
+};
+
+struct DataPair {
+  data::Dataset train, test;
+};
+// "fashion-mnist", "fashion-mnist:/dir", "cifar10:/dir", "cifar100:/dir".
+DataPair load_data(const std::string& spec);
+
+// Loader options that turn a dataset's images into a model's input: Fashion-MNIST's
+// 28x28 is zero-padded to 32x32 for the CIFAR networks; normalisation by the
+// training set's per-channel mean and std.
+data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
+                                   bool training, bool augment, uint64_t seed, int workers);
+
+// Runs an inference program over every batch of the loader (one epoch).
+EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t classes);
+
+TrainResult run_training(const TrainConfig& config);
+
+}  // namespace incres::train
