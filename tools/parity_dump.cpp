@@ -3,13 +3,17 @@
 // llm.c's test_gpt2.c, but with PyTorch run live instead of golden files).
 //
 // The run, all on one fixed batch (input ~ N(0, 1), labels uniform in [0, classes)):
-//   init.<name>   every param and buffer after ParamStore::init(seed)
-//   input, labels the batch (labels as I64)
-//   step k = 1..steps: train-mode forward, smoothed cross-entropy, backward, Sgd::step(lr)
-//   logits, loss  the forward of step 1 (loss: 1 element)
-//   grad.<name>   every trainable param's gradient from the backward of step 1
-//   losses        the loss of every step (losses[0] == loss)
-//   step<steps>.<name>  every param and buffer after the last update (running stats too)
+// step k = 1..steps is a train-mode forward, smoothed cross-entropy, backward and
+// Sgd::step(lr). The file holds
+//   init.<name>          every param and buffer after ParamStore::init(seed)
+//   input, labels        the batch (labels as I64)
+//   logits, loss         the forward of step 1 (loss: 1 element)
+//   grad.<name>          every trainable param's gradient from the backward of step 1
+//   losses               the loss of every step (losses[0] == loss)
+//   step<k>.<name>       every param and buffer (running stats too) after step k
+//   momentum<k>.<name>   every trainable param's SGD momentum buffer after step k
+// The per-step states let the PyTorch side replay each step from incres's own state
+// (see torch_parity.py for why a free-running multi-step comparison is not enough).
 // The metadata holds what the PyTorch side needs to build and train the same net.
 //
 // Usage: parity_dump --model resnet20 --shortcut A --backend cpu --out FILE
@@ -100,10 +104,15 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-std::string fmt(double x) {
+// The shortest decimal that reads back as the same double (or, for_float, float).
+std::string fmt(double x, bool for_float = false) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.17g", x);
-  return buf;
+  for (int digits = for_float ? 6 : 15;; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, x);
+    double y = std::strtod(buf, nullptr);
+    if (for_float ? static_cast<float>(y) == static_cast<float>(x) : y == x) return buf;
+    if (digits >= 17) return buf;
+  }
 }
 
 // The BatchNorm attributes of the graph, which the PyTorch side must copy; all BN
@@ -174,13 +183,16 @@ void run(const Args& a) {
         if (g.params[i].trainable()) out.emplace_back("grad." + g.params[i].name, store.grads[i].clone());
     }
     sgd.step(a.lr);
+    const std::string k = std::to_string(step);
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      out.emplace_back("step" + k + "." + g.params[i].name, store.values[i].clone());
+      if (g.params[i].trainable())
+        out.emplace_back("momentum" + k + "." + g.params[i].name, sgd.state()[i].clone());
+    }
     std::printf("parity_dump: %s/%s on %s, step %d: loss %.6f\n", a.model.c_str(),
                 a.shortcut.c_str(), a.backend.c_str(), step, r.loss);
   }
   out.emplace_back("losses", std::move(losses));
-  const std::string last = "step" + std::to_string(a.steps) + ".";
-  for (size_t i = 0; i < g.params.size(); ++i)
-    out.emplace_back(last + g.params[i].name, store.values[i].clone());
 
   std::map<std::string, std::string> meta{
       {"format", "incres-parity-1"},
@@ -198,8 +210,8 @@ void run(const Args& a) {
       {"weight_decay", fmt(a.weight_decay)},
       {"nesterov", "false"},
       {"smoothing", fmt(a.smoothing)},
-      {"bn_eps", fmt(bn.eps)},
-      {"bn_momentum", fmt(bn.momentum)},
+      {"bn_eps", fmt(bn.eps, true)},
+      {"bn_momentum", fmt(bn.momentum, true)},
   };
   std::vector<std::pair<std::string, const Tensor*>> entries;
   for (const auto& [name, t] : out) entries.emplace_back(name, &t);

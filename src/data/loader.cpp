@@ -142,7 +142,8 @@ void Loader::worker_loop() {
   std::unique_lock lk(mu_);
   for (;;) {
     work_cv_.wait(lk, [&] {
-      return stopping_ || (active_ && next_claim_ < batches_);
+      return stopping_ || (active_ && next_claim_ < batches_ &&
+                           next_claim_ < released_ + static_cast<int64_t>(slots_.size()));
     });
     if (stopping_) return;
     const int64_t b = next_claim_++;

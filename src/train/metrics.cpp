@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -123,7 +124,9 @@ void Progress::update(int64_t done, const std::string& extra) {
     last_draw_ = now;
     return;
   }
-  // Plain mode: on crossing the next 10% boundary, or every 30 s.
+  // Plain mode: on crossing the next 10% boundary, or every 30 s. The 100% line is
+  // finish()'s, which adds the elapsed time.
+  if (total_ > 0 && done >= total_) return;
   bool tenth = false;
   if (total_ > 0 && done * 10 >= next_tenth_ * total_) {
     tenth = true;

@@ -121,8 +121,12 @@ TrainResult run_training(const TrainConfig& cfg) {
   so.kind = cfg.schedule;
   so.lr = cfg.lr;
   so.gamma = cfg.gamma;
-  so.milestones = cfg.milestones.empty() ? std::vector<int64_t>{total / 2, total * 3 / 4}
-                                         : parse_milestones(cfg.milestones, ipe);
+  if (cfg.milestones.empty()) {  // the paper's 32k and 48k of 64k iterations
+    for (int64_t m : {total / 2, total * 3 / 4})
+      if (m > 0 && (so.milestones.empty() || m > so.milestones.back())) so.milestones.push_back(m);
+  } else {
+    so.milestones = parse_milestones(cfg.milestones, ipe);
+  }
   so.warmup_iters = cfg.warmup_iters;
   so.warmup_lr = cfg.warmup_lr;
   so.warmup_kind = cfg.warmup_kind;
