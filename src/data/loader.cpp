@@ -86,10 +86,10 @@ Shape Loader::sample_shape() const { return Shape{C_, H_, W_}; }
 void Loader::compute_order(int64_t epoch) {
   std::iota(order_.begin(), order_.end(), int64_t{0});
   if (!opts_.shuffle) return;
-  // Fisher-Yates (Knuth, TAOCP vol. 2, Algorithm 3.4.2P). Note mix_key(seed, e) equals
-  // mix_key(seed, e, 0), the key of position 0's augmentation: the two streams are
-  // the same numbers used for unrelated purposes, a harmless coincidence.
-  Rng rng(mix_key(opts_.seed, static_cast<uint64_t>(epoch)));
+  // Fisher-Yates (Knuth, TAOCP vol. 2, Algorithm 3.4.2P). The stream is keyed apart
+  // from the per-sample augmentation streams mix_key(seed, epoch, position).
+  constexpr uint64_t kShuffleStream = 0x53485546464c45ull;  // "SHUFFLE"
+  Rng rng(mix_key(opts_.seed ^ kShuffleStream, static_cast<uint64_t>(epoch)));
   for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
 }
 

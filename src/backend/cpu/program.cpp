@@ -325,12 +325,17 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
     bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, dx}}));
     finish_contribution(bs, node, x, dx);
   }
-  auto wd = c.bias ? dnnl::convolution_backward_weights::desc(algo, md_[x], w_any, b_md, md_[y], strides, pad_l, pad_r)
-                   : dnnl::convolution_backward_weights::desc(algo, md_[x], w_any, md_[y], strides, pad_l, pad_r);
+  // Backward-weights chooses its own source layout: with a few input channels (the
+  // first conv) the jit kernels want a layout other than the plain nchw the forward
+  // pass reads, and the plain one would fall back to oneDNN's slow reference code.
+  memory::desc src_any(md_[x].dims(), dt::f32, tag::any);
+  auto wd = c.bias ? dnnl::convolution_backward_weights::desc(algo, src_any, w_any, b_md, md_[y], strides, pad_l, pad_r)
+                   : dnnl::convolution_backward_weights::desc(algo, src_any, w_any, md_[y], strides, pad_l, pad_r);
   dnnl::convolution_backward_weights::primitive_desc wpd(wd, attr(), eng_, fpd);
+  memory src = converted(bs, act_[x], wpd.src_desc());
   memory dw_user = param(w_id, true);
   memory dw = wpd.diff_weights_desc() == dw_user.get_desc() ? dw_user : alloc(wpd.diff_weights_desc());
-  std::unordered_map<int, memory> wargs{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+  std::unordered_map<int, memory> wargs{{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
   if (c.bias) wargs[DNNL_ARG_DIFF_BIAS] = param(n.params[1], true);
   bs.push_back(step(wpd, std::move(wargs)));
   if (dw != dw_user) {

@@ -3,7 +3,8 @@
 // the gradient checks run them in double and the ref backend in float. They are the
 // oracle every faster backend is compared with, so they favour being obviously
 // right over being fast: every reduction accumulates in double, whatever T is, and
-// gradients are gathered (one output element at a time), never scattered.
+// the conv gradients are gathered (each dx / dw element summed in one accumulator)
+// rather than scattered in T.
 //
 // Conventions, the same for every op:
 //   - forward:  op_forward(y, <saved>, x, <params>, dims, <attrs>)
