@@ -121,7 +121,9 @@ TrainResult run_training(const TrainConfig& cfg) {
   so.kind = cfg.schedule;
   so.lr = cfg.lr;
   so.gamma = cfg.gamma;
-  if (cfg.milestones.empty()) {  // the paper's 32k and 48k of 64k iterations
+  if (cfg.schedule != "multistep") {
+    INCRES_CHECK(cfg.milestones.empty(), "--milestones apply to --schedule multistep, not ", cfg.schedule);
+  } else if (cfg.milestones.empty()) {  // the paper's 32k and 48k of 64k iterations
     for (int64_t m : {total / 2, total * 3 / 4})
       if (m > 0 && (so.milestones.empty() || m > so.milestones.back())) so.milestones.push_back(m);
   } else {
