@@ -145,7 +145,8 @@ void run(const Args& a) {
   // The batch: its own stream of the seed, so it does not depend on how init draws.
   Rng rng(mix_key(a.seed, 0xba7c4));
   Tensor input(g.input_shape().with_batch(N));
-  for (int64_t i = 0; i < input.numel(); ++i) input.data<float>()[i] = static_cast<float>(rng.normal());
+  float* x = input.data<float>();
+  for (int64_t i = 0; i < input.numel(); ++i) x[i] = static_cast<float>(rng.normal());
   Tensor labels(Shape{N}, DType::i64);
   std::vector<int32_t> labels32(N);
   for (int64_t i = 0; i < N; ++i) {
@@ -180,7 +181,8 @@ void run(const Args& a) {
       out.emplace_back("logits", std::move(logits));
       out.emplace_back("loss", std::move(loss));
       for (size_t i = 0; i < g.params.size(); ++i)
-        if (g.params[i].trainable()) out.emplace_back("grad." + g.params[i].name, store.grads[i].clone());
+        if (g.params[i].trainable())
+          out.emplace_back("grad." + g.params[i].name, store.grads[i].clone());
     }
     sgd.step(a.lr);
     const std::string k = std::to_string(step);
