@@ -96,6 +96,11 @@ TrainResult run_training(const TrainConfig& cfg) {
                cfg.label_smoothing);
 
   DataPair data = load_data(cfg.data);
+  // Normalisation comes from the whole training set, also when training on a subset,
+  // so that `incres eval` (which sees the whole set) normalises the same way.
+  const int64_t image = 32;
+  data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
+  data::LoaderOptions test_opts = loader_options(data.train, image, cfg.batch, false, false, cfg.seed, cfg.workers);
   if (cfg.train_limit > 0) data.train = data::subset(data.train, cfg.train_limit);
   if (cfg.test_limit > 0) data.test = data::subset(data.test, cfg.test_limit);
   INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
@@ -104,16 +109,14 @@ TrainResult run_training(const TrainConfig& cfg) {
   models::ModelConfig mc;
   mc.in_channels = data.train.channels;
   mc.classes = data.train.classes;
-  mc.image = 32;
+  mc.image = image;
   mc.shortcut = models::parse_shortcut(cfg.shortcut);
   graph::Graph g = models::build_model(cfg.model, mc);
   graph::ParamStore store(g);
   store.init(g, cfg.seed);
 
-  data::Loader train_loader(data.train, loader_options(data.train, mc.image, cfg.batch, true, cfg.augment,
-                                                       cfg.seed, cfg.workers));
-  data::Loader test_loader(data.test, loader_options(data.train, mc.image, cfg.batch, false, false,
-                                                     cfg.seed, cfg.workers));
+  data::Loader train_loader(data.train, train_opts);
+  data::Loader test_loader(data.test, test_opts);
   const int64_t ipe = train_loader.batches_per_epoch();
   const int64_t total = cfg.iters > 0 ? cfg.iters : cfg.epochs * ipe;
 
