@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/demo}
 epochs=${EPOCHS:-3}
-limit=${TRAIN_LIMIT:-30000}
+limit=${TRAIN_LIMIT:-24000}
 rm -rf "$out"
 echo "== incres demo: ResNet-20 on Fashion-MNIST ($limit training images, $epochs epochs) =="
 build/incres info resnet20 --in-channels 1 | tail -n 1
