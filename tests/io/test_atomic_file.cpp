@@ -18,32 +18,13 @@ namespace fs = std::filesystem;
 using incres::Error;
 using incres::io::write_file_atomic;
 
+#include "support.h"
+
+using incres::testing_support::contains;
+using incres::testing_support::error_of;
+using incres::testing_support::slurp;
+
 namespace {
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Passes when `text` contains `part`, and shows both when it does not.
-testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\"\n  does not contain \"" << part << "\"";
-}
-
-// The message of the incres::Error `f` throws ("" and a test failure if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an incres::Error";
-  return "";
-}
 
 class AtomicFile : public testing::Test {
  protected:

@@ -23,23 +23,13 @@ using incres::models::build_model;
 using incres::models::ModelConfig;
 namespace io = incres::io;
 
+#include "support.h"
+
+using incres::testing_support::contains;
+using incres::testing_support::error_of;
+using incres::testing_support::slurp;
+
 namespace {
-
-testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\"\n  does not contain \"" << part << "\"";
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an incres::Error";
-  return "";
-}
 
 // Every byte of every value, to prove a store was (or was not) changed.
 std::vector<std::vector<char>> snapshot(const ParamStore& s) {

@@ -21,30 +21,13 @@ using incres::Tensor;
 using incres::io::load_safetensors;
 using incres::io::save_safetensors;
 
+#include "support.h"
+
+using incres::testing_support::contains;
+using incres::testing_support::error_of;
+using incres::testing_support::slurp;
+
 namespace {
-
-testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\"\n  does not contain \"" << part << "\"";
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an incres::Error";
-  return "";
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // 8-byte little-endian length n, then `header`, then `data`.
 std::string le64(uint64_t n) {
