@@ -53,8 +53,9 @@ int Builder::conv(int x, const Conv2d& a, const std::string& name) {
   int node = graph_.values[y].producer;
   int64_t fan_in = C * a.R * a.S, fan_out = a.K * a.R * a.S;
   // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
-  add_param(node, "weight", Shape{a.K, C, a.R, a.S}, Role::weight, Init::kaiming_normal_fan_out,
-            fan_in, fan_out);
+  int w = add_param(node, "weight", Shape{a.K, C, a.R, a.S}, Role::weight, weight_init_, fan_in,
+                    fan_out);
+  graph_.params[w].init_value = weight_init_value_;
   if (a.bias) add_param(node, "bias", Shape{a.K}, Role::bias, Init::uniform_fan_in, fan_in);
   return y;
 }
@@ -71,28 +72,58 @@ int Builder::batchnorm(int x, const std::string& name, BatchNorm attrs) {
 }
 
 int Builder::relu(int x) { return add_node(qualified("relu"), Relu{}, {x}); }
-int Builder::add(int a, int b) { return add_node(qualified("add"), Add{}, {a, b}); }
+int Builder::add(int a, int b, float scale) { return add_node(qualified("add"), Add{scale}, {a, b}); }
 int Builder::shortcut_a(int x, int64_t K, int stride) {
   return add_node(qualified("shortcut"), ShortcutA{K, stride}, {x});
 }
 int Builder::global_avg_pool(int x) { return add_node(qualified("avgpool"), GlobalAvgPool{}, {x}); }
 
-int Builder::linear(int x, int64_t out, const std::string& name) {
+int Builder::linear(int x, int64_t out, const std::string& name, bool bias) {
   int64_t in = shape(x)[0];
-  int y = add_node(qualified(name), Linear{out, true}, {x});
+  int y = add_node(qualified(name), Linear{out, bias}, {x});
   int node = graph_.values[y].producer;
   // PyTorch's nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
-  add_param(node, "weight", Shape{out, in}, Role::weight, Init::uniform_fan_in, in);
-  add_param(node, "bias", Shape{out}, Role::bias, Init::uniform_fan_in, in);
+  int w = add_param(node, "weight", Shape{out, in}, Role::weight, linear_init_, in, out);
+  graph_.params[w].init_value = weight_init_value_;
+  if (bias) add_param(node, "bias", Shape{out}, Role::bias, Init::uniform_fan_in, in);
   return y;
+}
+
+int Builder::max_pool(int x, int kernel, int stride, int pad, bool ceil_mode) {
+  return add_node(qualified("maxpool"), Pool2d{Pool2d::max, kernel, stride, pad, ceil_mode}, {x});
+}
+int Builder::avg_pool(int x, int kernel, int stride, int pad, bool ceil_mode, bool count_include_pad) {
+  return add_node(qualified("avgpool"),
+                  Pool2d{Pool2d::avg, kernel, stride, pad, ceil_mode, count_include_pad}, {x});
+}
+int Builder::concat(const std::vector<int>& xs) { return add_node(qualified("concat"), Concat{}, xs); }
+int Builder::dropout(int x, float p) { return add_node(qualified("dropout"), Dropout{p}, {x}); }
+int Builder::sigmoid(int x) { return add_node(qualified("sigmoid"), Sigmoid{}, {x}); }
+int Builder::mul(int a, int b) { return add_node(qualified("mul"), Mul{}, {a, b}); }
+int Builder::scale_shift(int x, float scale, float shift) {
+  return add_node(qualified("scale_shift"), ScaleShift{scale, shift}, {x});
+}
+
+void Builder::set_weight_init(Init init, float value) {
+  weight_init_ = init;
+  linear_init_ = init == Init::kaiming_normal_fan_out ? Init::uniform_fan_in : init;
+  weight_init_value_ = value;
+}
+
+void Builder::init_param(const std::string& name, Init init, float value) {
+  int id = graph_.find_param(qualified(name));
+  INCRES_CHECK(id >= 0, "init_param: no parameter named ", qualified(name));
+  graph_.params[id].init = init;
+  graph_.params[id].init_value = value;
 }
 
 void Builder::expect(int v, const Shape& s, const char* where) const {
   INCRES_CHECK(shape(v) == s, where, ": expected shape ", s.str(), ", built ", shape(v).str());
 }
 
-Graph Builder::finish(int output) {
+Graph Builder::finish(int output, std::vector<int> aux_outputs) {
   graph_.output = output;
+  graph_.aux_outputs = std::move(aux_outputs);
   return std::move(graph_);
 }
 

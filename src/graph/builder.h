@@ -36,15 +36,30 @@ class Builder {
   }
   int batchnorm(int x, const std::string& name, BatchNorm attrs = {});
   int relu(int x);
-  int add(int a, int b);
+  int add(int a, int b, float scale = 1.f);  // a + scale * b
   int shortcut_a(int x, int64_t K, int stride);
   int global_avg_pool(int x);
-  int linear(int x, int64_t out, const std::string& name);
+  int linear(int x, int64_t out, const std::string& name, bool bias = true);
+  int max_pool(int x, int kernel, int stride, int pad = 0, bool ceil_mode = false);
+  int avg_pool(int x, int kernel, int stride, int pad = 0, bool ceil_mode = false,
+               bool count_include_pad = true);
+  int concat(const std::vector<int>& xs);
+  int dropout(int x, float p);
+  int sigmoid(int x);
+  int mul(int a, int b);
+  int scale_shift(int x, float scale, float shift);
+
+  // Initialisation. Conv and linear weights default to torchvision's ResNet rules
+  // (Kaiming normal fan-out; PyTorch's uniform for linear); a model may change the
+  // rule for the weights built after the call (Inception: truncated normal), or set
+  // one parameter, by its name inside the current scope ("gate.bias").
+  void set_weight_init(graph::Init init, float value = 0.f);
+  void init_param(const std::string& name, graph::Init init, float value = 0.f);
 
   // Throws unless value v has the given per-sample shape (a stage's shape check).
   void expect(int v, const Shape& s, const char* where) const;
 
-  Graph finish(int output);
+  Graph finish(int output, std::vector<int> aux_outputs = {});
 
  private:
   std::string qualified(const std::string& name) const;
@@ -54,6 +69,9 @@ class Builder {
 
   Graph graph_;
   std::vector<std::string> scopes_;
+  Init weight_init_ = Init::kaiming_normal_fan_out;  // conv weights
+  Init linear_init_ = Init::uniform_fan_in;          // linear weights
+  float weight_init_value_ = 0.f;
 };
 
 }  // namespace incres::graph

@@ -24,7 +24,11 @@ struct BatchNorm {
   float momentum = 0.1f;   // running = (1 - m) * running + m * batch (PyTorch's convention)
 };
 struct Relu {};
-struct Add {};             // y = a + b
+// y = a + scale * b: the residual sum (scale 1), and Inception-ResNet's scaled
+// residual (Inception-v4 paper, Sec. 3.3: residuals scaled by 0.1-0.3 before the sum).
+struct Add {
+  float scale = 1.f;
+};
 // Option A shortcut (ResNet paper, Sec. 3.3): identity with stride-s subsampling
 // (x[:, :, ::s, ::s]); the K - C new channels are zeros. No parameters.
 struct ShortcutA {
@@ -36,13 +40,38 @@ struct Linear {
   int64_t out;
   bool bias = true;
 };
-using Op = std::variant<Input, Conv2d, BatchNorm, Relu, Add, ShortcutA, GlobalAvgPool, Linear>;
+// Max or average pooling over kernel x kernel windows, as PyTorch's MaxPool2d /
+// AvgPool2d: output = floor((H + 2 pad - kernel) / stride) + 1, or ceil with
+// ceil_mode, where a last window that would start in the right padding is dropped.
+// Average pooling divides by the window clipped to the padded input
+// (count_include_pad) or by the number of real input elements in it.
+struct Pool2d {
+  enum Kind { max, avg } kind;
+  int kernel, stride, pad = 0;
+  bool ceil_mode = false;
+  bool count_include_pad = true;
+};
+struct Concat {};          // along channels, inputs in order: (C1, H, W), (C2, H, W) ... -> (sum C, H, W)
+// Training: zero each element with probability p and scale the rest by 1 / (1 - p)
+// (inverted dropout, as PyTorch). Inference: identity. The mask is a pure function of
+// (program seed, step, node, element), so ref and cpu backends draw the same one.
+struct Dropout {
+  float p = 0.5f;
+};
+struct Sigmoid {};         // y = 1 / (1 + exp(-x))
+struct Mul {};             // y = a * b, elementwise (gated shortcuts)
+struct ScaleShift {        // y = scale * x + shift, elementwise with constants
+  float scale = 1.f, shift = 0.f;
+};
+using Op = std::variant<Input, Conv2d, BatchNorm, Relu, Add, ShortcutA, GlobalAvgPool, Linear,
+                        Pool2d, Concat, Dropout, Sigmoid, Mul, ScaleShift>;
 
 const char* op_name(const Op& op);
 
 // ---- Parameters and buffers ----
 enum class Role { weight, bias, bn_gamma, bn_beta, running_mean, running_var };
-enum class Init { kaiming_normal_fan_out, uniform_fan_in, ones, zeros };
+enum class Init { kaiming_normal_fan_out, uniform_fan_in, ones, zeros, constant,
+                  truncated_normal };
 
 struct Param {
   std::string name;   // torchvision spelling, e.g. "layer1.0.conv1.weight"
@@ -50,6 +79,7 @@ struct Param {
   Role role;
   Init init;
   int64_t fan_in = 0, fan_out = 0;
+  float init_value = 0.f;  // Init::constant: the value; Init::truncated_normal: the stddev
   // Buffers (running statistics) are state, not parameters: no gradient, not counted.
   bool trainable() const { return role != Role::running_mean && role != Role::running_var; }
 };
@@ -73,6 +103,9 @@ struct Graph {
   std::vector<Value> values;
   std::vector<Param> params;
   int input = -1, output = -1;
+  // Further outputs trained alongside the main one (Inception's auxiliary classifier).
+  // Inference programs compute only what `output` needs.
+  std::vector<int> aux_outputs;
 
   const Shape& input_shape() const { return values[input].shape; }
   const Shape& output_shape() const { return values[output].shape; }
@@ -82,6 +115,7 @@ struct Graph {
 };
 
 // Shape and cost rules, one per op.
+int64_t pool_out(int64_t in, const Pool2d& p);  // output height (or width) of a pooling
 Shape infer_shape(const Op& op, const std::vector<Shape>& inputs);
 int64_t node_macs(const Graph& g, const Node& n);
 

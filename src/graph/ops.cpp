@@ -11,6 +11,15 @@ template <class... F> Overload(F...) -> Overload<F...>;
 int64_t conv_out(int64_t in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
 }  // namespace
 
+int64_t pool_out(int64_t in, const Pool2d& p) {
+  int64_t span = in + 2 * p.pad - p.kernel;
+  if (span < 0) return 0;
+  int64_t out = (p.ceil_mode ? (span + p.stride - 1) / p.stride : span / p.stride) + 1;
+  // PyTorch: the last window must start inside the input or its left padding.
+  if (p.ceil_mode && (out - 1) * p.stride >= in + p.pad) --out;
+  return out;
+}
+
 const char* op_name(const Op& op) {
   return std::visit(Overload{
       [](const Input&) { return "input"; },
@@ -21,6 +30,12 @@ const char* op_name(const Op& op) {
       [](const ShortcutA&) { return "shortcut_a"; },
       [](const GlobalAvgPool&) { return "avgpool"; },
       [](const Linear&) { return "linear"; },
+      [](const Pool2d& p) { return p.kind == Pool2d::max ? "maxpool" : "avgpool2d"; },
+      [](const Concat&) { return "concat"; },
+      [](const Dropout&) { return "dropout"; },
+      [](const Sigmoid&) { return "sigmoid"; },
+      [](const Mul&) { return "mul"; },
+      [](const ScaleShift&) { return "scale_shift"; },
   }, op);
 }
 
@@ -56,6 +71,37 @@ Shape infer_shape(const Op& op, const std::vector<Shape>& in) {
         INCRES_CHECK(in.size() == 1 && in[0].rank() == 1, "linear needs a flat input, got ", in[0].str());
         return Shape{l.out};
       },
+      [&](const Pool2d& p) -> Shape {
+        need_chw(op_name(op));
+        INCRES_CHECK(p.kernel >= 1 && p.stride >= 1 && p.pad >= 0 && 2 * p.pad <= p.kernel,
+                     op_name(op), " ", p.kernel, "/", p.stride, " pad ", p.pad,
+                     ": needs kernel, stride >= 1 and pad <= kernel / 2");
+        int64_t P = pool_out(in[0][1], p), Q = pool_out(in[0][2], p);
+        INCRES_CHECK(P > 0 && Q > 0, op_name(op), " ", p.kernel, "/", p.stride, " on input ",
+                     in[0].str(), " gives an empty output");
+        return Shape{in[0][0], P, Q};
+      },
+      [&](const Concat&) -> Shape {
+        INCRES_CHECK(!in.empty(), "concat needs at least one input");
+        int64_t C = 0;
+        for (const Shape& s : in) {
+          INCRES_CHECK(s.rank() == 3 && s[1] == in[0][1] && s[2] == in[0][2],
+                       "concat needs (C, H, W) inputs of one size, got ", in[0].str(), " and ", s.str());
+          C += s[0];
+        }
+        return Shape{C, in[0][1], in[0][2]};
+      },
+      [&](const Dropout& d) -> Shape {
+        INCRES_CHECK(d.p >= 0.f && d.p < 1.f, "dropout probability must be in [0, 1), got ", d.p);
+        return in[0];
+      },
+      [&](const Sigmoid&) -> Shape { return in[0]; },
+      [&](const Mul&) -> Shape {
+        INCRES_CHECK(in.size() == 2 && in[0] == in[1], "mul needs two equal shapes, got ",
+                     in[0].str(), " and ", in.size() > 1 ? in[1].str() : "nothing");
+        return in[0];
+      },
+      [&](const ScaleShift&) -> Shape { return in[0]; },
   }, op);
 }
 

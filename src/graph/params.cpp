@@ -33,6 +33,16 @@ void ParamStore::init(const Graph& g, uint64_t seed) {
         for (int64_t j = 0; j < n; ++j) w[j] = static_cast<float>((2 * rng.uniform() - 1) * b);
         break;
       }
+      case Init::truncated_normal: {
+        // torch.nn.init.trunc_normal_(std=value, a=-2, b=2), as torchvision's Inception-v3.
+        for (int64_t j = 0; j < n; ++j) {
+          double v;
+          do v = p.init_value * rng.normal(); while (v < -2.0 || v > 2.0);
+          w[j] = static_cast<float>(v);
+        }
+        break;
+      }
+      case Init::constant: values[i].fill(p.init_value); break;
       case Init::ones: values[i].fill(1.f); break;
       case Init::zeros: values[i].fill(0.f); break;
     }

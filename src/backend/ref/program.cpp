@@ -152,6 +152,7 @@ void RefProgram::forward_node(int id) {
         ref::linear_forward(y, act(in), param(n, 0), l.bias ? param(n, 1) : nullptr, opt_.batch,
                             g_.values[in].shape[0], l.out);
       },
+      [&](const auto&) { fail("ref backend: op ", graph::op_name(n.op), " is not implemented"); },
   }, n.op);
 }
 
@@ -196,6 +197,7 @@ void RefProgram::backward_node(int id) {
         ref::linear_backward(grad(in), param_grad(n, 0), l.bias ? param_grad(n, 1) : nullptr, dy,
                              act(in), param(n, 0), opt_.batch, g_.values[in].shape[0], l.out);
       },
+      [&](const auto&) { fail("ref backend: op ", graph::op_name(n.op), " is not implemented"); },
   }, n.op);
 }
 
