@@ -19,6 +19,7 @@ struct Options {
   int64_t batch = 1;
   Mode mode = Mode::train;
   bool input_grad = false;  // also compute d(loss)/d(input) in backward (tests use it)
+  uint64_t seed = 0;        // keys the dropout masks (backend/dropout_mask.h)
 };
 
 class Program {
@@ -36,6 +37,13 @@ class Program {
   virtual void backward(const float* dy) = 0;
   // d(loss)/d(input) after backward(), NCHW; requires Options::input_grad.
   virtual const float* input_grad() const = 0;
+
+  // Dropout draws its mask from (Options::seed, step, node, element). The step is 0
+  // after compiling and advances by one at each train-mode forward(); backward() uses
+  // the mask of the forward before it. A resumed run sets the step the next forward
+  // draws with (the number of training steps already taken), so it drops what an
+  // uninterrupted run would have dropped.
+  virtual void set_step(int64_t step) = 0;
 
   // Bytes the program holds for activations, gradients and workspaces.
   virtual int64_t planned_bytes() const = 0;

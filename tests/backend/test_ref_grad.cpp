@@ -295,6 +295,184 @@ TEST(RefGrad, Linear) {
   expect_grad("db", b, db, loss);
 }
 
+// ---- pooling, concat, scaled add, mul, sigmoid, scale-shift, dropout ---------------------
+
+struct PoolCase {
+  const char* name;
+  int64_t N, C, H, W;
+  graph::Pool2d a;  // kind, kernel, stride, pad, ceil_mode, count_include_pad
+  int64_t P;        // the output size PyTorch gives (H = W)
+};
+
+// Output sizes from torch.nn.MaxPool2d / AvgPool2d on these shapes.
+const PoolCase kPoolCases[] = {
+    {"max 3/2 pad 1 (ResNet stem)", 2, 2, 7, 7, {graph::Pool2d::max, 3, 2, 1}, 4},
+    {"max 3/2 (Inception)", 1, 2, 7, 7, {graph::Pool2d::max, 3, 2, 0}, 3},
+    {"max 2/2 pad 1 ceil, last window dropped", 1, 2, 5, 5, {graph::Pool2d::max, 2, 2, 1, true}, 3},
+    {"max 3/2 ceil", 1, 2, 6, 6, {graph::Pool2d::max, 3, 2, 0, true}, 3},
+    {"avg 3/1 pad 1, count_include_pad", 2, 2, 5, 5, {graph::Pool2d::avg, 3, 1, 1, false, true}, 5},
+    {"avg 3/1 pad 1, exclude pad", 2, 2, 5, 5, {graph::Pool2d::avg, 3, 1, 1, false, false}, 5},
+    {"avg 5/3 (Inception aux)", 1, 2, 8, 8, {graph::Pool2d::avg, 5, 3, 0}, 2},
+    {"avg 3/2 pad 1 ceil, include pad", 1, 2, 4, 4, {graph::Pool2d::avg, 3, 2, 1, true, true}, 3},
+    {"avg 3/2 pad 1 ceil, exclude pad", 1, 2, 4, 4, {graph::Pool2d::avg, 3, 2, 1, true, false}, 3},
+    {"avg 2/2 ceil, include pad", 1, 2, 5, 5, {graph::Pool2d::avg, 2, 2, 0, true, true}, 3},
+};
+
+TEST(RefGrad, Pool2d) {
+  for (const PoolCase& t : kPoolCases) {
+    SCOPED_TRACE(t.name);
+    const ref::PoolDims d = ref::PoolDims::make(t.N, t.C, t.H, t.W, t.a);
+    ASSERT_EQ(d.P, t.P);
+    ASSERT_EQ(d.Q, t.P);
+    Rng rng(81);
+    // Distinct values 0.1 apart in random order: no ties, so a max pool's gradient is
+    // well defined and a finite-difference step of 1e-6 cannot change the argmax.
+    const int64_t count = d.x().numel();
+    Vec x(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) x[i] = 0.1 * double(i) - 0.05 * double(count);
+    for (int64_t i = count - 1; i > 0; --i) std::swap(x[i], x[rng.below(uint64_t(i + 1))]);
+    const Vec r = randn(d.y().numel(), rng);
+    Vec y(r.size());
+    auto loss = [&] { ref::pool2d_forward(y.data(), x.data(), d); return dot(y, r); };
+    Vec dx(x.size());
+    ref::pool2d_backward(dx.data(), r.data(), x.data(), d);
+    expect_grad("dx", x, dx, loss);
+  }
+}
+
+// The divisors worked out by hand on an all-ones 4x4 input, avg 3/2 pad 1, ceil mode:
+// windows cover rows [-1, 2), [1, 4) and [3, 6), the last clipped to the padded input
+// [-1, 5) (PyTorch), so its padded size is 2 and its real size 1.
+TEST(RefOps, AvgPoolDivisors) {
+  Vec x(16, 1.0), y(9);
+  ref::pool2d_forward(y.data(), x.data(), ref::PoolDims::make(1, 1, 4, 4, {graph::Pool2d::avg, 3, 2, 1, true, true}));
+  EXPECT_DOUBLE_EQ(y[0], 4.0 / 9);  // 2x2 real of 3x3
+  EXPECT_DOUBLE_EQ(y[4], 1.0);      // 3x3 real
+  EXPECT_DOUBLE_EQ(y[6], 2.0 / 6);  // rows [3, 5): 1 real of 2; columns [-1, 2): 2 of 3
+  EXPECT_DOUBLE_EQ(y[8], 1.0 / 4);  // 1x1 real of 2x2 (not of the full 3x3 kernel)
+  ref::pool2d_forward(y.data(), x.data(), ref::PoolDims::make(1, 1, 4, 4, {graph::Pool2d::avg, 3, 2, 1, true, false}));
+  EXPECT_EQ(y, Vec(9, 1.0));  // real elements only: the mean of ones
+  Vec z{1, 5, 2, 0, 3, 4, 8, 6, 7}, m(4);  // max 2/1 on 3x3
+  ref::pool2d_forward(m.data(), z.data(), ref::PoolDims::make(1, 1, 3, 3, {graph::Pool2d::max, 2, 1}));
+  EXPECT_EQ(m, (Vec{5, 5, 8, 7}));
+}
+
+TEST(RefGrad, Concat) {
+  const int64_t N = 2, H = 2, W = 3, HW = H * W;
+  const std::vector<int64_t> channels{2, 1, 3};
+  Rng rng(91);
+  std::vector<Vec> xs;
+  for (int64_t c : channels) xs.push_back(randn(N * c * HW, rng));
+  const Vec r = randn(N * 6 * HW, rng);
+  Vec y(r.size());
+  auto loss = [&] {
+    const double* p[] = {xs[0].data(), xs[1].data(), xs[2].data()};
+    ref::concat_forward<double>(y.data(), p, channels, N, HW);
+    return dot(y, r);
+  };
+  loss();
+  const ref::Dims Y{N, 6, H, W}, X0{N, 2, H, W}, X1{N, 1, H, W}, X2{N, 3, H, W};
+  EXPECT_EQ(y[Y.at(1, 0, 1, 2)], xs[0][X0.at(1, 0, 1, 2)]);
+  EXPECT_EQ(y[Y.at(1, 2, 0, 1)], xs[1][X1.at(1, 0, 0, 1)]);
+  EXPECT_EQ(y[Y.at(0, 5, 1, 0)], xs[2][X2.at(0, 2, 1, 0)]);
+  std::vector<Vec> dxs;
+  for (const Vec& x : xs) dxs.emplace_back(x.size());
+  double* dp[] = {dxs[0].data(), nullptr, dxs[2].data()};  // a null gradient is skipped
+  ref::concat_backward<double>(dp, r.data(), channels, N, HW);
+  expect_grad("dx0", xs[0], dxs[0], loss);
+  expect_grad("dx2", xs[2], dxs[2], loss);
+}
+
+TEST(RefGrad, ScaledAdd) {
+  Rng rng(42);
+  Vec a = randn(12, rng), b = randn(12, rng);
+  const Vec r = randn(12, rng);
+  Vec y(12);
+  auto loss = [&] { ref::add_forward(y.data(), a.data(), b.data(), 12, 0.2); return dot(y, r); };
+  loss();
+  EXPECT_NEAR(y[3], a[3] + 0.2 * b[3], 1e-15);
+  Vec da(12), db(12);
+  ref::add_backward(da.data(), db.data(), r.data(), 12, 0.2);
+  expect_grad("da", a, da, loss);
+  expect_grad("db", b, db, loss);
+}
+
+TEST(RefGrad, Mul) {
+  Rng rng(43);
+  Vec a = randn(12, rng), b = randn(12, rng);
+  const Vec r = randn(12, rng);
+  Vec y(12);
+  auto loss = [&] { ref::mul_forward(y.data(), a.data(), b.data(), 12); return dot(y, r); };
+  Vec da(12), db(12);
+  ref::mul_backward(da.data(), db.data(), r.data(), a.data(), b.data(), 12);
+  expect_grad("da", a, da, loss);
+  expect_grad("db", b, db, loss);
+  // y = a * a: both contributions land in the same buffer, 2 a dy.
+  auto loss_aa = [&] { ref::mul_forward(y.data(), a.data(), a.data(), 12); return dot(y, r); };
+  Vec daa(12);
+  ref::mul_backward(daa.data(), daa.data(), r.data(), a.data(), a.data(), 12);
+  expect_grad("d(a * a)/da", a, daa, loss_aa);
+}
+
+TEST(RefGrad, SigmoidAndScaleShift) {
+  Rng rng(44);
+  Vec x = randn(20, rng, 2.0);
+  const Vec r = randn(20, rng);
+  Vec y(20);
+  auto sigmoid = [&] { ref::sigmoid_forward(y.data(), x.data(), 20); return dot(y, r); };
+  sigmoid();
+  EXPECT_NEAR(y[0], 1 / (1 + std::exp(-x[0])), 1e-15);
+  Vec dx(20);
+  ref::sigmoid_backward(dx.data(), r.data(), y.data(), 20);  // from the output saved by forward
+  expect_grad("sigmoid dx", x, dx, sigmoid);
+
+  auto scale_shift = [&] { ref::scale_shift_forward(y.data(), x.data(), 20, -1.5, 0.3); return dot(y, r); };
+  scale_shift();
+  EXPECT_NEAR(y[5], -1.5 * x[5] + 0.3, 1e-15);
+  Vec dx2(20);
+  ref::scale_shift_backward(dx2.data(), r.data(), 20, -1.5);
+  expect_grad("scale_shift dx", x, dx2, scale_shift);
+}
+
+TEST(RefGrad, Dropout) {
+  const int64_t count = 4000;
+  Rng rng(45);
+  Vec x = randn(count, rng);
+  const Vec r = randn(count, rng);
+  Vec y(count);
+  const backend::DropoutMask mask(7, 3, 12, 0.3f);
+  auto loss = [&] { ref::dropout_forward(y.data(), x.data(), count, mask); return dot(y, r); };
+  loss();
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    EXPECT_DOUBLE_EQ(y[i], mask.keep(i) ? x[i] / (1 - double(0.3f)) : 0.0) << i;
+    dropped += !mask.keep(i);
+  }
+  EXPECT_NEAR(double(dropped) / count, 0.3, 0.03);  // 4 sigma of a binomial(4000, 0.3)
+  Vec dx(count);
+  ref::dropout_backward(dx.data(), r.data(), count, mask);
+  expect_grad("dx", x, dx, loss);
+
+  // The mask depends on every part of its key.
+  auto differs = [&](const backend::DropoutMask& other) {
+    for (int64_t i = 0; i < count; ++i)
+      if (other.keep(i) != mask.keep(i)) return true;
+    return false;
+  };
+  EXPECT_TRUE(differs(backend::DropoutMask(8, 3, 12, 0.3f)));  // seed
+  EXPECT_TRUE(differs(backend::DropoutMask(7, 4, 12, 0.3f)));  // step
+  EXPECT_TRUE(differs(backend::DropoutMask(7, 3, 13, 0.3f)));  // node
+  EXPECT_FALSE(differs(backend::DropoutMask(7, 3, 12, 0.3f)));
+
+  // p = 0: the identity, forward and backward.
+  const backend::DropoutMask none(7, 3, 12, 0.f);
+  ref::dropout_forward(y.data(), x.data(), count, none);
+  EXPECT_EQ(y, x);
+  Vec dx0(count);
+  ref::dropout_backward(dx0.data(), r.data(), count, none);
+  EXPECT_EQ(dx0, r);
+}
+
 // ---- the float ref Program ----------------------------------------------------------------
 
 using backend::Mode;
@@ -488,6 +666,44 @@ TEST(RefProgram, BatchNormModes) {
   EXPECT_THROW(train->input_grad(), Error);  // compiled without input_grad
   EXPECT_GT(train->planned_bytes(), infer->planned_bytes());
   EXPECT_EQ(infer->planned_bytes(), int64_t(2 * N * 18 * sizeof(float)));  // input and output
+}
+
+// Dropout in a Program: a fresh mask at every train-mode forward (the step advances),
+// backward with the mask of the forward before it, set_step replays a step, and
+// inference is the identity.
+TEST(RefProgram, DropoutSteps) {
+  graph::Builder b(Shape{3, 4, 4});
+  graph::Graph g = b.finish(b.dropout(b.input(), 0.5f));
+  graph::ParamStore store(g);
+  const int64_t N = 2, count = N * 48;
+  Rng rng(6);
+  std::vector<float> x = randn_f(count, rng), dy = randn_f(count, rng);
+  Options opt{N, Mode::train, true};
+  opt.seed = 99;
+  auto train = backend::compile_ref(g, store, opt);
+  auto kept = [&](const float* y) {
+    std::vector<bool> k(count);
+    for (int64_t i = 0; i < count; ++i) k[i] = y[i] != 0.f;
+    return k;
+  };
+  train->forward(x.data());
+  const std::vector<bool> step0 = kept(train->output());
+  for (int64_t i = 0; i < count; ++i) {
+    EXPECT_EQ(step0[i], backend::DropoutMask(99, 0, 0, 0.5f).keep(i));
+    EXPECT_FLOAT_EQ(train->output()[i], step0[i] ? 2 * x[i] : 0.f);
+  }
+  train->forward(x.data());
+  const std::vector<bool> step1 = kept(train->output());
+  EXPECT_NE(step0, step1);
+  train->backward(dy.data());
+  for (int64_t i = 0; i < count; ++i) EXPECT_FLOAT_EQ(train->input_grad()[i], step1[i] ? 2 * dy[i] : 0.f);
+  train->set_step(0);
+  train->forward(x.data());
+  EXPECT_EQ(kept(train->output()), step0);
+
+  auto infer = backend::compile_ref(g, store, Options{N, Mode::infer, false});
+  infer->forward(x.data());
+  EXPECT_EQ(std::vector<float>(infer->output(), infer->output() + count), x);
 }
 
 TEST(RefProgram, CompileErrors) {

@@ -84,6 +84,7 @@ class CpuProgram final : public Program {
   const float* output() const override { return static_cast<const float*>(out_plain_.get_data_handle()); }
   void backward(const float* dy) override;
   const float* input_grad() const override;
+  void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
   std::string backend_name() const override { return "cpu"; }
 
@@ -131,6 +132,8 @@ class CpuProgram final : public Program {
   std::vector<Step> fwd_, bwd_;
   SharedBuffer scratch_, tmp_;
   memory in_plain_, out_plain_, dout_plain_, din_plain_;
+  int64_t step_ = 0;        // the step the next train-mode forward draws dropout masks with
+  int64_t drawn_step_ = 0;  // the step of the last one, which backward uses
 };
 
 memory CpuProgram::alloc(const memory::desc& md) {

@@ -18,9 +18,12 @@
 //   - Dimensions: N batch, C input channels, H x W input; K output channels (or
 //     output features), R x S kernel, P x Q output.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <span>
 
+#include "backend/dropout_mask.h"
 #include "core/error.h"
 #include "graph/graph.h"
 
@@ -238,17 +241,66 @@ void relu_backward(T* dx, const T* dy, const T* x, int64_t count) {
     if (x[i] > T(0)) dx[i] += dy[i];
 }
 
-// add: y = a + b. Backward: da += dy, db += dy (the same buffer for add(x, x) gets 2 dy).
+// add (graph::Add): y = a + scale * b. Backward: da += dy, db += scale * dy (the same
+// buffer for add(x, x) gets both).
 template <class T>
-void add_forward(T* y, const T* a, const T* b, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) y[i] = a[i] + b[i];
+void add_forward(T* y, const T* a, const T* b, int64_t count, double scale = 1) {
+  for (int64_t i = 0; i < count; ++i) y[i] = T(Acc(a[i]) + scale * Acc(b[i]));
 }
 template <class T>
-void add_backward(T* da, T* db, const T* dy, int64_t count) {
+void add_backward(T* da, T* db, const T* dy, int64_t count, double scale = 1) {
   for (int64_t i = 0; i < count; ++i) {
     if (da) da[i] += dy[i];
-    if (db) db[i] += dy[i];
+    if (db) db[i] += T(scale * Acc(dy[i]));
   }
+}
+
+// mul: y = a * b elementwise. Backward: da += dy * b, db += dy * a.
+template <class T>
+void mul_forward(T* y, const T* a, const T* b, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) y[i] = a[i] * b[i];
+}
+template <class T>
+void mul_backward(T* da, T* db, const T* dy, const T* a, const T* b, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (da) da[i] += dy[i] * b[i];
+    if (db) db[i] += dy[i] * a[i];
+  }
+}
+
+// sigmoid: y = 1 / (1 + exp(-x)). Backward from the output: dx += dy * y * (1 - y).
+template <class T>
+void sigmoid_forward(T* y, const T* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) y[i] = T(1 / (1 + std::exp(-Acc(x[i]))));
+}
+template <class T>
+void sigmoid_backward(T* dx, const T* dy, const T* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dx[i] += T(Acc(dy[i]) * Acc(y[i]) * (1 - Acc(y[i])));
+}
+
+// scale_shift (graph::ScaleShift): y = scale * x + shift. Backward: dx += scale * dy.
+template <class T>
+void scale_shift_forward(T* y, const T* x, int64_t count, double scale, double shift) {
+  for (int64_t i = 0; i < count; ++i) y[i] = T(scale * Acc(x[i]) + shift);
+}
+template <class T>
+void scale_shift_backward(T* dx, const T* dy, int64_t count, double scale) {
+  for (int64_t i = 0; i < count; ++i) dx[i] += T(scale * Acc(dy[i]));
+}
+
+// dropout, training (graph::Dropout): y = x / (1 - p) where mask.keep(i), else 0;
+// i is the element's index in the row-major value. Backward: dx += the same map of dy.
+// (Inference is the identity and needs no kernel.)
+template <class T>
+void dropout_forward(T* y, const T* x, int64_t count, const DropoutMask& mask) {
+  const Acc scale = 1 / (1 - Acc(mask.p));
+  for (int64_t i = 0; i < count; ++i) y[i] = mask.keep(i) ? T(scale * Acc(x[i])) : T(0);
+}
+template <class T>
+void dropout_backward(T* dx, const T* dy, int64_t count, const DropoutMask& mask) {
+  const Acc scale = 1 / (1 - Acc(mask.p));
+  for (int64_t i = 0; i < count; ++i)
+    if (mask.keep(i)) dx[i] += T(scale * Acc(dy[i]));
 }
 
 // ---------------------------------------------------------------------------------
@@ -343,6 +395,135 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
       for (int64_t n = 0; n < N; ++n) acc += Acc(dy[n * K + k]);
       db[k] += T(acc);
     }
+}
+
+// ---------------------------------------------------------------------------------
+// pool2d (graph::Pool2d), as PyTorch's MaxPool2d / AvgPool2d: output (p, q) reads the
+// window of rows [p*stride - pad, p*stride - pad + kernel) and the same columns; P x Q
+// is graph::pool_out (floor, or ceil mode without a window starting in the right
+// padding, so every window holds at least one real element).
+//   max: y = the largest real element (padding never wins: -inf in PyTorch);
+//        backward sends dy to the first largest element in row-major window order,
+//        the one PyTorch picks.
+//   avg: y = sum of the real elements / divisor, where the divisor is the window
+//        clipped to the padded input [-pad, H + pad) with count_include_pad (a ceil-mode
+//        window hanging past the padding counts only up to H + pad), else the number
+//        of real elements (PyTorch's avg_pool2d kernel). Backward: each real element
+//        of the window gets dy / divisor.
+struct PoolDims {
+  int64_t N, C, H, W;
+  graph::Pool2d a;
+  int64_t P, Q;
+
+  static PoolDims make(int64_t N, int64_t C, int64_t H, int64_t W, const graph::Pool2d& a) {
+    PoolDims d{N, C, H, W, a, graph::pool_out(H, a), graph::pool_out(W, a)};
+    INCRES_CHECK(a.stride >= 1 && 2 * a.pad <= a.kernel && d.P > 0 && d.Q > 0, "pool ", a.kernel,
+                 "/", a.stride, " pad ", a.pad, " on a ", H, "x", W, " input gives no valid output");
+    return d;
+  }
+  Dims x() const { return {N, C, H, W}; }
+  Dims y() const { return {N, C, P, Q}; }
+
+  // Output (p, q)'s window clipped to the input, rows [h0, h1) x columns [w0, w1),
+  // and the average's divisor.
+  struct Window {
+    int64_t h0, h1, w0, w1;
+    Acc divisor;
+  };
+  Window window(int64_t p, int64_t q) const {
+    int64_t h0 = p * a.stride - a.pad, w0 = q * a.stride - a.pad;
+    int64_t h1 = std::min<int64_t>(h0 + a.kernel, H + a.pad), w1 = std::min<int64_t>(w0 + a.kernel, W + a.pad);
+    const Acc padded = Acc((h1 - h0) * (w1 - w0));
+    h0 = std::max<int64_t>(h0, 0);
+    w0 = std::max<int64_t>(w0, 0);
+    h1 = std::min(h1, H);
+    w1 = std::min(w1, W);
+    return {h0, h1, w0, w1, a.count_include_pad ? padded : Acc((h1 - h0) * (w1 - w0))};
+  }
+  // The input offset of output (n, c, p, q)'s first largest element.
+  template <class T>
+  int64_t argmax(const T* x, int64_t n, int64_t c, int64_t p, int64_t q) const {
+    const Window win = window(p, q);
+    const Dims X = this->x();
+    int64_t best = X.at(n, c, win.h0, win.w0);
+    for (int64_t h = win.h0; h < win.h1; ++h)
+      for (int64_t w = win.w0; w < win.w1; ++w)
+        if (x[X.at(n, c, h, w)] > x[best]) best = X.at(n, c, h, w);
+    return best;
+  }
+};
+
+template <class T>
+void pool2d_forward(T* y, const T* x, const PoolDims& d) {
+  const Dims X = d.x(), Y = d.y();
+  for (int64_t n = 0; n < d.N; ++n)
+    for (int64_t c = 0; c < d.C; ++c)
+      for (int64_t p = 0; p < d.P; ++p)
+        for (int64_t q = 0; q < d.Q; ++q) {
+          if (d.a.kind == graph::Pool2d::max) {
+            y[Y.at(n, c, p, q)] = x[d.argmax(x, n, c, p, q)];
+            continue;
+          }
+          const PoolDims::Window win = d.window(p, q);
+          Acc sum = 0;
+          for (int64_t h = win.h0; h < win.h1; ++h)
+            for (int64_t w = win.w0; w < win.w1; ++w) sum += Acc(x[X.at(n, c, h, w)]);
+          y[Y.at(n, c, p, q)] = T(sum / win.divisor);
+        }
+}
+
+// Max pooling re-finds the maxima in x; average pooling does not read x.
+template <class T>
+void pool2d_backward(T* dx, const T* dy, const T* x, const PoolDims& d) {
+  const Dims X = d.x(), Y = d.y();
+  for (int64_t n = 0; n < d.N; ++n)
+    for (int64_t c = 0; c < d.C; ++c)
+      for (int64_t p = 0; p < d.P; ++p)
+        for (int64_t q = 0; q < d.Q; ++q) {
+          const T g = dy[Y.at(n, c, p, q)];
+          if (d.a.kind == graph::Pool2d::max) {
+            dx[d.argmax(x, n, c, p, q)] += g;
+            continue;
+          }
+          const PoolDims::Window win = d.window(p, q);
+          const T share = T(Acc(g) / win.divisor);
+          for (int64_t h = win.h0; h < win.h1; ++h)
+            for (int64_t w = win.w0; w < win.w1; ++w) dx[X.at(n, c, h, w)] += share;
+        }
+}
+
+// ---------------------------------------------------------------------------------
+// concat along channels: y[n] = (x_0[n], x_1[n], ...), input i holding channels[i]
+// channels of HW = H * W elements each. Backward: dx_i += its slice of dy (a null
+// dx_i is skipped).
+template <class T>
+void concat_forward(T* y, std::span<const T* const> xs, std::span<const int64_t> channels, int64_t N,
+                    int64_t HW) {
+  int64_t K = 0;
+  for (int64_t c : channels) K += c;
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t offset = 0;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const int64_t len = channels[i] * HW;
+      std::copy(xs[i] + n * len, xs[i] + (n + 1) * len, y + (n * K + offset) * HW);
+      offset += channels[i];
+    }
+  }
+}
+template <class T>
+void concat_backward(std::span<T* const> dxs, const T* dy, std::span<const int64_t> channels, int64_t N,
+                     int64_t HW) {
+  int64_t K = 0;
+  for (int64_t c : channels) K += c;
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t offset = 0;
+    for (size_t i = 0; i < dxs.size(); ++i) {
+      const int64_t len = channels[i] * HW;
+      if (T* dx = dxs[i])
+        for (int64_t j = 0; j < len; ++j) dx[n * len + j] += dy[(n * K + offset) * HW + j];
+      offset += channels[i];
+    }
+  }
 }
 
 }  // namespace incres::backend::ref

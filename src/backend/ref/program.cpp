@@ -44,6 +44,7 @@ class RefProgram final : public Program {
   const float* output() const override { return act_[g_.output].data<float>(); }
   void backward(const float* dy) override;
   const float* input_grad() const override;
+  void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
   std::string backend_name() const override { return "ref"; }
 
@@ -70,6 +71,15 @@ class RefProgram final : public Program {
   Options opt_;
   std::vector<Tensor> act_, grad_;          // per value
   std::vector<Tensor> bn_mean_, bn_inv_std_;  // per node; saved by BN training forward
+  // Per concat node, its inputs' buffers and channel counts (so a step allocates nothing).
+  struct ConcatArgs {
+    std::vector<const float*> xs;
+    std::vector<float*> dxs;
+    std::vector<int64_t> channels;
+  };
+  std::vector<ConcatArgs> concat_;  // per node
+  int64_t step_ = 0;        // the step the next train-mode forward draws dropout masks with
+  int64_t drawn_step_ = 0;  // the step of the last one, which backward uses
 };
 
 RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
@@ -113,10 +123,18 @@ RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
     int64_t C = bn ? g_.values[n.inputs[0]].shape[0] : 0;
     bn_mean_.push_back(bn && training() ? Tensor(Shape{C}) : Tensor());
     bn_inv_std_.push_back(bn && training() ? Tensor(Shape{C}) : Tensor());
+    ConcatArgs& c = concat_.emplace_back();
+    if (std::holds_alternative<graph::Concat>(n.op))
+      for (int v : n.inputs) {
+        c.xs.push_back(act(v));
+        c.dxs.push_back(grad(v));
+        c.channels.push_back(g_.values[v].shape[0]);
+      }
   }
 }
 
 void RefProgram::forward(const float* x) {
+  if (training()) drawn_step_ = step_++;
   std::memcpy(act(g_.input), x, static_cast<size_t>(count(g_.input)) * sizeof(float));
   for (int id = 0; id < static_cast<int>(g_.nodes.size()); ++id) forward_node(id);
 }
@@ -142,7 +160,7 @@ void RefProgram::forward_node(int id) {
                                        param(n, 3), dims(in), bn.eps);
       },
       [&](const graph::Relu&) { ref::relu_forward(y, act(in), count(in)); },
-      [&](const graph::Add&) { ref::add_forward(y, act(n.inputs[0]), act(n.inputs[1]), count(in)); },
+      [&](const graph::Add& a) { ref::add_forward(y, act(n.inputs[0]), act(n.inputs[1]), count(in), a.scale); },
       [&](const graph::ShortcutA& s) {
         ref::Dims d = dims(in);
         ref::shortcut_a_forward(y, act(in), ref::ShortcutDims::make(d.N, d.C, d.H, d.W, s));
@@ -152,7 +170,23 @@ void RefProgram::forward_node(int id) {
         ref::linear_forward(y, act(in), param(n, 0), l.bias ? param(n, 1) : nullptr, opt_.batch,
                             g_.values[in].shape[0], l.out);
       },
-      [&](const auto&) { fail("ref backend: op ", graph::op_name(n.op), " is not implemented"); },
+      [&](const graph::Pool2d& p) {
+        ref::Dims d = dims(in);
+        ref::pool2d_forward(y, act(in), ref::PoolDims::make(d.N, d.C, d.H, d.W, p));
+      },
+      [&](const graph::Concat&) {
+        const ConcatArgs& c = concat_[id];
+        ref::concat_forward<float>(y, c.xs, c.channels, opt_.batch, dims(in).H * dims(in).W);
+      },
+      [&](const graph::Dropout& d) {
+        if (training())
+          ref::dropout_forward(y, act(in), count(in), DropoutMask(opt_.seed, drawn_step_, id, d.p));
+        else
+          std::memcpy(y, act(in), static_cast<size_t>(count(in)) * sizeof(float));
+      },
+      [&](const graph::Sigmoid&) { ref::sigmoid_forward(y, act(in), count(in)); },
+      [&](const graph::Mul&) { ref::mul_forward(y, act(n.inputs[0]), act(n.inputs[1]), count(in)); },
+      [&](const graph::ScaleShift& s) { ref::scale_shift_forward(y, act(in), count(in), s.scale, s.shift); },
   }, n.op);
 }
 
@@ -184,7 +218,9 @@ void RefProgram::backward_node(int id) {
       [&](const graph::Relu&) {
         if (float* dx = grad(in)) ref::relu_backward(dx, dy, act(in), count(in));
       },
-      [&](const graph::Add&) { ref::add_backward(grad(n.inputs[0]), grad(n.inputs[1]), dy, count(in)); },
+      [&](const graph::Add& a) {
+        ref::add_backward(grad(n.inputs[0]), grad(n.inputs[1]), dy, count(in), a.scale);
+      },
       [&](const graph::ShortcutA& s) {
         ref::Dims d = dims(in);
         if (float* dx = grad(in))
@@ -197,7 +233,28 @@ void RefProgram::backward_node(int id) {
         ref::linear_backward(grad(in), param_grad(n, 0), l.bias ? param_grad(n, 1) : nullptr, dy,
                              act(in), param(n, 0), opt_.batch, g_.values[in].shape[0], l.out);
       },
-      [&](const auto&) { fail("ref backend: op ", graph::op_name(n.op), " is not implemented"); },
+      [&](const graph::Pool2d& p) {
+        ref::Dims d = dims(in);
+        if (float* dx = grad(in)) ref::pool2d_backward(dx, dy, act(in), ref::PoolDims::make(d.N, d.C, d.H, d.W, p));
+      },
+      [&](const graph::Concat&) {
+        const ConcatArgs& c = concat_[id];
+        ref::concat_backward<float>(c.dxs, dy, c.channels, opt_.batch, dims(in).H * dims(in).W);
+      },
+      [&](const graph::Dropout& d) {
+        if (float* dx = grad(in))
+          ref::dropout_backward(dx, dy, count(in), DropoutMask(opt_.seed, drawn_step_, id, d.p));
+      },
+      [&](const graph::Sigmoid&) {
+        if (float* dx = grad(in)) ref::sigmoid_backward(dx, dy, act(n.output), count(in));
+      },
+      [&](const graph::Mul&) {
+        const int a = n.inputs[0], b = n.inputs[1];
+        ref::mul_backward(grad(a), grad(b), dy, act(a), act(b), count(in));
+      },
+      [&](const graph::ScaleShift& s) {
+        if (float* dx = grad(in)) ref::scale_shift_backward(dx, dy, count(in), s.scale);
+      },
   }, n.op);
 }
 
