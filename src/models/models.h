@@ -8,13 +8,48 @@
 
 namespace incres::models {
 
-enum class Shortcut { A, B };  // ResNet paper, Sec. 3.3 (C joins with the ImageNet nets)
+// ResNet paper, Sec. 3.3, where a block changes shape: A zero-padded identity with
+// strided subsampling (no parameters); B 1x1 projection (+BN) only there; C projection
+// on every shortcut.
+enum class Shortcut { A, B, C };
+
+// Identity Mappings paper, Fig. 4: where BN and ReLU sit in a residual unit.
+enum class Unit {
+  original,         // conv-BN-ReLU-conv-BN, add, ReLU
+  bn_after_add,     // conv-BN-ReLU-conv, add, BN, ReLU
+  relu_before_add,  // conv-BN-ReLU-conv-BN-ReLU, add
+  relu_preact,      // ReLU-conv-BN-ReLU-conv-BN, add
+  full_preact,      // BN-ReLU-conv-BN-ReLU-conv, add
+};
+
+// Identity Mappings paper, Fig. 2: what the shortcut does to x (h(x)).
+enum class ShortcutMap {
+  identity,        // h(x) = x (A/B/C decide where shapes change)
+  scaling,         // h(x) = lambda x; the residual is scaled by residual_scale (1 - lambda)
+  exclusive_gate,  // g = sigmoid(1x1 conv(x) + b): y = g F(x) + (1 - g) x
+  shortcut_gate,   // y = F(x) + (1 - g) x
+  conv1x1,         // h(x) = 1x1 conv (+BN in non-preact units) on every unit, like C
+  dropout,         // h(x) = dropout(x, p)
+};
 
 struct ModelConfig {
   int64_t in_channels = 3;
   int64_t classes = 10;
   int64_t image = 32;           // input height = width
   Shortcut shortcut = Shortcut::A;
+  // ImageNet bottlenecks: stride on the 3x3 (v1.5, torchvision) or on the first 1x1
+  // (v1, the paper's Caffe models).
+  bool stride_on_3x3 = true;
+  Unit unit = Unit::original;
+  ShortcutMap shortcut_map = ShortcutMap::identity;
+  // lambda (scaling), the gate's bias at initialisation (gates), or p (dropout).
+  float shortcut_param = 0.f;
+  // Residual branch scale: Inception-ResNet's 0.1-0.3, the scaling ablation's
+  // (1 - lambda); < 0 means the model's default, 1 means none.
+  float residual_scale = -1.f;
+  bool aux = true;              // Inception-v3's auxiliary classifier
+  double width = 1.0;           // Inception channel multiplier (rounded to multiples of 8)
+  bool paper_layout = false;    // Inception-ResNet-v2: the paper's 5/10/5 blocks, not 10/20/10
 };
 
 struct ModelInfo {
@@ -31,7 +66,23 @@ graph::Graph build_model(const std::string& name, const ModelConfig& cfg);
 
 // CIFAR ResNet of 6n+2 layers (ResNet paper, Sec. 4.2); residual=false gives the plain net.
 graph::Graph cifar_resnet(int n, bool residual, const ModelConfig& cfg);
+// CIFAR bottleneck ResNet of 9n+2 layers, stage outputs 64/128/256 (Identity Mappings,
+// Sec. 4: ResNet-164 and -1001).
+graph::Graph cifar_bottleneck_resnet(int n, const ModelConfig& cfg);
+// ImageNet ResNet (ResNet paper, Table 1): blocks per stage, basic or bottleneck.
+graph::Graph imagenet_resnet(const std::vector<int>& blocks, bool bottleneck, bool residual,
+                             const ModelConfig& cfg);
+
+// Inception-v3 (Rethinking the Inception Architecture), torchvision's layout and names.
+// stem_stride1 / stem_pool: the paper's low-resolution variants (Sec. 7).
+graph::Graph inception_v3(const ModelConfig& cfg, bool stem_stride1 = false, bool stem_pool = true);
+// Inception-v4 and Inception-ResNet-v1/-v2 (Szegedy et al. 2017), timm's names.
+graph::Graph inception_v4(const ModelConfig& cfg);
+graph::Graph inception_resnet_v1(const ModelConfig& cfg);
+graph::Graph inception_resnet_v2(const ModelConfig& cfg);
 
 Shortcut parse_shortcut(const std::string& s);
+Unit parse_unit(const std::string& s);
+ShortcutMap parse_shortcut_map(const std::string& s);
 
 }  // namespace incres::models

@@ -20,6 +20,69 @@ const std::vector<ModelInfo>& registry() {
                    "CIFAR plain net of " + std::to_string(depth) + " layers (no shortcuts)",
                    ModelConfig{}, [n](const ModelConfig& c) { return cifar_resnet(n, false, c); }});
     }
+
+    // Pre-activation ResNets on CIFAR (Identity Mappings, Sec. 4 and Table 2).
+    ModelConfig preact;
+    preact.unit = Unit::full_preact;
+    preact.shortcut = Shortcut::B;
+    r.push_back({"preact_resnet110", "CIFAR pre-activation ResNet-110 (basic units, n=18)", preact,
+                 [](const ModelConfig& c) { return cifar_resnet(18, true, c); }});
+    for (int n : {18, 111}) {
+      int depth = 9 * n + 2;
+      r.push_back({"preact_resnet" + std::to_string(depth),
+                   "CIFAR pre-activation ResNet-" + std::to_string(depth) +
+                       " (bottleneck units, n=" + std::to_string(n) + ", 64/128/256 out)",
+                   preact, [n](const ModelConfig& c) { return cifar_bottleneck_resnet(n, c); }});
+    }
+
+    // ImageNet (ResNet paper, Table 1), torchvision's layout: v1.5, shortcut B.
+    ModelConfig imagenet;
+    imagenet.classes = 1000;
+    imagenet.image = 224;
+    imagenet.shortcut = Shortcut::B;
+    const struct {
+      int depth;
+      std::vector<int> blocks;
+      bool bottleneck;
+    } nets[] = {{18, {2, 2, 2, 2}, false},   {34, {3, 4, 6, 3}, false},
+                {50, {3, 4, 6, 3}, true},    {101, {3, 4, 23, 3}, true},
+                {152, {3, 8, 36, 3}, true},  {200, {3, 24, 36, 3}, true}};
+    for (const auto& n : nets) {
+      const std::string d = std::to_string(n.depth);
+      auto blocks = n.blocks;
+      bool bn = n.bottleneck;
+      r.push_back({"resnet" + d, "ImageNet ResNet-" + d + (bn ? " (bottleneck)" : " (basic)"), imagenet,
+                   [blocks, bn](const ModelConfig& c) { return imagenet_resnet(blocks, bn, true, c); }});
+      if (n.depth <= 34)
+        r.push_back({"plain" + d, "ImageNet plain net of " + d + " layers (no shortcuts)", imagenet,
+                     [blocks](const ModelConfig& c) { return imagenet_resnet(blocks, false, false, c); }});
+      if (n.depth >= 152) {
+        ModelConfig p = imagenet;
+        p.unit = Unit::full_preact;
+        r.push_back({"preact_resnet" + d, "ImageNet pre-activation ResNet-" + d, p,
+                     [blocks](const ModelConfig& c) { return imagenet_resnet(blocks, true, true, c); }});
+      }
+    }
+
+    // Inception (Rethinking the Inception Architecture; Inception-v4 paper).
+    ModelConfig inception;
+    inception.classes = 1000;
+    inception.image = 299;
+    r.push_back({"inception_v3", "Inception-v3 (torchvision layout, 299x299, aux head)", inception,
+                 [](const ModelConfig& c) { return inception_v3(c); }});
+    ModelConfig lowres = inception;
+    lowres.image = 151;
+    r.push_back({"inception_v3_151", "Inception-v3, 151x151 receptive field: stride-1 first conv + max pool (Sec. 7)",
+                 lowres, [](const ModelConfig& c) { return inception_v3(c, true, true); }});
+    lowres.image = 79;
+    r.push_back({"inception_v3_79", "Inception-v3, 79x79 receptive field: stride-1 first conv, no pool (Sec. 7)",
+                 lowres, [](const ModelConfig& c) { return inception_v3(c, true, false); }});
+    r.push_back({"inception_v4", "Inception-v4 (timm names, 299x299)", inception,
+                 [](const ModelConfig& c) { return inception_v4(c); }});
+    r.push_back({"inception_resnet_v1", "Inception-ResNet-v1 (the paper's 5/10/5 blocks, 299x299)", inception,
+                 [](const ModelConfig& c) { return inception_resnet_v1(c); }});
+    r.push_back({"inception_resnet_v2", "Inception-ResNet-v2 (released 10/20/10 layout, timm names)", inception,
+                 [](const ModelConfig& c) { return inception_resnet_v2(c); }});
     return r;
   }();
   return zoo;

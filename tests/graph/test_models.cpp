@@ -8,6 +8,7 @@
 // + 650 (fc) = 269,722.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <set>
 #include <string>
@@ -116,12 +117,14 @@ TEST(Models, RegistryInvariants) {
   for (const models::ModelInfo& m : models::registry()) {
     SCOPED_TRACE(m.name);
     const graph::Graph g = m.build(m.defaults);
-    EXPECT_EQ(g.input_shape(), (Shape{3, 32, 32}));
-    EXPECT_EQ(g.output_shape(), (Shape{10}));
+    EXPECT_EQ(g.input_shape(), (Shape{3, m.defaults.image, m.defaults.image}));
+    EXPECT_EQ(g.output_shape(), (Shape{m.defaults.classes}));
+    for (int aux : g.aux_outputs) EXPECT_EQ(g.values[aux].shape, (Shape{m.defaults.classes}));
     std::set<std::string> names;
     for (const graph::Param& p : g.params) EXPECT_TRUE(names.insert(p.name).second) << p.name;
     for (size_t v = 0; v < g.values.size(); ++v) {
       if (static_cast<int>(v) == g.output) continue;
+      if (std::find(g.aux_outputs.begin(), g.aux_outputs.end(), static_cast<int>(v)) != g.aux_outputs.end()) continue;
       EXPECT_FALSE(g.values[v].consumers.empty()) << "value " << v;
     }
     EXPECT_FALSE(m.description.empty());
@@ -162,7 +165,9 @@ TEST(Models, BuildErrors) {
   EXPECT_TRUE(contains(stage, "stage1") && contains(stage, "[8, 4, 4]") && contains(stage, "[8, 2, 2]"))
       << "message: " << stage;
 
-  EXPECT_TRUE(contains(error_of([] { models::parse_shortcut("C"); }), "'C'"));
+  EXPECT_TRUE(contains(error_of([] { models::parse_shortcut("D"); }), "'D'"));
+  EXPECT_TRUE(contains(error_of([] { models::parse_unit("preact2"); }), "full-preact"));
+  EXPECT_TRUE(contains(error_of([] { models::parse_shortcut_map("gate"); }), "exclusive-gate"));
 }
 
 TEST(Models, UnknownNameListsKnownOnes) {
