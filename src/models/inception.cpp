@@ -244,8 +244,10 @@ int repeat(Net& n, int x, const std::string& name, int count, F block) {
 
 float scale_or(const ModelConfig& cfg, float dflt) { return cfg.residual_scale < 0 ? dflt : cfg.residual_scale; }
 
-// Pool, dropout, classify.
-int classifier(Net& n, int x, float dropout, int64_t classes, const std::string& name) {
+// Pool, dropout (the model's default unless the config sets one), classify.
+int classifier(Net& n, int x, float dropout, const ModelConfig& cfg, const std::string& name) {
+  const int64_t classes = cfg.classes;
+  if (cfg.dropout >= 0) dropout = cfg.dropout;
   x = n.b.global_avg_pool(x);
   if (dropout > 0) x = n.b.dropout(x, dropout);
   return n.b.linear(x, classes, name);
@@ -286,7 +288,7 @@ graph::Graph inception_v3(const ModelConfig& cfg, bool stem_stride1, bool stem_p
   x = v3_e(n, x, "Mixed_7b");
   x = v3_e(n, x, "Mixed_7c");
   b.expect(x, Shape{n.ch(320) + 4 * n.ch(384) + n.ch(192), b.shape(x)[1], b.shape(x)[2]}, "Mixed_7c");
-  return b.finish(classifier(n, x, 0.5f, cfg.classes, "fc"), aux);
+  return b.finish(classifier(n, x, 0.5f, cfg, "fc"), aux);
 }
 
 graph::Graph inception_v4(const ModelConfig& cfg) {
@@ -323,7 +325,7 @@ graph::Graph inception_v4(const ModelConfig& cfg) {
     { auto s = b.scope(std::to_string(i++)); x = v4_reduction_b(n, x); }
     for (int k = 0; k < 3; ++k, ++i) { auto s = b.scope(std::to_string(i)); x = v4_c(n, x); }
   }
-  return b.finish(classifier(n, x, 0.2f, cfg.classes, "last_linear"));
+  return b.finish(classifier(n, x, 0.2f, cfg, "last_linear"));
 }
 
 graph::Graph inception_resnet_v1(const ModelConfig& cfg) {
@@ -354,7 +356,7 @@ graph::Graph inception_resnet_v1(const ModelConfig& cfg) {
     x = b.concat({b0, b1, b2, b.max_pool(x, 3, 2)});
   }
   x = repeat(n, x, "repeat_2", 5, [&](int y) { return block8(n, y, false, s8); });
-  return b.finish(classifier(n, x, 0.2f, cfg.classes, "classif"));
+  return b.finish(classifier(n, x, 0.2f, cfg, "classif"));
 }
 
 graph::Graph inception_resnet_v2(const ModelConfig& cfg) {
@@ -400,7 +402,7 @@ graph::Graph inception_resnet_v2(const ModelConfig& cfg) {
     x = block8(n, x, true, scale_or(cfg, 1.f), false);
   }
   x = n.conv(x, 1536, 1, "conv2d_7b");
-  return b.finish(classifier(n, x, 0.2f, cfg.classes, "classif"));
+  return b.finish(classifier(n, x, 0.2f, cfg, "classif"));
 }
 
 }  // namespace incres::models

@@ -50,6 +50,7 @@ struct ModelConfig {
   bool aux = true;              // Inception-v3's auxiliary classifier
   double width = 1.0;           // Inception channel multiplier (rounded to multiples of 8)
   bool paper_layout = false;    // Inception-ResNet-v2: the paper's 5/10/5 blocks, not 10/20/10
+  float dropout = -1.f;         // before the classifier; < 0 means the model's default
 };
 
 struct ModelInfo {

@@ -206,3 +206,38 @@ TEST_F(ModelParams, StoreMustBelongToTheGraph) {
 }
 
 }  // namespace
+
+namespace {
+
+// A ResNet checkpoint offered to Inception-v3: one error that names what is missing
+// (Inception's tensors), what is unexpected (the ResNet's) and what has the wrong
+// shape (fc.weight, fc.bias: both models have them), and the Inception store untouched.
+TEST_F(ModelParams, ResnetCheckpointIntoInceptionListsEverythingAndTouchesNothing) {
+  ModelConfig r18 = incres::models::find_model("resnet18").defaults;
+  Graph rg = build_model("resnet18", r18);
+  ParamStore rs(rg);
+  rs.init(rg, 1);
+  const std::string path = (dir / "r18.safetensors").string();
+  io::save_safetensors(path, io::param_entries(rg, rs), {{"model", "resnet18"}});
+
+  ModelConfig v3 = incres::models::find_model("inception_v3").defaults;
+  v3.image = 299;
+  Graph ig = build_model("inception_v3", v3);
+  ParamStore is(ig);
+  is.init(ig, 2);
+  const auto before = snapshot(is);
+  io::SafeTensors st = io::load_safetensors(path);
+  const io::LoadReport report = io::check_params(st, ig);
+  EXPECT_EQ(report.missing.size() + 2, ig.params.size());  // all but fc.weight, fc.bias
+  EXPECT_EQ(report.unexpected.size() + 2, rg.params.size());
+  EXPECT_EQ(report.mismatched.size(), 1u);  // fc.weight: [1000, 2048] vs [1000, 512]
+  const std::string e = error_of([&] { io::load_params(st, ig, is); });
+  EXPECT_TRUE(contains(e, "Conv2d_1a_3x3.conv.weight"));  // missing
+  EXPECT_TRUE(contains(e, "layer4.1.bn2.running_var"));   // unexpected
+  EXPECT_TRUE(contains(e, "fc.weight: expected [1000, 2048]"));
+  EXPECT_TRUE(contains(e, std::to_string(report.missing.size()) + " missing"));
+  EXPECT_TRUE(contains(e, std::to_string(report.unexpected.size()) + " unexpected"));
+  EXPECT_EQ(snapshot(is), before);
+}
+
+}  // namespace
