@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config
-      libdnnl-dev zlib1g-dev libcli11-dev nlohmann-json3-dev
+      libdnnl-dev zlib1g-dev libturbojpeg0-dev libpng-dev libcli11-dev nlohmann-json3-dev
       libgtest-dev libbenchmark-dev
       dataset-fashion-mnist gnuplot-nox)
 if [[ "${1:-}" == "--with-torch" ]]; then
