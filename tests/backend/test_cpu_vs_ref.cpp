@@ -1,11 +1,13 @@
 // The oneDNN backend against the naive reference, on the real layer shapes of the
 // CIFAR ResNets (oneDNN's benchdnn idea): forward output, d(input), every parameter
-// gradient and the BN running statistics.
+// gradient and the BN running statistics; then the Inception and ResNet-50 ops
+// (pooling, concat, scaled add, gating, dropout) on their real layer shapes.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
 
+#include "backend/dropout_mask.h"
 #include "backend/program.h"
 #include "core/rng.h"
 #include "graph/builder.h"
@@ -130,6 +132,149 @@ TEST(CpuVsRef, WholeModels) {
     for (auto sc : {models::Shortcut::A, models::Shortcut::B}) {
       SCOPED_TRACE(std::string(name) + (sc == models::Shortcut::A ? " A" : " B"));
       compare(models::build_model(name, models::ModelConfig{1, 10, 32, sc}), 4, 2e-4);
+    }
+  }
+}
+
+// ---- pooling, concat, scaled add, gating, dropout: Inception and ResNet-50 shapes ----
+
+graph::Graph one_pool(Shape in, graph::Pool2d p) {
+  Builder b(in);
+  return p.kind == graph::Pool2d::max
+             ? b.finish(b.max_pool(b.input(), p.kernel, p.stride, p.pad, p.ceil_mode))
+             : b.finish(b.avg_pool(b.input(), p.kernel, p.stride, p.pad, p.ceil_mode, p.count_include_pad));
+}
+
+TEST(CpuVsRef, PoolingRealShapes) {
+  using P = graph::Pool2d;
+  compare(one_pool({64, 112, 112}, {P::max, 3, 2, 1}), 2);         // ResNet stem -> 56x56
+  compare(one_pool({288, 35, 35}, {P::max, 3, 2, 0}), 2);          // Inception-v3 Mixed_6a -> 17x17
+  compare(one_pool({192, 35, 35}, {P::avg, 3, 1, 1, false, true}), 2);   // Mixed_5b pool (torchvision)
+  compare(one_pool({192, 35, 35}, {P::avg, 3, 1, 1, false, false}), 2);  // the same in timm
+  compare(one_pool({768, 17, 17}, {P::avg, 5, 3, 0}), 2);          // AuxLogits -> 5x5
+  compare(one_pool({20, 17, 17}, {P::max, 3, 2, 1}), 2);           // C = 20: nchw
+}
+
+// Ceil mode (GoogLeNet's pools): a larger right padding for oneDNN; where a window
+// reaches past it with count_include_pad, PyTorch's divisor is not oneDNN's.
+TEST(CpuVsRef, PoolingCeilMode) {
+  using P = graph::Pool2d;
+  compare(one_pool({64, 112, 112}, {P::max, 3, 2, 0, true}), 2);               // -> 56x56
+  compare(one_pool({32, 16, 16}, {P::avg, 3, 2, 1, true, true}), 2);           // past the padding
+  compare(one_pool({32, 16, 16}, {P::avg, 3, 2, 1, true, false}), 2);
+  compare(one_pool({20, 15, 15}, {P::avg, 2, 2, 0, true, true}), 2);           // nchw, past the edge
+  compare(one_pool({24, 15, 15}, {P::avg, 3, 2, 0, true, false}), 2);
+  compare(one_pool({16, 14, 14}, {P::max, 2, 2, 1, true}), 2);                 // last window dropped
+}
+
+TEST(CpuVsRef, ConcatInceptionBlock) {
+  // Mixed_5b's widths, 64 + 64 + 96 + 32: the block input fans out into four branches.
+  Builder b(Shape{64, 17, 17});
+  int x = b.input();
+  int pool = b.conv(b.avg_pool(x, 3, 1, 1), 32, 1, 1, 0, "branch_pool");
+  compare(b.finish(b.concat({b.conv(x, 64, 1, 1, 0, "branch1x1"), b.conv(x, 64, 1, 1, 0, "branch5x5"),
+                             b.conv(x, 96, 1, 1, 0, "branch3x3dbl"), pool})),
+          2);
+}
+
+TEST(CpuVsRef, ConcatMixedLayouts) {
+  {  // 20 + 12 + 16 = 48 channels: blocked output, inputs off the block boundary
+    Builder b(Shape{16, 9, 9});
+    int x = b.input();
+    compare(b.finish(b.concat({b.conv(x, 20, 1, 1, 0, "a"), b.conv(x, 12, 1, 1, 0, "b"), x})), 2);
+  }
+  {  // 16 + 20 = 36 channels: an nchw output of a blocked and an nchw input
+    Builder b(Shape{16, 9, 9});
+    int x = b.input();
+    compare(b.finish(b.relu(b.concat({x, b.conv(x, 20, 1, 1, 0, "a")}))), 2);
+  }
+  {  // fan-out: a feeds the concat twice and a sigmoid; the concat feeds a conv
+    Builder b(Shape{8, 9, 9});
+    int a = b.conv(b.input(), 16, 3, 1, 1, "a");
+    int c = b.concat({a, b.sigmoid(a), a});
+    compare(b.finish(b.conv(c, 8, 1, 1, 0, "b")), 2);
+  }
+  {  // fan-out of an nchw value into a misaligned concat and a max pool
+    Builder b(Shape{20, 9, 9});
+    int x = b.input();
+    int c = b.concat({b.conv(x, 4, 1, 1, 0, "a"), x});  // 24: blocked
+    compare(b.finish(b.add(b.conv(c, 20, 1, 1, 0, "b"), b.max_pool(x, 3, 1, 1))), 2);
+  }
+}
+
+TEST(CpuVsRef, ScaledAddAndGating) {
+  {  // Inception-ResNet's scaled residual, relu(x + 0.2 * conv(x))
+    Builder b(Shape{32, 17, 17});
+    int x = b.input();
+    compare(b.finish(b.relu(b.add(x, b.conv(x, 32, 1, 1, 0, "conv"), 0.2f))), 2);
+  }
+  {  // add(h, h) with a scale: both slots feed one gradient
+    Builder b(Shape{16, 9, 9});
+    int h = b.conv(b.input(), 16, 3, 1, 1, "conv");
+    compare(b.finish(b.add(h, h, 0.2f)), 2);
+  }
+  for (int64_t C : {int64_t{32}, int64_t{20}}) {  // gated shortcut: x * sigmoid(conv(x)), rescaled
+    SCOPED_TRACE("C = " + std::to_string(C));
+    Builder b(Shape{C, 13, 13});
+    int x = b.input();
+    int gate = b.sigmoid(b.conv(x, C, 1, 1, 0, "gate"));
+    compare(b.finish(b.scale_shift(b.mul(x, gate), 0.5f, -0.25f)), 2);
+  }
+  {  // mul(h, h)
+    Builder b(Shape{16, 9, 9});
+    int h = b.conv(b.input(), 16, 3, 1, 1, "conv");
+    compare(b.finish(b.mul(h, h)), 2);
+  }
+}
+
+TEST(CpuVsRef, DropoutAndLinearWithoutBias) {
+  {  // Inception's head: pool, dropout, fc
+    Builder b(Shape{64, 8, 8});
+    compare(b.finish(b.linear(b.dropout(b.global_avg_pool(b.input()), 0.5f), 10, "fc")), 4);
+  }
+  {
+    Builder b(Shape{64});
+    compare(b.finish(b.linear(b.input(), 10, "fc", false)), 4);
+  }
+  for (int64_t C : {int64_t{16}, int64_t{20}}) {  // blocked and nchw, with a fan-out
+    SCOPED_TRACE("C = " + std::to_string(C));
+    Builder b(Shape{C, 7, 7});
+    int x = b.conv(b.input(), C, 1, 1, 0, "conv");
+    compare(b.finish(b.add(b.dropout(x, 0.3f), x)), 3);
+  }
+}
+
+// Both backends drop the same elements, at every step, whatever the layout.
+TEST(CpuVsRef, DropoutMasksMatch) {
+  for (int64_t C : {int64_t{16}, int64_t{20}}) {
+    SCOPED_TRACE("C = " + std::to_string(C));
+    Builder b(Shape{C, 5, 6});
+    graph::Graph g = b.finish(b.dropout(b.input(), 0.4f));
+    graph::ParamStore store(g);
+    const int64_t N = 3, count = N * g.input_shape().numel();
+    backend::Options opt{N, backend::Mode::train, true};
+    opt.seed = 1234;
+    auto cpu = backend::compile_cpu(g, store, opt);
+    auto ref = backend::compile_ref(g, store, opt);
+    std::vector<float> x(count, 1.f);
+    for (int step = 0; step < 3; ++step) {
+      if (step == 2) {  // a resumed run replays step 1
+        cpu->set_step(1);
+        ref->set_step(1);
+      }
+      cpu->forward(x.data());
+      ref->forward(x.data());
+      int64_t dropped = 0;
+      for (int64_t i = 0; i < count; ++i) {
+        ASSERT_EQ(cpu->output()[i] == 0.f, ref->output()[i] == 0.f) << "step " << step << ", element " << i;
+        ASSERT_EQ(cpu->output()[i] == 0.f, !backend::DropoutMask(1234, step == 2 ? 1 : step, 0, 0.4f).keep(i));
+        dropped += cpu->output()[i] == 0.f;
+      }
+      EXPECT_GT(dropped, 0);
+      EXPECT_LT(dropped, count);
+      cpu->backward(x.data());
+      ref->backward(x.data());
+      EXPECT_LT(rel_err(cpu->input_grad(), ref->input_grad(), count), 1e-6);
     }
   }
 }

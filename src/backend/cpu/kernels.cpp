@@ -1,5 +1,6 @@
 #include "backend/cpu/kernels.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace incres::backend::kernels {
@@ -66,6 +67,95 @@ void avgpool_backward(float* dx, const Blocked& X, const float* dy, bool accumul
           d = accumulate ? d + g : g;
         }
     }
+}
+
+void copy_channels(float* dst, const Blocked& D, int64_t d_offset, const float* src, const Blocked& S,
+                   int64_t s_offset, int64_t channels, bool accumulate) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < D.N; ++n)
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t h = 0; h < D.H; ++h)
+        for (int64_t w = 0; w < D.W; ++w) {
+          const float v = src[S.at(n, s_offset + c, h, w)];
+          float& d = dst[D.at(n, d_offset + c, h, w)];
+          d = accumulate ? d + v : v;
+        }
+}
+
+namespace {
+// Output (p, q)'s window clipped to the input, and PyTorch's divisor (see ref::PoolDims).
+struct Window {
+  int64_t h0, h1, w0, w1;
+  float divisor;
+};
+Window pool_window(const graph::Pool2d& a, const Blocked& X, int64_t p, int64_t q) {
+  int64_t h0 = p * a.stride - a.pad, w0 = q * a.stride - a.pad;
+  int64_t h1 = std::min<int64_t>(h0 + a.kernel, X.H + a.pad), w1 = std::min<int64_t>(w0 + a.kernel, X.W + a.pad);
+  const int64_t padded = (h1 - h0) * (w1 - w0);
+  h0 = std::max<int64_t>(h0, 0);
+  w0 = std::max<int64_t>(w0, 0);
+  h1 = std::min(h1, X.H);
+  w1 = std::min(w1, X.W);
+  return {h0, h1, w0, w1, static_cast<float>(a.count_include_pad ? padded : (h1 - h0) * (w1 - w0))};
+}
+}  // namespace
+
+void avg_pool2d_forward(float* y, const Blocked& Y, const float* x, const Blocked& X, const graph::Pool2d& a) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < Y.N; ++n)
+    for (int64_t c = 0; c < Y.C; ++c)
+      for (int64_t p = 0; p < Y.H; ++p)
+        for (int64_t q = 0; q < Y.W; ++q) {
+          const Window win = pool_window(a, X, p, q);
+          float sum = 0;
+          for (int64_t h = win.h0; h < win.h1; ++h)
+            for (int64_t w = win.w0; w < win.w1; ++w) sum += x[X.at(n, c, h, w)];
+          y[Y.at(n, c, p, q)] = sum / win.divisor;
+        }
+}
+
+void avg_pool2d_backward(float* dx, const Blocked& X, const float* dy, const Blocked& Y,
+                         const graph::Pool2d& a, bool accumulate) {
+  // One thread per (n, c) plane: the windows of a plane overlap, planes do not.
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < X.N; ++n)
+    for (int64_t c = 0; c < X.C; ++c) {
+      if (!accumulate)
+        for (int64_t h = 0; h < X.H; ++h)
+          for (int64_t w = 0; w < X.W; ++w) dx[X.at(n, c, h, w)] = 0.f;
+      for (int64_t p = 0; p < Y.H; ++p)
+        for (int64_t q = 0; q < Y.W; ++q) {
+          const Window win = pool_window(a, X, p, q);
+          const float share = dy[Y.at(n, c, p, q)] / win.divisor;
+          for (int64_t h = win.h0; h < win.h1; ++h)
+            for (int64_t w = win.w0; w < win.w1; ++w) dx[X.at(n, c, h, w)] += share;
+        }
+    }
+}
+
+void dropout_forward(float* y, const float* x, const Blocked& X, const DropoutMask& mask) {
+  const float scale = mask.scale();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < X.N; ++n)
+    for (int64_t c = 0; c < X.C; ++c)
+      for (int64_t h = 0; h < X.H; ++h)
+        for (int64_t w = 0; w < X.W; ++w) {
+          const int64_t i = X.at(n, c, h, w);
+          y[i] = mask.keep(X.logical(n, c, h, w)) ? x[i] * scale : 0.f;
+        }
+}
+
+void dropout_backward(float* dx, const float* dy, const Blocked& X, const DropoutMask& mask, bool accumulate) {
+  const float scale = mask.scale();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < X.N; ++n)
+    for (int64_t c = 0; c < X.C; ++c)
+      for (int64_t h = 0; h < X.H; ++h)
+        for (int64_t w = 0; w < X.W; ++w) {
+          const int64_t i = X.at(n, c, h, w);
+          const float g = mask.keep(X.logical(n, c, h, w)) ? dy[i] * scale : 0.f;
+          dx[i] = accumulate ? dx[i] + g : g;
+        }
 }
 
 }  // namespace incres::backend::kernels

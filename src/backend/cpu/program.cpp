@@ -11,10 +11,13 @@
 //
 // Gradients: in backward, the consumers of a value run in reverse order. The first
 // of them writes d(value); later ones add to it (fan-out, e.g. the block input that
-// feeds both the residual branch and the shortcut). Primitives that cannot
-// accumulate write into a shared temporary, followed by an in-place add.
+// feeds both the residual branch and the shortcut, or the input of an Inception
+// block's four branches). Primitives that cannot accumulate write into a shared
+// temporary, followed by an in-place add; reorders add through their sum post-op,
+// and our own loops take an `accumulate` flag.
 #include <dnnl.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <unordered_map>
@@ -103,21 +106,33 @@ class CpuProgram final : public Program {
   // Reorder (or copy) `from` into a new memory of layout md, unless equal.
   memory converted(std::vector<Step>& steps, const memory& from, const memory::desc& md);
 
-  // Where node n writes its contribution to d(v): d(v) itself for the first
-  // contributor (in backward order), else the temporary; `finish` adds the latter.
-  bool first_contribution(int node, int v) const { return g_.values[v].consumers.back() == node; }
-  memory contribution(int node, int v);
-  void finish_contribution(std::vector<Step>& steps, int node, int v, const memory& written);
+  // Where node `node` writes its contribution to the gradient of its input `slot`:
+  // d(value) itself for the first contributor in backward order, else the temporary;
+  // `finish` adds the latter. The first contributor is the value's last consumer, at
+  // the first slot reading it (add(x, x) reads x twice). backward() seeds the output's
+  // gradient itself, so a consumer of the output always adds.
+  bool first_contribution(int node, size_t slot) const;
+  memory contribution(int node, size_t slot);
+  void finish_contribution(std::vector<Step>& steps, int node, size_t slot, const memory& written);
+  // d(input slot) (= or +=) scale * from, for ops whose input gradient is a multiple of
+  // another gradient (add, concat's aligned slices take `from` as a submemory view).
+  void add_scaled(std::vector<Step>& steps, int node, size_t slot, const memory& from, float scale);
 
   void compile_conv(const Node& n, const graph::Conv2d& c);
   void compile_batchnorm(const Node& n, const graph::BatchNorm& bn);
   void compile_relu(const Node& n);
-  void compile_add(const Node& n);
+  void compile_add(const Node& n, const graph::Add& a);
   void compile_shortcut_a(const Node& n, const graph::ShortcutA& s);
   void compile_avgpool(const Node& n);
-  void compile_linear(const Node& n);
+  void compile_linear(const Node& n, const graph::Linear& l);
+  void compile_pool(const Node& n, const graph::Pool2d& p);
+  void compile_concat(const Node& n);
+  void compile_dropout(const Node& n, const graph::Dropout& d);
+  void compile_sigmoid(const Node& n);
+  void compile_mul(const Node& n);
+  void compile_scale_shift(const Node& n, const graph::ScaleShift& s);
 
-  const Graph& g_;
+  const Graph g_;  // a copy: the program stays valid when the caller's graph goes away
   graph::ParamStore& store_;
   Options opt_;
   dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
@@ -167,30 +182,54 @@ memory CpuProgram::converted(std::vector<Step>& steps, const memory& from, const
   return to;
 }
 
-memory CpuProgram::contribution(int node, int v) {
-  return first_contribution(node, v) ? grad_[v] : tmp_.make(md_[v], eng_);
+bool CpuProgram::first_contribution(int node, size_t slot) const {
+  const std::vector<int>& inputs = g_.nodes[node].inputs;
+  const int v = inputs[slot];
+  return v != g_.output && g_.values[v].consumers.back() == node &&
+         std::find(inputs.begin(), inputs.end(), v) == inputs.begin() + static_cast<std::ptrdiff_t>(slot);
 }
 
-void CpuProgram::finish_contribution(std::vector<Step>& steps, int node, int v, const memory& t) {
-  if (first_contribution(node, v)) return;
+memory CpuProgram::contribution(int node, size_t slot) {
+  const int v = g_.nodes[node].inputs[slot];
+  return first_contribution(node, slot) ? grad_[v] : tmp_.make(md_[v], eng_);
+}
+
+void CpuProgram::finish_contribution(std::vector<Step>& steps, int node, size_t slot, const memory& t) {
+  if (first_contribution(node, slot)) return;
+  const int v = g_.nodes[node].inputs[slot];
   dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[v], md_[v], md_[v]);
   dnnl::binary::primitive_desc pd(d, attr(), eng_);
   steps.push_back(step(pd, {{DNNL_ARG_SRC_0, grad_[v]}, {DNNL_ARG_SRC_1, t}, {DNNL_ARG_DST, grad_[v]}}));
 }
 
+void CpuProgram::add_scaled(std::vector<Step>& steps, int node, size_t slot, const memory& from, float scale) {
+  // One reorder: it converts layouts, reads views, scales (output scales) and, for a
+  // later contributor, adds to what is there (the sum post-op).
+  const int v = g_.nodes[node].inputs[slot];
+  dnnl::primitive_attr a = attr();
+  if (scale != 1.f) a.set_output_scales(0, {scale});
+  if (!first_contribution(node, slot)) {
+    dnnl::post_ops po;
+    po.append_sum(1.f);
+    a.set_post_ops(po);
+  }
+  dnnl::reorder::primitive_desc pd(eng_, from.get_desc(), eng_, md_[v], a);
+  steps.push_back(step(pd, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, grad_[v]}}));
+}
+
 CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     : g_(g), store_(store), opt_(opt) {
   INCRES_CHECK(opt.batch > 0, "batch size must be positive, got ", opt.batch);
-  const size_t V = g.values.size(), Nn = g.nodes.size();
+  const size_t V = g_.values.size(), Nn = g_.nodes.size();
 
   // 1. Fusion decisions. BN followed by its only consumer, a ReLU, run as one primitive.
   fused_relu_.assign(Nn, -1);
   skip_.assign(Nn, false);
   for (size_t i = 0; i < Nn; ++i) {
-    if (!std::holds_alternative<graph::BatchNorm>(g.nodes[i].op)) continue;
-    const auto& cons = g.values[g.nodes[i].output].consumers;
-    if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g.nodes[cons[0]].op) &&
-        g.nodes[i].output != g.output) {
+    if (!std::holds_alternative<graph::BatchNorm>(g_.nodes[i].op)) continue;
+    const auto& cons = g_.values[g_.nodes[i].output].consumers;
+    if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g_.nodes[cons[0]].op) &&
+        g_.nodes[i].output != g_.output) {
       fused_relu_[i] = cons[0];
       skip_[cons[0]] = true;
     }
@@ -202,7 +241,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   act_.resize(V);
   grad_.resize(V);
   for (size_t v = 0; v < V; ++v) {
-    const Shape& s = g.values[v].shape;
+    const Shape& s = g_.values[v].shape;
     memory::dims d = dims_of(s, opt.batch);
     const int64_t blk = channel_block();
     tag t = s.rank() == 1 ? tag::nc : (s[0] % blk == 0 ? blocked_tag(blk) : tag::nchw);
@@ -210,19 +249,19 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     md_[v] = memory::desc(d, dt::f32, t);
   }
   for (size_t v = 0; v < V; ++v) {
-    const graph::Value& val = g.values[v];
+    const graph::Value& val = g_.values[v];
     bool hidden = val.producer >= 0 && fused_relu_[val.producer] >= 0;  // BN output inside a fused pair
     if (hidden) continue;
     int alias = -1;
-    if (val.producer >= 0 && std::holds_alternative<graph::Relu>(g.nodes[val.producer].op) &&
+    if (val.producer >= 0 && std::holds_alternative<graph::Relu>(g_.nodes[val.producer].op) &&
         !skip_[val.producer]) {
-      int x = g.nodes[val.producer].inputs[0];
-      int px = g.values[x].producer;
-      bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g.nodes[px].op) ||
-                              std::holds_alternative<graph::Conv2d>(g.nodes[px].op));
-      if (safe && g.values[x].consumers.size() == 1 && x != g.output) alias = x;
+      int x = g_.nodes[val.producer].inputs[0];
+      int px = g_.values[x].producer;
+      bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g_.nodes[px].op) ||
+                              std::holds_alternative<graph::Conv2d>(g_.nodes[px].op));
+      if (safe && g_.values[x].consumers.size() == 1 && x != g_.output) alias = x;
     }
-    bool needs_grad = training() && (static_cast<int>(v) != g.input || opt.input_grad);
+    bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
     if (alias >= 0) {
       act_[v] = memory(md_[v], eng_, act_[alias].get_data_handle());
       if (needs_grad) grad_[v] = memory(md_[v], eng_, grad_[alias].get_data_handle());
@@ -234,7 +273,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   // A fused BN writes straight into its ReLU's output.
   for (size_t i = 0; i < Nn; ++i) {
     if (fused_relu_[i] < 0) continue;
-    int bn_out = g.nodes[i].output, relu_out = g.nodes[fused_relu_[i]].output;
+    int bn_out = g_.nodes[i].output, relu_out = g_.nodes[fused_relu_[i]].output;
     act_[bn_out] = act_[relu_out];
     grad_[bn_out] = grad_[relu_out];
   }
@@ -243,23 +282,29 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   node_fwd_.resize(Nn);
   node_bwd_.resize(Nn);
   for (size_t i = 0; i < Nn; ++i) {
-    const Node& n = g.nodes[i];
+    const Node& n = g_.nodes[i];
     if (skip_[i] || std::holds_alternative<graph::Input>(n.op)) continue;
     std::visit([&](const auto& op) {
       using T = std::decay_t<decltype(op)>;
       if constexpr (std::is_same_v<T, graph::Conv2d>) compile_conv(n, op);
       else if constexpr (std::is_same_v<T, graph::BatchNorm>) compile_batchnorm(n, op);
       else if constexpr (std::is_same_v<T, graph::Relu>) compile_relu(n);
-      else if constexpr (std::is_same_v<T, graph::Add>) compile_add(n);
+      else if constexpr (std::is_same_v<T, graph::Add>) compile_add(n, op);
       else if constexpr (std::is_same_v<T, graph::ShortcutA>) compile_shortcut_a(n, op);
       else if constexpr (std::is_same_v<T, graph::GlobalAvgPool>) compile_avgpool(n);
-      else if constexpr (std::is_same_v<T, graph::Linear>) compile_linear(n);
-      else fail("cpu backend: op ", graph::op_name(n.op), " is not implemented");
+      else if constexpr (std::is_same_v<T, graph::Linear>) compile_linear(n, op);
+      else if constexpr (std::is_same_v<T, graph::Pool2d>) compile_pool(n, op);
+      else if constexpr (std::is_same_v<T, graph::Concat>) compile_concat(n);
+      else if constexpr (std::is_same_v<T, graph::Dropout>) compile_dropout(n, op);
+      else if constexpr (std::is_same_v<T, graph::Sigmoid>) compile_sigmoid(n);
+      else if constexpr (std::is_same_v<T, graph::Mul>) compile_mul(n);
+      else if constexpr (std::is_same_v<T, graph::ScaleShift>) compile_scale_shift(n, op);
+      else static_assert(std::is_same_v<T, graph::Input>, "an op without a cpu implementation");
     }, n.op);
   }
 
   // 4. The graph's edges: plain NCHW in and out, reorders only here.
-  const int in = g.input, out = g.output;
+  const int in = g_.input, out = g_.output;
   memory::desc in_plain_md(md_[in].dims(), dt::f32, md_[in].dims().size() == 2 ? tag::nc : tag::nchw);
   memory::desc out_plain_md(md_[out].dims(), dt::f32, md_[out].dims().size() == 2 ? tag::nc : tag::nchw);
   in_plain_ = memory(in_plain_md, eng_, DNNL_MEMORY_NONE);
@@ -324,9 +369,9 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
     // The weights were reordered for the forward pass; backward-data reuses them
     // when it wants the same layout, else reorders the user weights once more.
     memory wb = bpd.weights_desc() == w.get_desc() ? w : converted(bs, w_user, bpd.weights_desc());
-    memory dx = contribution(node, x);
+    memory dx = contribution(node, 0);
     bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, dx}}));
-    finish_contribution(bs, node, x, dx);
+    finish_contribution(bs, node, 0, dx);
   }
   // Backward-weights chooses its own source layout: with a few input channels (the
   // first conv) the jit kernels want a layout other than the plain nchw the forward
@@ -388,7 +433,7 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
 
   dnnl::batch_normalization_backward::desc bd(dnnl::prop_kind::backward, md_[x], md_[x], bn.eps, flags);
   dnnl::batch_normalization_backward::primitive_desc bpd(bd, attr(), eng_, pd);
-  memory dx = contribution(node, x);
+  memory dx = contribution(node, 0);
   std::unordered_map<int, memory> bargs{
       {DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_MEAN, mean}, {DNNL_ARG_VARIANCE, var},
       {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_SCALE, gamma}, {DNNL_ARG_SHIFT, beta},
@@ -396,7 +441,7 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
       {DNNL_ARG_DIFF_SCALE, param(n.params[0], true)}, {DNNL_ARG_DIFF_SHIFT, param(n.params[1], true)}};
   if (fuse) bargs[DNNL_ARG_WORKSPACE] = ws;
   bs.push_back(step(bpd, std::move(bargs)));
-  finish_contribution(bs, node, x, dx);
+  finish_contribution(bs, node, 0, dx);
 }
 
 void CpuProgram::compile_relu(const Node& n) {
@@ -412,38 +457,29 @@ void CpuProgram::compile_relu(const Node& n) {
   dnnl::eltwise_backward::desc bd(algo, md_[y], md_[y], 0.f, 0.f);
   dnnl::eltwise_backward::primitive_desc bpd(bd, attr(), eng_, pd);
   auto& bs = node_bwd_[node];
-  memory dx = contribution(node, x);
+  memory dx = contribution(node, 0);
   bs.push_back(step(bpd, {{DNNL_ARG_DST, act_[y]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_SRC, dx}}));
-  finish_contribution(bs, node, x, dx);
+  finish_contribution(bs, node, 0, dx);
 }
 
-void CpuProgram::compile_add(const Node& n) {
+void CpuProgram::compile_add(const Node& n, const graph::Add& add) {
   const int node = static_cast<int>(&n - g_.nodes.data());
   const int a = n.inputs[0], b = n.inputs[1], y = n.output;
   INCRES_CHECK(md_[a] == md_[b], "cpu backend: add of two layouts at ", n.name);
   dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[a], md_[b], md_[y]);
-  dnnl::binary::primitive_desc pd(d, attr(), eng_);
+  dnnl::primitive_attr at = attr();
+  if (add.scale != 1.f) at.set_scales(DNNL_ARG_SRC_1, 0, {add.scale});  // y = a + scale * b
+  dnnl::binary::primitive_desc pd(d, at, eng_);
   node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC_0, act_[a]}, {DNNL_ARG_SRC_1, act_[b]}, {DNNL_ARG_DST, act_[y]}}));
   if (!training()) return;
-  // d(a) = d(b) = d(y): copied to a first contributor, added to a later one.
-  for (int v : {a, b}) {
-    if (!grad_[v]) continue;
-    if (first_contribution(node, v)) {
-      memory from = grad_[y], to = grad_[v];
-      size_t bytes = md_[v].get_size();
-      node_bwd_[node].push_back(Step{{}, {}, [from, to, bytes]() {
-        kernels::copy(static_cast<float*>(to.get_data_handle()),
-                      static_cast<const float*>(from.get_data_handle()), bytes / sizeof(float));
-      }});
-    } else {
-      dnnl::binary::primitive_desc apd(dnnl::binary::desc(dnnl::algorithm::binary_add, md_[v], md_[v], md_[v]), attr(), eng_);
-      node_bwd_[node].push_back(step(apd, {{DNNL_ARG_SRC_0, grad_[v]}, {DNNL_ARG_SRC_1, grad_[y]}, {DNNL_ARG_DST, grad_[v]}}));
-    }
-  }
+  // d(a) = d(y), d(b) = scale * d(y): written by a first contributor, added by a later one.
+  if (grad_[a]) add_scaled(node_bwd_[node], node, 0, grad_[y], 1.f);
+  if (grad_[b]) add_scaled(node_bwd_[node], node, 1, grad_[y], add.scale);
 }
 
 kernels::Blocked blocked(const memory::desc& md) {
   const auto& d = md.dims();
+  if (d.size() == 2) return kernels::Blocked{d[0], d[1], 1, 1, 1};  // nc
   // Our values are nchw or nChw{8,16}c (see the layout choice in the constructor).
   const int64_t blk = channel_block();
   int64_t block = md == memory::desc(d, dt::f32, blocked_tag(blk)) ? blk : 1;
@@ -462,7 +498,7 @@ void CpuProgram::compile_shortcut_a(const Node& n, const graph::ShortcutA& s) {
   }});
   if (!training() || !grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
-  bool accumulate = !first_contribution(node, x);
+  bool accumulate = !first_contribution(node, 0);
   node_bwd_[node].push_back(Step{{}, {}, [=]() {
     kernels::shortcut_a_backward(static_cast<float*>(dx.get_data_handle()), X,
                                  static_cast<const float*>(dy.get_data_handle()), Y, stride, accumulate);
@@ -480,37 +516,230 @@ void CpuProgram::compile_avgpool(const Node& n) {
   }});
   if (!training() || !grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
-  bool accumulate = !first_contribution(node, x);
+  bool accumulate = !first_contribution(node, 0);
   node_bwd_[node].push_back(Step{{}, {}, [=]() {
     kernels::avgpool_backward(static_cast<float*>(dx.get_data_handle()), X,
                               static_cast<const float*>(dy.get_data_handle()), accumulate);
   }});
 }
 
-void CpuProgram::compile_linear(const Node& n) {
+void CpuProgram::compile_linear(const Node& n, const graph::Linear& l) {
   const int node = static_cast<int>(&n - g_.nodes.data());
   const int x = n.inputs[0], y = n.output;
-  memory w = param(n.params[0], false), b = param(n.params[1], false);
+  memory w = param(n.params[0], false), b = l.bias ? param(n.params[1], false) : memory();
   const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-  dnnl::inner_product_forward::desc d(pk, md_[x], w.get_desc(), b.get_desc(), md_[y]);
+  auto d = l.bias ? dnnl::inner_product_forward::desc(pk, md_[x], w.get_desc(), b.get_desc(), md_[y])
+                  : dnnl::inner_product_forward::desc(pk, md_[x], w.get_desc(), md_[y]);
   dnnl::inner_product_forward::primitive_desc pd(d, attr(), eng_);
-  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, act_[y]}}));
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, act_[y]}};
+  if (l.bias) args[DNNL_ARG_BIAS] = b;
+  node_fwd_[node].push_back(step(pd, std::move(args)));
   if (!training()) return;
   auto& bs = node_bwd_[node];
   if (grad_[x]) {
     dnnl::inner_product_backward_data::desc bd(md_[x], w.get_desc(), md_[y]);
     dnnl::inner_product_backward_data::primitive_desc bpd(bd, attr(), eng_, pd);
-    memory dx = contribution(node, x);
+    memory dx = contribution(node, 0);
     bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}}));
-    finish_contribution(bs, node, x, dx);
+    finish_contribution(bs, node, 0, dx);
   }
-  memory dw = param(n.params[0], true), db = param(n.params[1], true);
-  dnnl::inner_product_backward_weights::desc wd(md_[x], dw.get_desc(), db.get_desc(), md_[y]);
+  memory dw = param(n.params[0], true), db = l.bias ? param(n.params[1], true) : memory();
+  auto wd = l.bias ? dnnl::inner_product_backward_weights::desc(md_[x], dw.get_desc(), db.get_desc(), md_[y])
+                   : dnnl::inner_product_backward_weights::desc(md_[x], dw.get_desc(), md_[y]);
   dnnl::inner_product_backward_weights::primitive_desc wpd(wd, attr(), eng_, pd);
-  bs.push_back(step(wpd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_WEIGHTS, dw}, {DNNL_ARG_DIFF_BIAS, db}}));
+  std::unordered_map<int, memory> wargs{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+  if (l.bias) wargs[DNNL_ARG_DIFF_BIAS] = db;
+  bs.push_back(step(wpd, std::move(wargs)));
+}
+
+void CpuProgram::compile_pool(const Node& n, const graph::Pool2d& p) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  const auto& xd = md_[x].dims();
+  const auto& yd = md_[y].dims();
+  // oneDNN takes both paddings; the right one is whatever gives PyTorch's output size:
+  // smaller than the left one in floor mode, larger in ceil mode.
+  memory::dims strides{p.stride, p.stride}, kernel{p.kernel, p.kernel}, pad_l{p.pad, p.pad};
+  memory::dims pad_r{(yd[2] - 1) * p.stride + p.kernel - xd[2] - p.pad,
+                     (yd[3] - 1) * p.stride + p.kernel - xd[3] - p.pad};
+  auto& bs = node_bwd_[node];
+  // oneDNN's avg_include_padding divides by the whole kernel, PyTorch by the window
+  // clipped to [-pad, H + pad): they differ where a ceil-mode window reaches past the
+  // padding (right padding > pad), so that case runs our own loop.
+  if (p.kind == graph::Pool2d::avg && p.count_include_pad && (pad_r[0] > p.pad || pad_r[1] > p.pad)) {
+    auto X = blocked(md_[x]), Y = blocked(md_[y]);
+    memory xm = act_[x], ym = act_[y];
+    node_fwd_[node].push_back(Step{{}, {}, [=]() {
+      kernels::avg_pool2d_forward(static_cast<float*>(ym.get_data_handle()), Y,
+                                  static_cast<const float*>(xm.get_data_handle()), X, p);
+    }});
+    if (!training() || !grad_[x]) return;
+    memory dx = grad_[x], dy = grad_[y];
+    bool accumulate = !first_contribution(node, 0);
+    bs.push_back(Step{{}, {}, [=]() {
+      kernels::avg_pool2d_backward(static_cast<float*>(dx.get_data_handle()), X,
+                                   static_cast<const float*>(dy.get_data_handle()), Y, p, accumulate);
+    }});
+    return;
+  }
+  const auto algo = p.kind == graph::Pool2d::max ? dnnl::algorithm::pooling_max
+                    : p.count_include_pad        ? dnnl::algorithm::pooling_avg_include_padding
+                                                 : dnnl::algorithm::pooling_avg_exclude_padding;
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  dnnl::pooling_forward::desc d(pk, algo, md_[x], md_[y], strides, kernel, pad_l, pad_r);
+  dnnl::pooling_forward::primitive_desc pd(d, attr(), eng_);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}};
+  memory ws;  // max pooling in training: where each maximum was, for backward
+  if (pd.workspace_desc().get_size() > 0) args[DNNL_ARG_WORKSPACE] = ws = alloc(pd.workspace_desc());
+  node_fwd_[node].push_back(step(pd, std::move(args)));
+  if (!training() || !grad_[x]) return;
+  dnnl::pooling_backward::desc bd(algo, md_[x], md_[y], strides, kernel, pad_l, pad_r);
+  dnnl::pooling_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  memory dx = contribution(node, 0);
+  std::unordered_map<int, memory> bargs{{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_SRC, dx}};
+  if (ws) bargs[DNNL_ARG_WORKSPACE] = ws;
+  bs.push_back(step(bpd, std::move(bargs)));
+  finish_contribution(bs, node, 0, dx);
+}
+
+void CpuProgram::compile_concat(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int y = n.output;
+  const kernels::Blocked Y = blocked(md_[y]);
+  // A channel slice of the output is a oneDNN view (submemory) only when it starts
+  // and ends on a block boundary; other slices are copied by our own loop.
+  auto aligned = [&](int64_t offset, int64_t C) { return offset % Y.block == 0 && C % Y.block == 0; };
+  std::vector<int64_t> offsets;
+  bool all_aligned = true;
+  for (int64_t offset = 0; int v : n.inputs) {
+    offsets.push_back(offset);
+    all_aligned = all_aligned && aligned(offset, md_[v].dims()[1]);
+    offset += md_[v].dims()[1];
+  }
+  auto& fs = node_fwd_[node];
+  auto& bs = node_bwd_[node];
+  if (all_aligned) {
+    std::vector<memory::desc> srcs;
+    std::unordered_map<int, memory> args{{DNNL_ARG_DST, act_[y]}};
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      srcs.push_back(md_[n.inputs[i]]);
+      args[DNNL_ARG_MULTIPLE_SRC + static_cast<int>(i)] = act_[n.inputs[i]];
+    }
+    dnnl::concat::primitive_desc pd(md_[y], 1, srcs, eng_, attr());
+    fs.push_back(step(pd, std::move(args)));
+  } else {
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      const int v = n.inputs[i];
+      const kernels::Blocked X = blocked(md_[v]);
+      memory xm = act_[v], ym = act_[y];
+      const int64_t offset = offsets[i];
+      fs.push_back(Step{{}, {}, [=]() {
+        kernels::copy_channels(static_cast<float*>(ym.get_data_handle()), Y, offset,
+                               static_cast<const float*>(xm.get_data_handle()), X, 0, X.C, false);
+      }});
+    }
+  }
+  if (!training()) return;
+  // Each input's gradient is its slice of d(y).
+  for (size_t i = 0; i < n.inputs.size(); ++i) {
+    const int v = n.inputs[i];
+    if (!grad_[v]) continue;
+    const auto& xd = md_[v].dims();
+    if (aligned(offsets[i], xd[1])) {
+      memory::desc slice = md_[y].submemory_desc(xd, {0, offsets[i], 0, 0});
+      add_scaled(bs, node, i, memory(slice, eng_, grad_[y].get_data_handle()), 1.f);
+      continue;
+    }
+    const kernels::Blocked X = blocked(md_[v]);
+    memory dx = grad_[v], dy = grad_[y];
+    const int64_t offset = offsets[i];
+    const bool accumulate = !first_contribution(node, i);
+    bs.push_back(Step{{}, {}, [=]() {
+      kernels::copy_channels(static_cast<float*>(dx.get_data_handle()), X, 0,
+                             static_cast<const float*>(dy.get_data_handle()), Y, offset, X.C, accumulate);
+    }});
+  }
+}
+
+void CpuProgram::compile_dropout(const Node& n, const graph::Dropout& d) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  const kernels::Blocked X = blocked(md_[x]);
+  memory xm = act_[x], ym = act_[y];
+  if (!training()) {  // the identity
+    const int64_t count = static_cast<int64_t>(md_[x].get_size() / sizeof(float));
+    node_fwd_[node].push_back(Step{{}, {}, [=]() {
+      kernels::copy(static_cast<float*>(ym.get_data_handle()), static_cast<const float*>(xm.get_data_handle()), count);
+    }});
+    return;
+  }
+  // The mask of the current step, drawn by element index (backend/dropout_mask.h).
+  const float p = d.p;
+  node_fwd_[node].push_back(Step{{}, {}, [=, this]() {
+    kernels::dropout_forward(static_cast<float*>(ym.get_data_handle()),
+                             static_cast<const float*>(xm.get_data_handle()), X,
+                             DropoutMask(opt_.seed, drawn_step_, node, p));
+  }});
+  if (!grad_[x]) return;
+  memory dx = grad_[x], dy = grad_[y];
+  const bool accumulate = !first_contribution(node, 0);
+  node_bwd_[node].push_back(Step{{}, {}, [=, this]() {
+    kernels::dropout_backward(static_cast<float*>(dx.get_data_handle()),
+                              static_cast<const float*>(dy.get_data_handle()), X,
+                              DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);
+  }});
+}
+
+void CpuProgram::compile_sigmoid(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  // Backward from the output: d(x) = d(y) * y * (1 - y).
+  const auto algo = dnnl::algorithm::eltwise_logistic_use_dst_for_bwd;
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  dnnl::eltwise_forward::desc d(pk, algo, md_[x], 0.f, 0.f);
+  dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}}));
+  if (!training() || !grad_[x]) return;
+  dnnl::eltwise_backward::desc bd(algo, md_[y], md_[y], 0.f, 0.f);
+  dnnl::eltwise_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  auto& bs = node_bwd_[node];
+  memory dx = contribution(node, 0);
+  bs.push_back(step(bpd, {{DNNL_ARG_DST, act_[y]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_SRC, dx}}));
+  finish_contribution(bs, node, 0, dx);
+}
+
+void CpuProgram::compile_mul(const Node& n) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int y = n.output;
+  INCRES_CHECK(md_[n.inputs[0]] == md_[n.inputs[1]], "cpu backend: mul of two layouts at ", n.name);
+  dnnl::binary::desc d(dnnl::algorithm::binary_mul, md_[n.inputs[0]], md_[n.inputs[1]], md_[y]);
+  dnnl::binary::primitive_desc pd(d, attr(), eng_);
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC_0, act_[n.inputs[0]]}, {DNNL_ARG_SRC_1, act_[n.inputs[1]]},
+                                      {DNNL_ARG_DST, act_[y]}}));
+  if (!training()) return;
+  // d(a) = d(y) * b, d(b) = d(y) * a.
+  auto& bs = node_bwd_[node];
+  for (size_t slot : {0, 1}) {
+    const int v = n.inputs[slot], other = n.inputs[1 - slot];
+    if (!grad_[v]) continue;
+    memory dx = contribution(node, slot);
+    bs.push_back(step(pd, {{DNNL_ARG_SRC_0, grad_[y]}, {DNNL_ARG_SRC_1, act_[other]}, {DNNL_ARG_DST, dx}}));
+    finish_contribution(bs, node, slot, dx);
+  }
+}
+
+void CpuProgram::compile_scale_shift(const Node& n, const graph::ScaleShift& s) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const int x = n.inputs[0], y = n.output;
+  dnnl::eltwise_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear, md_[x],
+                                s.scale, s.shift);
+  dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}}));
+  if (training() && grad_[x]) add_scaled(node_bwd_[node], node, 0, grad_[y], s.scale);  // d(x) = scale * d(y)
 }
 
 void CpuProgram::forward(const float* x) {
+  if (training()) drawn_step_ = step_++;
   in_plain_.set_data_handle(const_cast<float*>(x));
   for (Step& s : fwd_) {
     if (s.fn) s.fn();
