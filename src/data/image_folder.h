@@ -53,6 +53,16 @@ bool has_image_extension(const std::string& name);
 // or the labels file does not have one line per class.
 ImageFolder scan_image_folder(const std::string& root, const ImageFolderOptions& opts = {});
 
+// Small folders, for the in-memory Loader: every image decoded, its shorter side
+// resized to `size` and the central size x size square kept (CenterCrop with
+// crop_fraction 1), as a Dataset of 3 channels with the folder's classes and display
+// names. Memory is count * size^2 * 3 bytes, so this is for folders of up to a few
+// hundred thousand small images; ImageNet-sized folders take ImageFolderLoader.
+// Decodes on `threads` threads (0 = the hardware's). skip_bad: bad files are logged
+// and left out; otherwise the first bad file in file order is the Error.
+Dataset load_image_folder_dataset(const ImageFolder& folder, int64_t size, bool skip_bad = false,
+                                  int threads = 0, const DecodeOptions& decode = {});
+
 // ---- The loader ----
 
 struct ImageLoaderOptions {

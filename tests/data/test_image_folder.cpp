@@ -302,3 +302,35 @@ TEST(ImageFolderLoader, BadOptions) {
 
 }  // namespace
 }  // namespace incres::data
+
+namespace incres::data {
+namespace {
+
+TEST(ImageFolderDataset, SmallFolderIntoMemory) {
+  TempDir d;
+  ImageFolder f = make_loader_tree(d, 7, true);  // 10 files, 3 bad
+  std::string e = error_of([&] { load_image_folder_dataset(f, 16, false, 3); });
+  EXPECT_TRUE(contains(e, d / "a/img11_empty.jpg"));  // the first bad one in file order
+  Dataset ds = load_image_folder_dataset(f, 16, true, 3);
+  EXPECT_EQ(ds.count, 7);
+  EXPECT_EQ(ds.channels, 3);
+  EXPECT_EQ(ds.height, 16);
+  EXPECT_EQ(ds.classes, 2);
+  EXPECT_EQ(ds.images.size(), 7u * 16 * 16 * 3);
+  // The first file, a/img10.png (20 x 24): shorter side 20 -> 16, then the centre.
+  Image want = resize_shorter(decode_image(f.files[0]), 16);
+  Rng unused(0);
+  Image crop = apply(CenterCrop{16, 1.0}, decode_image(f.files[0]), unused);
+  EXPECT_EQ(std::vector<uint8_t>(ds.images.begin(), ds.images.begin() + 16 * 16 * 3), crop.pixels);
+  EXPECT_EQ(want.height, 16);
+  // The in-memory Loader takes it.
+  LoaderOptions lo;
+  lo.batch = 3;
+  lo.workers = 0;
+  Loader l(ds, lo);
+  l.start_epoch(0);
+  EXPECT_EQ(l.next()->images.shape(), (Shape{3, 3, 16, 16}));
+}
+
+}  // namespace
+}  // namespace incres::data
