@@ -231,10 +231,11 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& name, cons
   guard.info = png_create_info_struct(guard.png);
   INCRES_CHECK(guard.info, name, ": libpng: png_create_info_struct failed (out of memory?)");
   png_set_read_fn(guard.png, &src, png_read_cb);
-  // libpng's own dimension limits (checked while reading IHDR) backed by ours, and a
-  // bound on the memory one ancillary chunk (iCCP, zTXt) may decompress to.
+  // libpng's per-side limits (default 1,000,000) give way to our pixel cap, which is
+  // checked right after IHDR; one ancillary chunk (iCCP, zTXt) may decompress to at
+  // most 8 MiB (libpng's default, made explicit: a zip bomb in a text chunk stops there).
   png_set_user_limits(guard.png, 0x7fffffff, 0x7fffffff);
-  png_set_chunk_malloc_max(guard.png, 64 << 20);
+  png_set_chunk_malloc_max(guard.png, 8 << 20);
 
   Image img;
   std::vector<png_bytep> rows;
