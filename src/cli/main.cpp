@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -37,6 +38,22 @@ std::string with_commas(int64_t v) {
   }
   return out;
 }
+
+// Number checks with short messages: CLI11's PositiveNumber and NonNegativeNumber
+// print their upper bound (DBL_MAX) in full, 300 digits, and Range rounds [0, 1) up
+// to "[0 - 1]".
+CLI::Validator number_check(const char* what, bool (*ok)(double)) {
+  return CLI::Validator(
+      [what, ok](std::string& s) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(s, v) || !ok(v)) return "Value " + s + " is not " + what;
+        return "";
+      },
+      what);
+}
+const CLI::Validator kPositive = number_check("> 0", [](double v) { return v > 0 && std::isfinite(v); });
+const CLI::Validator kNonNegative = number_check(">= 0", [](double v) { return v >= 0 && std::isfinite(v); });
+const CLI::Validator kUnitHalfOpen = number_check("in [0, 1)", [](double v) { return v >= 0 && v < 1; });
 
 // Flags shared by the commands that build a model.
 struct ModelFlags {
@@ -130,7 +147,7 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
   return 0;
 }
 
-int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int workers) {
+int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int workers, bool raw_weights) {
   io::SafeTensors st = io::load_safetensors(path);
   nlohmann::json cfg;
   if (auto it = st.metadata.find("config"); it != st.metadata.end()) cfg = nlohmann::json::parse(it->second, nullptr, false);
@@ -142,13 +159,17 @@ int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int 
                          models::parse_shortcut(cfg.value("shortcut", "A"))};
   graph::Graph g = models::build_model(cfg["model"].get<std::string>(), mc);
   graph::ParamStore store(g);
-  train::load_checkpoint(path, g, store, nullptr);
+  // A run that kept a moving average of its weights evaluated on it; so does eval,
+  // unless told otherwise. The decay given here is not used: the file's averages are.
+  train::Ema ema(g, store, 0.5);
+  train::CheckpointState s = train::load_checkpoint(path, g, store, nullptr, raw_weights ? nullptr : &ema);
+  const bool on_ema = s.has_ema && !raw_weights;
   data::Loader loader(d.test, train::loader_options(d.train, mc.image, batch, false, false, 0, workers));
-  auto program = backend::compile("cpu", g, store, {batch, backend::Mode::infer, false});
+  auto program = backend::compile("cpu", g, on_ema ? ema.averages() : store, {batch, backend::Mode::infer, false});
   train::EvalResult r = train::evaluate(*program, loader, mc.classes);
-  std::printf("%s on %s test set: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
-              cfg["model"].get<std::string>().c_str(), d.test.source.c_str(), static_cast<long long>(r.count), r.loss,
-              r.error, 100 - r.error, r.top5_error);
+  std::printf("%s%s on %s test set: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
+              cfg["model"].get<std::string>().c_str(), on_ema ? " (moving average of the weights)" : "",
+              d.test.source.c_str(), static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
   return 0;
 }
 
@@ -208,35 +229,65 @@ int main(int argc, char** argv) {
   tr->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   tr->add_option("--batch", tc.batch, "images per step")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
-  tr->add_option("--lr", tc.lr, "base learning rate")->capture_default_str()->check(CLI::PositiveNumber);
-  tr->add_option("--schedule", tc.schedule, "multistep | cosine | onecycle | constant")
-      ->capture_default_str()->check(CLI::IsMember({"multistep", "cosine", "onecycle", "constant"}));
+  std::string recipe;
+  tr->add_option("--recipe", recipe,
+                 "resnet | inception: the defaults of the flags below. resnet: SGD, lr 0.1 /10 at 50% and 75%, "
+                 "weight decay 1e-4. inception (Inception-v3 paper, TF's RMSProp): --optimizer rmsprop --lr 0.045 "
+                 "--schedule exp --decay-rate 0.94 --decay-epochs 2 --clip-norm 2 --label-smoothing 0.1 "
+                 "--aux-weight 0.4 --ema 0.9999 --weight-decay 4e-5 --no-decay-bn-bias. Flags given explicitly "
+                 "win. Default: inception for inception* models, resnet otherwise")
+      ->check(CLI::IsMember({"resnet", "inception"}));
+  tr->add_option("--optimizer", tc.optimizer,
+                 "sgd (PyTorch's SGD with momentum) | rmsprop (TensorFlow's RMSProp: epsilon inside the root, "
+                 "mean square starting at 1, lr inside the momentum)")
+      ->capture_default_str()->check(CLI::IsMember({"sgd", "rmsprop"}));
+  tr->add_option("--lr", tc.lr, "base learning rate")->capture_default_str()->check(kPositive);
+  tr->add_option("--schedule", tc.schedule,
+                 "multistep | exp (lr x decay-rate every decay-epochs, staircase) | cosine | onecycle | constant")
+      ->capture_default_str()->check(CLI::IsMember({"multistep", "exp", "cosine", "onecycle", "constant"}));
   tr->add_option("--milestones", tc.milestones,
                  "multistep: where lr *= gamma, iterations (\"32000,48000\") or epochs (\"91e,136e\"); default 50% and 75% of the run");
-  tr->add_option("--gamma", tc.gamma, "multistep factor")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--gamma", tc.gamma, "multistep factor")->capture_default_str()->check(kPositive);
+  tr->add_option("--decay-rate", tc.decay_rate, "exp: the factor applied every --decay-epochs")
+      ->capture_default_str()->check(kPositive);
+  tr->add_option("--decay-epochs", tc.decay_epochs, "exp: epochs between decays (may be fractional)")
+      ->capture_default_str()->check(kPositive);
   tr->add_option("--warmup-iters", tc.warmup_iters, "iterations of warm-up (the paper uses 400 at lr 0.01 for ResNet-110)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  tr->add_option("--warmup-lr", tc.warmup_lr, "learning rate during warm-up")->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(kNonNegative);
+  tr->add_option("--warmup-lr", tc.warmup_lr, "learning rate during warm-up")->capture_default_str()->check(kPositive);
   tr->add_option("--warmup-kind", tc.warmup_kind, "constant | linear")->capture_default_str()
       ->check(CLI::IsMember({"constant", "linear"}));
-  tr->add_option("--momentum", tc.momentum, "SGD momentum")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  tr->add_option("--weight-decay", tc.weight_decay, "L2 weight decay")->capture_default_str()->check(CLI::NonNegativeNumber);
-  tr->add_flag("--nesterov", tc.nesterov, "Nesterov momentum");
-  tr->add_flag("--no-decay-bn-bias", tc.no_decay_bn_bias, "no weight decay on BN parameters and biases");
+  tr->add_option("--momentum", tc.momentum, "momentum of SGD or RMSProp")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  tr->add_option("--weight-decay", tc.weight_decay, "L2 weight decay, added to the gradient")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  tr->add_flag("--nesterov", tc.nesterov, "Nesterov momentum (sgd)");
+  tr->add_flag("--no-decay-bn-bias,!--decay-bn-bias", tc.no_decay_bn_bias,
+               "no weight decay on BN parameters and biases (--decay-bn-bias: decay them)");
+  tr->add_option("--rmsprop-decay", tc.rmsprop_decay, "rmsprop: decay of the mean square")
+      ->capture_default_str()->check(kUnitHalfOpen);
+  tr->add_option("--rmsprop-epsilon", tc.rmsprop_epsilon, "rmsprop: epsilon, inside the square root")
+      ->capture_default_str()->check(kPositive);
+  tr->add_option("--clip-norm", tc.clip_norm, "clip gradients to this global L2 norm over all parameters; 0 = off")
+      ->capture_default_str()->check(kNonNegative);
+  tr->add_option("--ema", tc.ema_decay,
+                 "keep a moving average of the weights with this decay (e.g. 0.9999) and evaluate on it; 0 = off")
+      ->capture_default_str()->check(kUnitHalfOpen);
+  tr->add_option("--aux-weight", tc.aux_weight, "weight of the auxiliary classifier's loss (Inception-v3)")
+      ->capture_default_str()->check(kNonNegative);
   tr->add_option("--label-smoothing", tc.label_smoothing, "label smoothing epsilon (Inception-v3 uses 0.1)")
       ->capture_default_str()->check(CLI::Range(0.0, 0.999));
   bool no_augment = false;
   tr->add_flag("--no-augment", no_augment, "no random crop / flip");
   tr->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str();
   tr->add_option("--workers", tc.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
-  tr->add_option("--train-limit", tc.train_limit, "use only the first N training images")->check(CLI::NonNegativeNumber);
-  tr->add_option("--test-limit", tc.test_limit, "use only the first N test images")->check(CLI::NonNegativeNumber);
+  tr->add_option("--train-limit", tc.train_limit, "use only the first N training images")->check(kNonNegative);
+  tr->add_option("--test-limit", tc.test_limit, "use only the first N test images")->check(kNonNegative);
   tr->add_option("--backend", tc.backend, "cpu (oneDNN) or ref (naive loops; slow)")->capture_default_str()
       ->check(CLI::IsMember({"cpu", "ref"}));
   tr->add_option("--out", tc.out_dir, "folder for last.safetensors, metrics.jsonl and curve.png");
   tr->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
   tr->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   bool no_progress = false;
   tr->add_flag("--no-progress", no_progress, "no progress bar");
 
@@ -248,6 +299,9 @@ int main(int argc, char** argv) {
   ev->add_option("--data", ev_data, "dataset (default: the one the checkpoint was trained on)");
   ev->add_option("--batch", ev_batch, "images per batch")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
   ev->add_option("--workers", ev_workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+  bool ev_raw = false;
+  ev->add_flag("--raw-weights", ev_raw,
+               "evaluate the trained weights even when the checkpoint holds a moving average of them (--ema)");
 
   auto* bn = app.add_subcommand("bench", "time training steps or inference on synthetic data");
   std::string bn_model, bn_mode = "train", bn_backend = "cpu";
@@ -276,10 +330,38 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("info")) return cmd_info(info_model, info_flags);
     if (app.got_subcommand("bench"))
       return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json);
-    if (app.got_subcommand("eval")) return cmd_eval(ev_path, ev_data, ev_batch, ev_workers);
+    if (app.got_subcommand("eval")) return cmd_eval(ev_path, ev_data, ev_batch, ev_workers, ev_raw);
     if (app.got_subcommand("train")) {
       tc.augment = !no_augment;
       tc.progress = !no_progress;
+      // The recipe sets every field it governs that was not given explicitly.
+      const train::TrainConfig rc = train::recipe_defaults(recipe.empty() ? train::default_recipe(tc.model) : recipe);
+      auto unless_given = [&](const char* flag, auto member) {
+        if (tr->count(flag) == 0) tc.*member = rc.*member;
+      };
+      using TC = train::TrainConfig;
+      tc.recipe = rc.recipe;
+      unless_given("--optimizer", &TC::optimizer);
+      unless_given("--lr", &TC::lr);
+      unless_given("--schedule", &TC::schedule);
+      unless_given("--decay-rate", &TC::decay_rate);
+      unless_given("--decay-epochs", &TC::decay_epochs);
+      unless_given("--momentum", &TC::momentum);
+      unless_given("--weight-decay", &TC::weight_decay);
+      unless_given("--no-decay-bn-bias", &TC::no_decay_bn_bias);
+      unless_given("--rmsprop-decay", &TC::rmsprop_decay);
+      unless_given("--rmsprop-epsilon", &TC::rmsprop_epsilon);
+      unless_given("--clip-norm", &TC::clip_norm);
+      unless_given("--ema", &TC::ema_decay);
+      unless_given("--aux-weight", &TC::aux_weight);
+      unless_given("--label-smoothing", &TC::label_smoothing);
+      // Flags that would be silently ignored are refused.
+      if (tc.schedule != "exp")
+        for (const char* f : {"--decay-rate", "--decay-epochs"})
+          INCRES_CHECK(tr->count(f) == 0, f, " applies to --schedule exp, not ", tc.schedule);
+      if (tc.optimizer != "rmsprop")
+        for (const char* f : {"--rmsprop-decay", "--rmsprop-epsilon"})
+          INCRES_CHECK(tr->count(f) == 0, f, " applies to --optimizer rmsprop, not ", tc.optimizer);
       train::TrainResult r = train::run_training(tc);
       std::printf("%s: %lld steps, final train error %.2f%%, test error %.2f%% (accuracy %.2f%%), %.0f images/s\n",
                   tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,

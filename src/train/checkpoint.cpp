@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 
 #include "core/error.h"
 #include "io/model_params.h"
@@ -10,8 +11,24 @@
 namespace incres::train {
 
 namespace {
-const std::string kMomentum = "optimizer.momentum.";
+const std::string kOptimizer = "optimizer.";
+const std::string kEma = "ema.";
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// Checks that `t` (a file's tensor, or null when absent) can be copied into `dst`.
+void check_tensor(const std::string& path, const std::string& key, const Tensor* t, const Tensor& dst,
+                  const char* hint) {
+  INCRES_CHECK(t, path, ": tensor ", key, " is missing; ", hint);
+  INCRES_CHECK(t->shape() == dst.shape() && t->dtype() == DType::f32, path, ": tensor ", key,
+               " has shape ", t->shape().str(), ", expected ", dst.shape().str(), " F32");
 }
+
+const Tensor* find(const std::map<std::string, Tensor>& m, const std::string& key) {
+  auto it = m.find(key);
+  return it == m.end() ? nullptr : &it->second;
+}
+}  // namespace
 
 std::string first_non_finite(const graph::Graph& g, const graph::ParamStore& store) {
   for (size_t i = 0; i < g.params.size(); ++i) {
@@ -23,60 +40,109 @@ std::string first_non_finite(const graph::Graph& g, const graph::ParamStore& sto
 }
 
 void save_checkpoint(const std::string& path, const graph::Graph& g, const graph::ParamStore& store,
-                     const Sgd* sgd, const CheckpointState& state) {
+                     const Optimizer* opt, const Ema* ema, const CheckpointState& state) {
   std::string bad = first_non_finite(g, store);
   INCRES_CHECK(bad.empty(), "refusing to save ", path, ": tensor ", bad,
                " holds NaN or Inf (the previous checkpoint is kept)");
+  if (ema) {
+    bad = first_non_finite(g, ema->averages());
+    INCRES_CHECK(bad.empty(), "refusing to save ", path, ": the moving average of ", bad,
+                 " holds NaN or Inf (the previous checkpoint is kept)");
+  }
   auto entries = io::param_entries(g, store);
-  std::vector<std::string> names;  // keeps the momentum names alive for the entries
-  if (sgd) {
-    for (size_t i = 0; i < g.params.size(); ++i)
-      if (!sgd->state()[i].empty()) names.push_back(kMomentum + g.params[i].name);
-    size_t k = 0;
-    for (size_t i = 0; i < g.params.size(); ++i)
-      if (!sgd->state()[i].empty()) entries.emplace_back(names[k++], &sgd->state()[i]);
+  std::deque<std::string> names;  // keeps the extra names alive (a deque never moves them)
+  if (opt) {
+    for (size_t k = 0; k < opt->num_slots(); ++k)
+      for (size_t i = 0; i < g.params.size(); ++i) {
+        const Tensor& t = opt->slot(k)[i];
+        if (t.empty()) continue;
+        names.push_back(kOptimizer + opt->slot_name(k) + "." + g.params[i].name);
+        entries.emplace_back(names.back(), &t);
+      }
+  }
+  if (ema) {
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      names.push_back(kEma + g.params[i].name);
+      entries.emplace_back(names.back(), &ema->averages().values[i]);
+    }
   }
   std::map<std::string, std::string> meta{{"format", "incres-checkpoint-1"},
                                           {"model", state.model},
                                           {"step", std::to_string(state.step)},
                                           {"seed", std::to_string(state.seed)},
                                           {"config", state.config}};
+  if (opt) meta["optimizer"] = opt->name();
   io::save_safetensors(path, entries, meta);
 }
 
 CheckpointState load_checkpoint(const std::string& path, const graph::Graph& g,
-                                graph::ParamStore& store, Sgd* sgd) {
+                                graph::ParamStore& store, Optimizer* opt, Ema* ema) {
   io::SafeTensors st = io::load_safetensors(path);
-  // Split the optimizer state from the model's tensors before the strict model check.
-  io::SafeTensors model;
-  model.path = st.path;
-  std::map<std::string, Tensor> momentum;
-  for (auto& [name, t] : st.tensors) {
-    if (name.rfind(kMomentum, 0) == 0) momentum.emplace(name.substr(kMomentum.size()), std::move(t));
-    else model.tensors.emplace(name, std::move(t));
-  }
-  if (sgd && !momentum.empty()) {  // check before touching anything
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      if (sgd->state()[i].empty()) continue;
-      auto it = momentum.find(g.params[i].name);
-      INCRES_CHECK(it != momentum.end(), path, ": optimizer state for ", g.params[i].name, " is missing");
-      INCRES_CHECK(it->second.shape() == g.params[i].shape && it->second.dtype() == DType::f32, path,
-                   ": optimizer state for ", g.params[i].name, " has shape ", it->second.shape().str(),
-                   ", expected ", g.params[i].shape.str());
-    }
-  }
-  io::load_params(model, g, store, /*strict=*/true);
-  if (sgd && !momentum.empty()) {
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      Tensor& dst = sgd->state()[i];
-      if (!dst.empty()) std::memcpy(dst.raw(), momentum.at(g.params[i].name).raw(), dst.nbytes());
-    }
-  }
-  CheckpointState s;
   auto meta = [&](const char* key) -> std::string {
     auto it = st.metadata.find(key);
     return it == st.metadata.end() ? "" : it->second;
   };
+  // Split the optimizer state and the averages from the model's tensors before the
+  // strict model check.
+  io::SafeTensors model;
+  model.path = st.path;
+  std::map<std::string, Tensor> opt_state, averages;  // keyed without the prefix
+  for (auto& [name, t] : st.tensors) {
+    if (starts_with(name, kOptimizer)) opt_state.emplace(name.substr(kOptimizer.size()), std::move(t));
+    else if (starts_with(name, kEma)) averages.emplace(name.substr(kEma.size()), std::move(t));
+    else model.tensors.emplace(name, std::move(t));
+  }
+  CheckpointState s;
+  s.has_ema = !averages.empty();
+  // Files from before optimizers were named hold SGD's momentum only.
+  s.optimizer = opt_state.empty() ? "" : meta("optimizer").empty() ? "sgd" : meta("optimizer");
+
+  // Every check before anything is touched; the model's own first, so that a wrong
+  // model is reported as such (listing every mismatch) rather than by its optimizer.
+  if (!io::check_params(model, g).ok(/*strict=*/true)) io::load_params(model, g, store, true);
+  const bool load_opt = opt && !opt_state.empty();
+  if (load_opt) {
+    INCRES_CHECK(s.optimizer == opt->name(), path, ": holds ", s.optimizer,
+                 " optimizer state but this run uses ", opt->name(),
+                 "; resume with the original run's --optimizer ", s.optimizer);
+    size_t expected = 0;
+    for (size_t k = 0; k < opt->num_slots(); ++k)
+      for (size_t i = 0; i < g.params.size(); ++i) {
+        const Tensor& dst = opt->slot(k)[i];
+        if (dst.empty()) continue;
+        const std::string key = opt->slot_name(k) + "." + g.params[i].name;
+        check_tensor(path, kOptimizer + key, find(opt_state, key), dst,
+                     "the optimizer state is incomplete");
+        ++expected;
+      }
+    // A tensor of no slot (another model's, another optimizer's) is not ignored.
+    INCRES_CHECK(opt_state.size() == expected, path, ": holds ", opt_state.size(),
+                 " optimizer tensors, expected ", expected, " for ", opt->name(), " on this model");
+  }
+  const bool load_ema = ema && !averages.empty();
+  if (load_ema) {
+    for (size_t i = 0; i < g.params.size(); ++i)
+      check_tensor(path, kEma + g.params[i].name, find(averages, g.params[i].name),
+                   ema->averages().values[i], "the moving average is incomplete");
+    INCRES_CHECK(averages.size() == g.params.size(), path, ": holds ", averages.size(),
+                 " ema tensors, expected ", g.params.size(), " for this model");
+  }
+  io::load_params(model, g, store, /*strict=*/true);
+  if (load_opt) {
+    for (size_t k = 0; k < opt->num_slots(); ++k)
+      for (size_t i = 0; i < g.params.size(); ++i) {
+        Tensor& dst = opt->slot(k)[i];
+        if (!dst.empty())
+          std::memcpy(dst.raw(), opt_state.at(opt->slot_name(k) + "." + g.params[i].name).raw(),
+                      dst.nbytes());
+      }
+  }
+  if (load_ema) {
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      Tensor& dst = ema->averages().values[i];
+      std::memcpy(dst.raw(), averages.at(g.params[i].name).raw(), dst.nbytes());
+    }
+  }
   s.model = meta("model");
   s.config = meta("config");
   try {

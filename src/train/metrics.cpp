@@ -105,15 +105,27 @@ std::string Progress::render(double elapsed, bool bar) const {
   return s;
 }
 
+bool Progress::due(int64_t done) const {
+  if (finished_) return false;
+  const double since_draw = std::chrono::duration<double>(Clock::now() - last_draw_).count();
+  if (terminal_) return !drawn_ || since_draw >= kRedrawSeconds;
+  // Plain mode: on crossing the next 10% boundary, or every 30 s. The 100% line is
+  // finish()'s, which adds the elapsed time.
+  if (total_ > 0 && done >= total_) return false;
+  const bool tenth = total_ > 0 && next_tenth_ <= 10 && done * 10 >= next_tenth_ * total_;
+  return tenth || since_draw >= kPlainSeconds;
+}
+
 void Progress::update(int64_t done, const std::string& extra) {
-  if (finished_) return;
+  if (!due(done)) {
+    if (!finished_) done_ = done;  // no text copied: skipped updates stay cheap
+    return;
+  }
   done_ = done;
   extra_ = extra;
   const Clock::time_point now = Clock::now();
-  const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   if (terminal_) {
-    if (drawn_ && since_draw < kRedrawSeconds) return;
     std::string line = render(elapsed, true);
     // Keep the line narrower than the terminal: a wrapped line cannot be redrawn by \r.
     size_t cols = static_cast<size_t>(terminal_columns());
@@ -124,18 +136,17 @@ void Progress::update(int64_t done, const std::string& extra) {
     last_draw_ = now;
     return;
   }
-  // Plain mode: on crossing the next 10% boundary, or every 30 s. The 100% line is
-  // finish()'s, which adds the elapsed time.
-  if (total_ > 0 && done >= total_) return;
-  bool tenth = false;
-  if (total_ > 0 && done * 10 >= next_tenth_ * total_) {
-    tenth = true;
-    while (next_tenth_ <= 10 && done * 10 >= next_tenth_ * total_) ++next_tenth_;
-  }
-  if (tenth || since_draw >= kPlainSeconds) {
-    log_info(render(elapsed, false));
-    last_draw_ = now;
-  }
+  // Plain mode (due() decided): move past every 10% boundary crossed.
+  while (total_ > 0 && next_tenth_ <= 10 && done * 10 >= next_tenth_ * total_) ++next_tenth_;
+  log_info(render(elapsed, false));
+  last_draw_ = now;
+}
+
+void Progress::finish(int64_t done, const std::string& extra) {
+  if (finished_) return;
+  done_ = done;
+  extra_ = extra;
+  finish();
 }
 
 void Progress::finish() {

@@ -42,10 +42,16 @@ class Progress {
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
 
+  // Whether update(done, ...) would draw now. A caller whose `extra` text costs
+  // something to build (a training step's loss line allocates) builds it only when
+  // this is true; skipped updates change nothing.
+  bool due(int64_t done) const;
   // done: items finished so far; extra: e.g. "loss 0.41 err 12.3% 1520 img/s".
   void update(int64_t done, const std::string& extra);
-  // Draws the final state (with the elapsed time) and ends the line.
+  // Draws the final state (with the elapsed time) and ends the line. The second form
+  // also sets the final count and text, for callers that skip updates with due().
   void finish();
+  void finish(int64_t done, const std::string& extra);
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -23,8 +23,8 @@ bool positive(double v) { return std::isfinite(v) && v > 0; }
 Schedule::Schedule(ScheduleOptions o) : opt_(std::move(o)) {
   const ScheduleOptions& s = opt_;
   const std::string& k = s.kind;
-  INCRES_CHECK(k == "multistep" || k == "cosine" || k == "onecycle" || k == "constant",
-               "schedule: kind '", k, "' is unknown; use multistep, cosine, onecycle or constant");
+  INCRES_CHECK(k == "multistep" || k == "exp" || k == "cosine" || k == "onecycle" || k == "constant",
+               "schedule: kind '", k, "' is unknown; use multistep, exp, cosine, onecycle or constant");
   INCRES_CHECK(positive(s.lr), "schedule: lr must be finite and > 0, got ", s.lr);
   INCRES_CHECK(s.total_iters >= 0, "schedule: total_iters must be >= 0, got ", s.total_iters);
   INCRES_CHECK(s.warmup_iters >= 0, "schedule: warmup_iters must be >= 0, got ", s.warmup_iters);
@@ -50,6 +50,11 @@ Schedule::Schedule(ScheduleOptions o) : opt_(std::move(o)) {
   } else {
     INCRES_CHECK(s.milestones.empty(), "schedule: milestones apply to multistep only, kind is '",
                  k, "'; drop them or use kind multistep");
+  }
+  if (k == "exp") {
+    INCRES_CHECK(positive(s.decay_rate), "schedule: decay_rate must be finite and > 0, got ",
+                 s.decay_rate);
+    INCRES_CHECK(s.decay_iters > 0, "schedule: exp needs decay_iters > 0, got ", s.decay_iters);
   }
   if (k == "cosine") {
     INCRES_CHECK(s.total_iters > 0, "schedule: cosine needs total_iters > 0, got ", s.total_iters);
@@ -83,6 +88,8 @@ double Schedule::main_lr(int64_t iter) const {
       if (m <= iter) lr *= s.gamma;
     return lr;
   }
+  if (s.kind == "exp")  // staircase: whole periods only, so lr is constant within one
+    return s.lr * std::pow(s.decay_rate, static_cast<double>(iter / s.decay_iters));
   if (s.kind == "cosine") {
     if (iter >= s.total_iters) return s.final_lr;
     double t = static_cast<double>(iter) / static_cast<double>(s.total_iters);

@@ -8,10 +8,14 @@
 namespace incres::train {
 
 struct ScheduleOptions {
-  std::string kind = "multistep";  // multistep | cosine | onecycle | constant
+  std::string kind = "multistep";  // multistep | exp | cosine | onecycle | constant
   double lr = 0.1;                 // base lr; the peak lr for onecycle
   std::vector<int64_t> milestones; // multistep: iterations where lr *= gamma, increasing
   double gamma = 0.1;
+  // exp: lr * decay_rate^floor(iter / decay_iters), TF's exponential_decay with
+  // staircase=True; the Inception recipe is 0.94 every 2 epochs.
+  double decay_rate = 0.94;
+  int64_t decay_iters = 0;
   // Warm-up replaces the schedule for iterations [0, warmup_iters). The ResNet paper
   // (Sec. 4.2) trains ResNet-110 at 0.01 for 400 iterations, then returns to 0.1.
   int64_t warmup_iters = 0;
@@ -33,6 +37,7 @@ class Schedule {
   // evaluated at the absolute iteration (the warm-up does not shift the schedule):
   //   constant   lr
   //   multistep  lr * gamma^(number of milestones <= iter)
+  //   exp        lr * decay_rate^floor(iter / decay_iters)
   //   cosine     final_lr + (lr - final_lr) * 0.5 * (1 + cos(pi * iter / total_iters)),
   //              final_lr from total_iters on
   //   onecycle   PyTorch OneCycleLR (anneal_strategy="cos", three_phase=False): cosine

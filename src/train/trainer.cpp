@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include "core/log.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
+#include "train/ema.h"
 #include "train/loss.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -20,12 +22,43 @@ namespace fs = std::filesystem;
 nlohmann::json to_json(const TrainConfig& c) {
   return {{"model", c.model}, {"shortcut", c.shortcut}, {"data", c.data},
           {"train_limit", c.train_limit}, {"test_limit", c.test_limit}, {"epochs", c.epochs},
-          {"iters", c.iters}, {"batch", c.batch}, {"schedule", c.schedule}, {"lr", c.lr},
-          {"milestones", c.milestones}, {"gamma", c.gamma}, {"warmup_iters", c.warmup_iters},
-          {"warmup_lr", c.warmup_lr}, {"warmup_kind", c.warmup_kind}, {"momentum", c.momentum},
+          {"iters", c.iters}, {"batch", c.batch}, {"recipe", c.recipe}, {"schedule", c.schedule},
+          {"lr", c.lr}, {"milestones", c.milestones}, {"gamma", c.gamma},
+          {"decay_rate", c.decay_rate}, {"decay_epochs", c.decay_epochs},
+          {"warmup_iters", c.warmup_iters}, {"warmup_lr", c.warmup_lr},
+          {"warmup_kind", c.warmup_kind}, {"optimizer", c.optimizer}, {"momentum", c.momentum},
           {"weight_decay", c.weight_decay}, {"nesterov", c.nesterov},
-          {"no_decay_bn_bias", c.no_decay_bn_bias}, {"label_smoothing", c.label_smoothing},
-          {"augment", c.augment}, {"seed", c.seed}, {"backend", c.backend}};
+          {"no_decay_bn_bias", c.no_decay_bn_bias}, {"rmsprop_decay", c.rmsprop_decay},
+          {"rmsprop_epsilon", c.rmsprop_epsilon}, {"clip_norm", c.clip_norm},
+          {"ema_decay", c.ema_decay}, {"aux_weight", c.aux_weight},
+          {"label_smoothing", c.label_smoothing}, {"augment", c.augment}, {"seed", c.seed},
+          {"backend", c.backend}};
+}
+
+TrainConfig recipe_defaults(const std::string& recipe) {
+  TrainConfig c;  // its defaults are the resnet recipe
+  c.recipe = recipe;
+  if (recipe == "resnet") return c;
+  INCRES_CHECK(recipe == "inception", "unknown recipe '", recipe, "'; use resnet or inception");
+  c.optimizer = "rmsprop";
+  c.rmsprop_decay = 0.9;   // Inception-v3 paper, Sec. 8: "decay of 0.9 and epsilon = 1.0"
+  c.rmsprop_epsilon = 1.0;
+  c.momentum = 0.9;        // TF-slim train_image_classifier's rmsprop_momentum
+  c.weight_decay = 4e-5;   // TF-slim inception_v3_arg_scope(weight_decay=0.00004)
+  c.no_decay_bn_bias = true;
+  c.lr = 0.045;            // "learning rate of 0.045, decayed every two epochs
+  c.schedule = "exp";      //  using an exponential rate of 0.94"
+  c.decay_rate = 0.94;
+  c.decay_epochs = 2;
+  c.clip_norm = 2.0;       // "gradient clipping with threshold 2.0"
+  c.label_smoothing = 0.1; // Sec. 7, epsilon = 0.1
+  c.aux_weight = 0.4;      // the released code's aux loss weight (the paper gives none)
+  c.ema_decay = 0.9999;    // "a running average of the parameters"; TF-slim's usual decay
+  return c;
+}
+
+std::string default_recipe(const std::string& model) {
+  return model.rfind("inception", 0) == 0 ? "inception" : "resnet";
 }
 
 DataPair load_data(const std::string& spec) {
@@ -89,11 +122,71 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 }
 }  // namespace
 
-TrainResult run_training(const TrainConfig& cfg) {
+namespace {
+
+// Checks of the options the library adds to the CLI's own range checks, so that a
+// caller of run_training gets the same one-line errors.
+void check_config(const TrainConfig& cfg) {
   INCRES_CHECK(cfg.batch > 0, "--batch must be positive, got ", cfg.batch);
   INCRES_CHECK(cfg.epochs > 0 || cfg.iters > 0, "give the length of the run: --epochs N or --iters N");
   INCRES_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1), got ",
                cfg.label_smoothing);
+  INCRES_CHECK(cfg.optimizer == "sgd" || cfg.optimizer == "rmsprop", "--optimizer '", cfg.optimizer,
+               "' is unknown; use sgd or rmsprop");
+  INCRES_CHECK(!cfg.nesterov || cfg.optimizer == "sgd", "--nesterov applies to --optimizer sgd, not ",
+               cfg.optimizer);
+  INCRES_CHECK(std::isfinite(cfg.clip_norm) && cfg.clip_norm >= 0,
+               "--clip-norm must be >= 0 (0 = no clipping), got ", cfg.clip_norm);
+  INCRES_CHECK(cfg.ema_decay == 0 || (cfg.ema_decay > 0 && cfg.ema_decay < 1),
+               "--ema must be in (0, 1) (0 = no moving average), got ", cfg.ema_decay);
+  INCRES_CHECK(std::isfinite(cfg.aux_weight) && cfg.aux_weight >= 0, "--aux-weight must be >= 0, got ",
+               cfg.aux_weight);
+  if (cfg.schedule == "exp")
+    INCRES_CHECK(std::isfinite(cfg.decay_epochs) && cfg.decay_epochs > 0,
+                 "--decay-epochs must be > 0, got ", cfg.decay_epochs);
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& cfg, const graph::Graph& g,
+                                          graph::ParamStore& store) {
+  if (cfg.optimizer == "rmsprop")
+    return std::make_unique<RmsProp>(g, store, RmsPropOptions{cfg.rmsprop_decay, cfg.rmsprop_epsilon,
+                                                              cfg.momentum, cfg.weight_decay,
+                                                              cfg.no_decay_bn_bias});
+  return std::make_unique<Sgd>(g, store, SgdOptions{cfg.momentum, cfg.weight_decay, cfg.nesterov,
+                                                    cfg.no_decay_bn_bias});
+}
+
+Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
+  ScheduleOptions so;
+  so.kind = cfg.schedule;
+  so.lr = cfg.lr;
+  so.gamma = cfg.gamma;
+  if (cfg.schedule != "multistep") {
+    INCRES_CHECK(cfg.milestones.empty(), "--milestones apply to --schedule multistep, not ", cfg.schedule);
+  } else if (cfg.milestones.empty()) {  // the paper's 32k and 48k of 64k iterations
+    for (int64_t m : {total / 2, total * 3 / 4})
+      if (m > 0 && (so.milestones.empty() || m > so.milestones.back())) so.milestones.push_back(m);
+  } else {
+    so.milestones = parse_milestones(cfg.milestones, ipe);
+  }
+  if (cfg.schedule == "exp") {
+    // TF-slim: decay_steps = int(images per epoch / batch * epochs per decay).
+    so.decay_rate = cfg.decay_rate;
+    so.decay_iters = static_cast<int64_t>(cfg.decay_epochs * static_cast<double>(ipe));
+    INCRES_CHECK(so.decay_iters >= 1, "--decay-epochs ", cfg.decay_epochs, " is less than one iteration (",
+                 ipe, " iterations per epoch); raise it");
+  }
+  so.warmup_iters = cfg.warmup_iters;
+  so.warmup_lr = cfg.warmup_lr;
+  so.warmup_kind = cfg.warmup_kind;
+  so.total_iters = total;
+  return Schedule(so);
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainConfig& cfg) {
+  check_config(cfg);
 
   DataPair data = load_data(cfg.data);
   // Normalisation comes from the whole training set, also when training on a subset,
@@ -119,33 +212,23 @@ TrainResult run_training(const TrainConfig& cfg) {
   data::Loader test_loader(data.test, test_opts);
   const int64_t ipe = train_loader.batches_per_epoch();
   const int64_t total = cfg.iters > 0 ? cfg.iters : cfg.epochs * ipe;
+  Schedule schedule = make_schedule(cfg, ipe, total);
 
-  ScheduleOptions so;
-  so.kind = cfg.schedule;
-  so.lr = cfg.lr;
-  so.gamma = cfg.gamma;
-  if (cfg.schedule != "multistep") {
-    INCRES_CHECK(cfg.milestones.empty(), "--milestones apply to --schedule multistep, not ", cfg.schedule);
-  } else if (cfg.milestones.empty()) {  // the paper's 32k and 48k of 64k iterations
-    for (int64_t m : {total / 2, total * 3 / 4})
-      if (m > 0 && (so.milestones.empty() || m > so.milestones.back())) so.milestones.push_back(m);
-  } else {
-    so.milestones = parse_milestones(cfg.milestones, ipe);
-  }
-  so.warmup_iters = cfg.warmup_iters;
-  so.warmup_lr = cfg.warmup_lr;
-  so.warmup_kind = cfg.warmup_kind;
-  so.total_iters = total;
-  Schedule schedule(so);
-
-  Sgd sgd(g, store, SgdOptions{cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias});
+  std::unique_ptr<Optimizer> opt = make_optimizer(cfg, g, store);
+  // The average starts at the initial weights; a resume overwrites it with the saved one.
+  std::unique_ptr<Ema> ema = cfg.ema_decay > 0 ? std::make_unique<Ema>(g, store, cfg.ema_decay) : nullptr;
   int64_t step = 0;
   if (!cfg.resume.empty()) {
-    CheckpointState s = load_checkpoint(cfg.resume, g, store, &sgd);
+    CheckpointState s = load_checkpoint(cfg.resume, g, store, opt.get(), ema.get());
     INCRES_CHECK(s.model.empty() || s.model == cfg.model, cfg.resume, " holds a ", s.model,
                  " checkpoint, not ", cfg.model);
     INCRES_CHECK(s.seed == cfg.seed, cfg.resume, " was trained with --seed ", s.seed,
                  "; resume with the same seed (got ", cfg.seed, ")");
+    INCRES_CHECK(s.has_ema == (ema != nullptr), cfg.resume,
+                 s.has_ema ? " holds a moving average of the weights but this run keeps none; resume with the "
+                             "original run's --ema DECAY"
+                           : " holds no moving average of the weights but this run keeps one (--ema "
+                             + std::to_string(cfg.ema_decay) + "); resume without --ema (--ema 0)");
     step = s.step;
     log_info(cat("resuming ", cfg.model, " from ", cfg.resume, " at step ", step, " (epoch ", step / ipe, ")"));
   }
@@ -153,11 +236,17 @@ TrainResult run_training(const TrainConfig& cfg) {
   INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
 
   auto program = backend::compile(cfg.backend, g, store, {cfg.batch, backend::Mode::train, false});
-  auto evaluator = backend::compile(cfg.backend, g, store, {cfg.batch, backend::Mode::infer, false});
+  // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
+  // tensors are updated in place, so this program always sees the current one.
+  auto evaluator = backend::compile(cfg.backend, g, ema ? ema->averages() : store,
+                                    {cfg.batch, backend::Mode::infer, false});
 
   std::unique_ptr<MetricsLog> metrics;
   std::string ckpt;
-  CheckpointState cs{0, cfg.seed, cfg.model, to_json(cfg).dump()};
+  CheckpointState cs;
+  cs.seed = cfg.seed;
+  cs.model = cfg.model;
+  cs.config = to_json(cfg).dump();
   if (!cfg.out_dir.empty()) {
     fs::create_directories(cfg.out_dir);
     metrics = std::make_unique<MetricsLog>((fs::path(cfg.out_dir) / "metrics.jsonl").string(), step > 0);
@@ -165,7 +254,8 @@ TrainResult run_training(const TrainConfig& cfg) {
   }
   log_info(cat("training ", cfg.model, " (", g.param_count(), " params, ", g.macs() / 1e6, " MMACs) on ",
                data.train.source, ": ", data.train.count, " images, ", ipe, " steps/epoch, ", total,
-               " steps, batch ", cfg.batch, ", backend ", program->backend_name()));
+               " steps, batch ", cfg.batch, ", ", opt->name(), cfg.clip_norm > 0 ? cat(", clip ", cfg.clip_norm) : "",
+               ema ? cat(", ema ", cfg.ema_decay) : "", ", backend ", program->backend_name()));
 
   const int64_t K = mc.classes;
   std::vector<float> dlogits(static_cast<size_t>(cfg.batch * K));
@@ -175,10 +265,16 @@ TrainResult run_training(const TrainConfig& cfg) {
     const int64_t epoch = step / ipe;
     train_loader.start_epoch(epoch, step % ipe);
     Progress bar(cat("epoch ", epoch + 1, "/", (total + ipe - 1) / ipe), ipe, terminal);
-    double loss_sum = 0;
-    int64_t correct = 0, seen = 0;
+    double loss_sum = 0, norm_sum = 0, norm_max = 0;
+    int64_t correct = 0, seen = 0, steps = 0, clipped = 0;
     auto t0 = std::chrono::steady_clock::now();
+    // The progress text, built only when the bar redraws (it allocates).
+    auto progress_text = [&] {
+      return cat("loss ", loss_sum / seen, "  err ", 100.0 * (1 - double(correct) / seen), "%  ",
+                 static_cast<int64_t>(seen / seconds_since(t0)), " img/s");
+    };
     double lr = schedule.lr(step);
+    int64_t done = 0;  // batches of this epoch finished, for the bar
     while (step < total) {
       const data::Batch* b = train_loader.next();
       if (!b) break;
@@ -190,37 +286,59 @@ TrainResult run_training(const TrainConfig& cfg) {
         fail("loss is ", l.loss, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
              "); stopping. Lower --lr or resume from the last checkpoint", ckpt.empty() ? "" : " " + ckpt);
       program->backward(dlogits.data());
-      sgd.step(lr);
+      // Measured on every step (one pass over the gradients) for the metrics and to
+      // stop on a non-finite gradient; scaled only when clipping is on. Weight decay
+      // is added later, inside the optimizer, so it is neither measured nor clipped
+      // (as torch.nn.utils.clip_grad_norm_ with the optimizer's weight_decay; TF-slim
+      // clips the regularised loss's gradient, which differs by wd * w).
+      const double norm = clip_grad_norm(g, store, cfg.clip_norm);
+      if (!std::isfinite(norm))
+        fail("gradient norm is ", norm, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
+             "); stopping. Lower --lr, set --clip-norm, or resume from the last checkpoint",
+             ckpt.empty() ? "" : " " + ckpt);
+      opt->step(lr);
+      if (ema) ema->update(step);
       ++step;
+      ++steps;
       loss_sum += l.loss * static_cast<double>(b->size);
       correct += l.correct;
       seen += b->size;
-      if (cfg.progress)
-        bar.update(b->index + 1, cat("loss ", loss_sum / seen, "  err ", 100.0 * (1 - double(correct) / seen), "%  ",
-                                     static_cast<int64_t>(seen / seconds_since(t0)), " img/s"));
+      norm_sum += norm;
+      norm_max = std::max(norm_max, norm);
+      clipped += cfg.clip_norm > 0 && norm > cfg.clip_norm;
+      done = b->index + 1;
+      if (cfg.progress && bar.due(done)) bar.update(done, progress_text());
       if (step == cfg.stop_after) break;
     }
-    bar.finish();
+    if (cfg.progress && seen > 0) bar.finish(done, progress_text());
+    else bar.finish();
     const double secs = seconds_since(t0);
     result.steps = step;
     result.train_loss = seen ? loss_sum / seen : 0;
     result.train_error = seen ? 100.0 * (1 - double(correct) / seen) : 0;
+    result.grad_norm = steps ? norm_sum / static_cast<double>(steps) : 0;
     result.images_per_sec = seen / secs;
     const bool epoch_end = step % ipe == 0 || step == total;
     if (epoch_end) {
       result.test = evaluate(*evaluator, test_loader, K);
       log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
-                   " err ", result.train_error, "%  test loss ", result.test.loss, " err ", result.test.error,
-                   "%  ", static_cast<int64_t>(result.images_per_sec), " img/s"));
-      if (metrics)
-        metrics->write({{"epoch", (step + ipe - 1) / ipe}, {"step", step}, {"lr", lr},
-                        {"train_loss", result.train_loss}, {"train_error", result.train_error},
-                        {"test_loss", result.test.loss}, {"test_error", result.test.error},
-                        {"test_top5_error", result.test.top5_error}, {"images_per_sec", result.images_per_sec}});
+                   " err ", result.train_error, "%  grad norm ", result.grad_norm, "  test", ema ? " (ema)" : "",
+                   " loss ", result.test.loss, " err ", result.test.error, "%  ",
+                   static_cast<int64_t>(result.images_per_sec), " img/s"));
+      if (metrics) {
+        nlohmann::json row{{"epoch", (step + ipe - 1) / ipe}, {"step", step}, {"lr", lr},
+                           {"train_loss", result.train_loss}, {"train_error", result.train_error},
+                           {"grad_norm", result.grad_norm}, {"grad_norm_max", norm_max},
+                           {"test_loss", result.test.loss}, {"test_error", result.test.error},
+                           {"test_top5_error", result.test.top5_error}, {"eval_weights", ema ? "ema" : "raw"},
+                           {"images_per_sec", result.images_per_sec}};
+        if (cfg.clip_norm > 0) row["clipped_steps"] = clipped;  // of this epoch's steps
+        metrics->write(row);
+      }
     }
     if (!ckpt.empty()) {
       cs.step = step;
-      save_checkpoint(ckpt, g, store, &sgd, cs);
+      save_checkpoint(ckpt, g, store, opt.get(), ema.get(), cs);
     }
     if (step == cfg.stop_after) break;
   }

@@ -1,4 +1,5 @@
-// The training loop: data -> Program forward -> loss -> backward -> SGD, with the
+// The training loop: data -> Program forward -> loss -> backward -> gradient
+// clipping -> optimizer (SGD or RMSProp) -> moving average of the weights, with the
 // schedule, evaluation every epoch, metrics as JSON lines, checkpoints and resume.
 #pragma once
 #include <cstdint>
@@ -19,17 +20,25 @@ struct TrainConfig {
   int64_t train_limit = 0, test_limit = 0;  // use only the first N images (0 = all)
   int64_t epochs = 0, iters = 0;  // length of the run: iterations win when both are set
   int64_t batch = 128;
+  // The defaults below are the "resnet" recipe; recipe_defaults("inception") gives the
+  // other one. `recipe` only records which one the run started from.
+  std::string recipe = "resnet";
   // Schedule: the ResNet paper's CIFAR recipe by default (lr 0.1, /10 at 50% and 75%).
-  std::string schedule = "multistep";
+  std::string schedule = "multistep";  // multistep | exp | cosine | onecycle | constant
   double lr = 0.1;
   std::string milestones;  // "32000,48000" or "91e,136e"; empty = 50% and 75% of the run
   double gamma = 0.1;
+  double decay_rate = 0.94, decay_epochs = 2;  // exp: lr * rate every decay_epochs (staircase)
   int64_t warmup_iters = 0;
   double warmup_lr = 0.01;
   std::string warmup_kind = "constant";
-  // SGD, PyTorch's form.
-  double momentum = 0.9, weight_decay = 1e-4;
+  std::string optimizer = "sgd";  // sgd (PyTorch's form) | rmsprop (TensorFlow's form)
+  double momentum = 0.9, weight_decay = 1e-4;  // both optimizers
   bool nesterov = false, no_decay_bn_bias = false;
+  double rmsprop_decay = 0.9, rmsprop_epsilon = 1.0;
+  double clip_norm = 0;   // clip gradients to this global norm; 0 = no clipping
+  double ema_decay = 0;   // evaluate on a moving average of the weights; 0 = none
+  double aux_weight = 0.4;  // weight of auxiliary classifiers' losses (Inception-v3's released code)
   double label_smoothing = 0;
   bool augment = true;  // pad-4 random crop + horizontal flip
   uint64_t seed = 0;
@@ -43,6 +52,23 @@ struct TrainConfig {
 
 nlohmann::json to_json(const TrainConfig& c);
 
+// The recipes, as TrainConfig defaults for the fields they govern (the optimizer and
+// its settings, the schedule, clipping, moving average, label smoothing, aux weight):
+//   resnet     He et al. 2016: SGD momentum 0.9, weight decay 1e-4 on every
+//              parameter, lr 0.1 divided by 10 at 50% and 75% of the run.
+//   inception  Szegedy et al. 2016 (Inception-v3, Sec. 8) as TF-slim trains it:
+//              RMSProp in TF's form (decay 0.9, epsilon 1.0, momentum 0.9), lr 0.045
+//              x 0.94 every 2 epochs, clipping at global norm 2.0, label smoothing
+//              0.1, aux loss weight 0.4, evaluation on a moving average of the weights
+//              (decay 0.9999), weight decay 4e-5 on conv and FC weights only
+//              (inception_v3_arg_scope's weights_regularizer; BN and biases are not
+//              regularised there).
+// Throws on an unknown name.
+TrainConfig recipe_defaults(const std::string& recipe);
+// "inception" for the Inception family (names starting with "inception"), "resnet"
+// for everything else.
+std::string default_recipe(const std::string& model);
+
 struct EvalResult {
   int64_t count = 0;
   double loss = 0, error = 0, top5_error = 0;  // error in percent
@@ -50,7 +76,8 @@ struct EvalResult {
 
 struct TrainResult {
   int64_t steps = 0;
-  double train_loss = 0, train_error = 0;
+  double train_loss = 0, train_error = 0;  // the main output's loss and error
+  double grad_norm = 0;  // the last epoch's mean global gradient norm, before clipping
   EvalResult test;
   double images_per_sec = 0;
 };

@@ -90,6 +90,44 @@ class BadInput(unittest.TestCase):
         self.check_error(["train", "resnet20"], "--epochs")
         self.check_error(["bench", "resnet20", "--mode", "fly"], "--mode")
 
+    def test_bad_recipe_and_optimizer_flags(self):
+        base = ["train", "resnet20", "--epochs", "1"]
+        self.check_error([*base, "--recipe", "fast"], "--recipe")
+        self.check_error([*base, "--optimizer", "adam"], "--optimizer")
+        self.check_error([*base, "--clip-norm", "-1"], "--clip-norm")
+        self.check_error([*base, "--ema", "1"], "--ema", "[0, 1)")
+        self.check_error([*base, "--ema", "-0.5"], "--ema")
+        self.check_error([*base, "--aux-weight", "-1"], "--aux-weight")
+        self.check_error([*base, "--schedule", "exp", "--decay-epochs", "0"], "--decay-epochs")
+        self.check_error([*base, "--schedule", "exp", "--decay-rate", "0"], "--decay-rate")
+        self.check_error([*base, "--rmsprop-decay", "1"], "--rmsprop-decay")
+        # Flags that the chosen schedule or optimizer would silently ignore.
+        self.check_error([*base, "--decay-rate", "0.9"], "--decay-rate", "--schedule exp", "multistep")
+        self.check_error([*base, "--recipe", "inception", "--schedule", "cosine", "--decay-epochs", "3"],
+                         "--decay-epochs", "cosine")
+        self.check_error([*base, "--rmsprop-epsilon", "0.1"], "--rmsprop-epsilon", "sgd")
+        self.check_error([*base, "--recipe", "inception", "--nesterov"], "--nesterov", "rmsprop")
+        self.check_error([*base, "--optimizer", "rmsprop", "--momentum", "1"], "momentum", "[0, 1)")
+
+    def test_decay_period_shorter_than_an_iteration(self):
+        fake_fashion_mnist(self.dir)  # 64 images, batch 16: 4 iterations per epoch
+        self.check_error(self.train(f"fashion-mnist:{self.dir}", "--schedule", "exp", "--decay-epochs", "0.1"),
+                         "--decay-epochs 0.1", "less than one iteration")
+
+    def test_resume_with_other_recipe_flags(self):
+        fake_fashion_mnist(self.dir)
+        data = f"fashion-mnist:{self.dir}"
+        run(*self.train(data, "--out", f"{self.dir}/i", "--recipe", "inception"))
+        ckpt = f"{self.dir}/i/last.safetensors"
+        before = tensors(ckpt)
+        self.check_error(self.train(data, "--resume", ckpt), "rmsprop", "sgd", "--optimizer rmsprop")
+        self.check_error(self.train(data, "--resume", ckpt, "--recipe", "inception", "--ema", "0"),
+                         "moving average", "--ema")
+        run(*self.train(data, "--out", f"{self.dir}/r", "--optimizer", "rmsprop"))
+        self.check_error(self.train(data, "--resume", f"{self.dir}/r/last.safetensors", "--recipe", "inception"),
+                         "no moving average", "--ema")
+        self.assertEqual(before, tensors(ckpt), "a failed load must not change the file")
+
     def test_missing_dataset(self):
         self.check_error(self.train(f"fashion-mnist:{self.dir}/none"), "dataset-fashion-mnist", "train-images")
         self.check_error(self.train("cifar10"), "cifar10:DIR")
@@ -146,6 +184,38 @@ class Resume(unittest.TestCase):
             self.assertEqual(len(ra), 2)
             self.assertEqual([r["train_loss"] for r in ra], [r["train_loss"] for r in rb])
             self.assertEqual([r["test_loss"] for r in ra], [r["test_loss"] for r in rb])
+
+
+    def test_inception_recipe_rmsprop_ema_mid_epoch(self):
+        # The inception recipe on resnet20: RMSProp (rms + momentum slots), the moving
+        # average, clipping, label smoothing and an exp schedule that decays every half
+        # epoch; interrupted in the middle of an epoch.
+        with tempfile.TemporaryDirectory() as d:
+            common = ["train", "resnet20", "--recipe", "inception", "--decay-epochs", "0.5",
+                      "--train-limit", "512", "--test-limit", "128", "--batch", "64", "--epochs", "2",
+                      "--no-progress", "--seed", "3"]
+            run(*common, "--out", f"{d}/straight")
+            run(*common, "--out", f"{d}/split", "--stop-after", "5")
+            run(*common, "--out", f"{d}/split", "--resume", f"{d}/split/last.safetensors")
+            a, b = tensors(f"{d}/straight/last.safetensors"), tensors(f"{d}/split/last.safetensors")
+            for key in ("conv1.weight", "optimizer.rms.conv1.weight", "optimizer.momentum.conv1.weight",
+                        "ema.conv1.weight", "ema.bn1.running_mean"):
+                self.assertIn(key, a)
+            self.assertFalse(any(k.startswith("optimizer.rms.") and k.endswith("running_mean") for k in a))
+            self.assertEqual(sorted(a), sorted(b))
+            for k in a:
+                self.assertEqual(a[k], b[k], f"tensor {k} differs after resume")
+            rows = lambda p: [json.loads(l) for l in open(p)]
+            ra, rb = rows(f"{d}/straight/metrics.jsonl"), rows(f"{d}/split/metrics.jsonl")
+            self.assertEqual([r["test_loss"] for r in ra], [r["test_loss"] for r in rb])
+            # 8 steps per epoch, a decay every 4: the lr of step 7 and of step 15.
+            self.assertAlmostEqual(ra[0]["lr"], 0.045 * 0.94, places=12)
+            self.assertAlmostEqual(ra[1]["lr"], 0.045 * 0.94 ** 3, places=12)
+            self.assertEqual(ra[0]["eval_weights"], "ema")
+            self.assertGreater(ra[0]["grad_norm"], 0)
+            self.assertIn("clipped_steps", ra[0])
+            e = run("eval", f"{d}/straight/last.safetensors", "--data", "fashion-mnist")
+            self.assertIn("moving average", e.stdout)
 
 
 @unittest.skipUnless(os.path.isdir(FMNIST), "Fashion-MNIST is not installed")

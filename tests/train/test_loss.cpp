@@ -229,5 +229,23 @@ TEST(MetricsLog, UnopenablePathIsAClearError) {
   }
 }
 
+TEST(Progress, DueExactlyWhenAPlainUpdateWouldPrint) {
+  // The trainer builds its progress text only when due() says so; an update that is
+  // not due must not print, and one that is must. Plain mode: a line at every 10%.
+  Progress p("epoch 1/1", 100, /*terminal=*/false);
+  EXPECT_FALSE(p.due(5));
+  EXPECT_TRUE(p.due(10));
+  p.update(10, "loss 1");
+  EXPECT_FALSE(p.due(10));  // that boundary is passed
+  EXPECT_FALSE(p.due(19));
+  EXPECT_TRUE(p.due(35));   // crossing 20% and 30% at once prints once
+  p.update(35, "loss 0.9");
+  EXPECT_FALSE(p.due(39));
+  EXPECT_TRUE(p.due(40));
+  EXPECT_FALSE(p.due(100));  // the 100% line is finish()'s
+  p.finish(100, "loss 0.5");
+  EXPECT_FALSE(p.due(100));
+}
+
 }  // namespace
 }  // namespace incres::train

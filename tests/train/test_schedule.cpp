@@ -69,6 +69,33 @@ TEST(Schedule, LinearWarmup) {
   EXPECT_NEAR(c.lr(10), 0.2 * (1 + std::cos(std::numbers::pi * 0.1)), 1e-15);
 }
 
+TEST(Schedule, ExponentialStaircaseOfTheInceptionRecipe) {
+  // lr 0.045 x 0.94 every 2 epochs, 100 iterations per epoch: 200 iterations a period.
+  ScheduleOptions o;
+  o.kind = "exp";
+  o.lr = 0.045;
+  o.decay_rate = 0.94;
+  o.decay_iters = 200;
+  Schedule s(o);
+  EXPECT_DOUBLE_EQ(s.lr(0), 0.045);
+  EXPECT_DOUBLE_EQ(s.lr(199), 0.045);  // staircase: flat within a period
+  EXPECT_NEAR(s.lr(200), 0.045 * 0.94, 1e-15);
+  EXPECT_NEAR(s.lr(399), 0.045 * 0.94, 1e-15);
+  EXPECT_NEAR(s.lr(400), 0.045 * 0.94 * 0.94, 1e-15);
+  EXPECT_NEAR(s.lr(200 * 50 + 7), 0.045 * std::pow(0.94, 50), 1e-15);
+  // With a warm-up: the ramp replaces the first iterations, then the staircase
+  // continues at the absolute iteration (the warm-up does not shift the periods).
+  o.warmup_iters = 250;
+  o.warmup_lr = 0.001;
+  o.warmup_kind = "linear";
+  Schedule w(o);
+  EXPECT_DOUBLE_EQ(w.lr(0), 0.001);
+  EXPECT_NEAR(w.lr(125), 0.001 + (0.045 - 0.001) * 0.5, 1e-15);
+  EXPECT_NEAR(w.lr(249), 0.001 + (0.045 - 0.001) * 249 / 250, 1e-15);
+  EXPECT_NEAR(w.lr(250), 0.045 * 0.94, 1e-15);  // in the second period already
+  EXPECT_NEAR(w.lr(400), 0.045 * 0.94 * 0.94, 1e-15);
+}
+
 TEST(Schedule, Cosine) {
   ScheduleOptions o;
   o.kind = "cosine";
@@ -137,6 +164,20 @@ TEST(Schedule, RejectsBadOptionsNamingThem) {
               o.kind = "cosine";
               o.total_iters = 100;
               o.milestones = {50};
+            }).find("milestones"),
+            std::string::npos);
+  EXPECT_NE(make([](ScheduleOptions& o) { o.kind = "exp"; }).find("decay_iters"),
+            std::string::npos);
+  EXPECT_NE(make([](ScheduleOptions& o) {
+              o.kind = "exp";
+              o.decay_iters = 10;
+              o.decay_rate = 0;
+            }).find("decay_rate"),
+            std::string::npos);
+  EXPECT_NE(make([](ScheduleOptions& o) {
+              o.kind = "exp";
+              o.decay_iters = 10;
+              o.milestones = {5};
             }).find("milestones"),
             std::string::npos);
   EXPECT_EQ(make([](ScheduleOptions&) {}), "");  // the defaults are valid
