@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <deque>
 
 #include "core/error.h"
 #include "io/model_params.h"
@@ -50,21 +49,15 @@ void save_checkpoint(const std::string& path, const graph::Graph& g, const graph
                  " holds NaN or Inf (the previous checkpoint is kept)");
   }
   auto entries = io::param_entries(g, store);
-  std::deque<std::string> names;  // keeps the extra names alive (a deque never moves them)
   if (opt) {
     for (size_t k = 0; k < opt->num_slots(); ++k)
-      for (size_t i = 0; i < g.params.size(); ++i) {
-        const Tensor& t = opt->slot(k)[i];
-        if (t.empty()) continue;
-        names.push_back(kOptimizer + opt->slot_name(k) + "." + g.params[i].name);
-        entries.emplace_back(names.back(), &t);
-      }
+      for (size_t i = 0; i < g.params.size(); ++i)
+        if (!opt->slot(k)[i].empty())
+          entries.emplace_back(kOptimizer + opt->slot_name(k) + "." + g.params[i].name, &opt->slot(k)[i]);
   }
   if (ema) {
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      names.push_back(kEma + g.params[i].name);
-      entries.emplace_back(names.back(), &ema->averages().values[i]);
-    }
+    for (size_t i = 0; i < g.params.size(); ++i)
+      entries.emplace_back(kEma + g.params[i].name, &ema->averages().values[i]);
   }
   std::map<std::string, std::string> meta{{"format", "incres-checkpoint-1"},
                                           {"model", state.model},
