@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "graph/graph.h"
@@ -30,11 +31,18 @@ class Program {
   // statistics and updates the running statistics in the store (momentum per node);
   // in infer mode it uses the running statistics.
   virtual void forward(const float* x) = 0;
-  // The graph's output after forward(): batch x output_shape, row-major (NCHW / NF).
-  virtual const float* output() const = 0;
-  // dy: d(loss)/d(output), same layout as output(). Train mode only. Overwrites
-  // every gradient in store.grads.
-  virtual void backward(const float* dy) = 0;
+
+  // The graph's outputs: 0 is Graph::output, i >= 1 is Graph::aux_outputs[i - 1]
+  // (Inception's auxiliary classifier). An inference program computes only what
+  // output 0 depends on (an auxiliary head costs it neither time nor memory), so
+  // there output(i >= 1) throws.
+  virtual int num_outputs() const = 0;
+  // Output i after forward(): batch x its shape, row-major (NCHW / NF).
+  const float* output(int i = 0) const { return output_impl(i); }
+  // dy: d(loss)/d(output 0), same layout as output(0); aux_dy[i - 1]: d(loss)/d(output
+  // i), each either empty or num_outputs() - 1 long, a null entry meaning zero (no loss
+  // on that head). Train mode only. Overwrites every gradient in store.grads.
+  void backward(const float* dy, std::span<const float* const> aux_dy = {}) { backward_impl(dy, aux_dy); }
   // d(loss)/d(input) after backward(), NCHW; requires Options::input_grad.
   virtual const float* input_grad() const = 0;
 
@@ -48,6 +56,12 @@ class Program {
   // Bytes the program holds for activations, gradients and workspaces.
   virtual int64_t planned_bytes() const = 0;
   virtual std::string backend_name() const = 0;
+
+ private:
+  // What the backends implement; output() and backward() keep their default
+  // arguments here, in one place.
+  virtual const float* output_impl(int i) const = 0;
+  virtual void backward_impl(const float* dy, std::span<const float* const> aux_dy) = 0;
 };
 
 // The naive reference: plain loops over NCHW, the oracle in tests.

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <functional>
+#include <span>
 
 #include "backend/dropout_mask.h"
 #include "backend/program.h"
@@ -277,4 +278,57 @@ TEST(CpuVsRef, DropoutMasksMatch) {
       EXPECT_LT(rel_err(cpu->input_grad(), ref->input_grad(), count), 1e-6);
     }
   }
+}
+
+// An auxiliary head (Inception-v3's AuxLogits, shrunk): both outputs and every
+// gradient in training, the skipped head in inference.
+TEST(CpuVsRef, AuxiliaryOutput) {
+  auto net = [](bool with_aux) {
+    Builder b(Shape{16, 17, 17});
+    int trunk = b.relu(b.batchnorm(b.conv(b.input(), 24, 3, 1, 1, "conv1"), "bn1"));
+    int logits = b.linear(b.dropout(b.global_avg_pool(b.conv(trunk, 32, 3, 2, 1, "conv2")), 0.5f), 10, "fc");
+    if (!with_aux) return b.finish(logits);
+    auto scope = b.scope("AuxLogits");
+    int aux = b.relu(b.conv(b.avg_pool(trunk, 5, 3), 16, 1, 1, 0, "conv0"));
+    return b.finish(logits, {b.linear(b.global_avg_pool(aux), 10, "fc")});
+  };
+  graph::Graph g = net(true);
+  graph::ParamStore cpu_store(g), ref_store(g);
+  cpu_store.init(g, 3);
+  ref_store.init(g, 3);
+  const int64_t N = 3;
+  Rng rng(4);
+  std::vector<float> x(N * g.input_shape().numel()), dy(N * 10), daux(N * 10);
+  for (auto* v : {&x, &dy, &daux})
+    for (float& e : *v) e = static_cast<float>(rng.normal());
+  auto cpu = backend::compile_cpu(g, cpu_store, {N, backend::Mode::train, true});
+  auto ref = backend::compile_ref(g, ref_store, {N, backend::Mode::train, true});
+  cpu->forward(x.data());
+  ref->forward(x.data());
+  ASSERT_EQ(cpu->num_outputs(), 2);
+  EXPECT_LT(rel_err(cpu->output(0), ref->output(0), N * 10), 1e-4) << "output";
+  EXPECT_LT(rel_err(cpu->output(1), ref->output(1), N * 10), 1e-4) << "auxiliary output";
+  for (bool with_aux_dy : {true, false}) {
+    SCOPED_TRACE(with_aux_dy ? "aux gradient given" : "aux gradient zero");
+    const float* aux_dy[] = {daux.data()};
+    cpu->backward(dy.data(), with_aux_dy ? std::span<const float* const>(aux_dy) : std::span<const float* const>());
+    ref->backward(dy.data(), with_aux_dy ? std::span<const float* const>(aux_dy) : std::span<const float* const>());
+    EXPECT_LT(rel_err(cpu->input_grad(), ref->input_grad(), static_cast<int64_t>(x.size())), 1e-4) << "d(input)";
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      if (!g.params[i].trainable()) continue;
+      const Tensor &a = cpu_store.grads[i], &b = ref_store.grads[i];
+      EXPECT_LT(rel_err(a.data<float>(), b.data<float>(), a.numel()), 1e-4) << "gradient of " << g.params[i].name;
+    }
+  }
+  // Inference: output 0 only, and no memory for the head.
+  graph::Graph main_only = net(false);
+  graph::ParamStore main_store(main_only);
+  auto infer = backend::compile_cpu(g, cpu_store, {N, backend::Mode::infer, false});
+  auto ref_infer = backend::compile_ref(g, ref_store, {N, backend::Mode::infer, false});
+  infer->forward(x.data());
+  ref_infer->forward(x.data());
+  EXPECT_LT(rel_err(infer->output(0), ref_infer->output(0), N * 10), 1e-4);
+  EXPECT_THROW(infer->output(1), Error);
+  EXPECT_EQ(infer->planned_bytes(),
+            backend::compile_cpu(main_only, main_store, {N, backend::Mode::infer, false})->planned_bytes());
 }

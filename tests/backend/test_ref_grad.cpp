@@ -706,6 +706,87 @@ TEST(RefProgram, DropoutSteps) {
   EXPECT_EQ(std::vector<float>(infer->output(), infer->output() + count), x);
 }
 
+// A small network with an auxiliary head, as Inception-v3's AuxLogits: the trunk's
+// features feed the main head and, through a pool and a 1x1 conv, the auxiliary one.
+// Sigmoids instead of ReLUs keep the loss smooth for finite differences.
+graph::Graph aux_head_net(bool with_aux) {
+  graph::Builder b(Shape{3, 6, 6});
+  int trunk = b.sigmoid(b.conv(b.input(), 8, 3, 1, 1, "conv1"));
+  int logits = b.linear(b.global_avg_pool(b.sigmoid(b.conv(trunk, 8, 3, 2, 1, "conv2"))), 3, "fc");
+  if (!with_aux) return b.finish(logits);
+  auto scope = b.scope("AuxLogits");
+  int aux = b.sigmoid(b.conv(b.avg_pool(trunk, 3, 2, 0, false, true), 4, 1, 1, 0, "conv0"));
+  return b.finish(logits, {b.linear(b.global_avg_pool(aux), 2, "fc", false)});
+}
+
+// d(loss)/d(everything) for loss = sum(y * r) + sum(aux * r_aux): the trunk receives
+// both heads' gradients.
+TEST(RefProgram, AuxiliaryOutputGradients) {
+  graph::Graph g = aux_head_net(true);
+  graph::ParamStore store(g);
+  store.init(g, 5);
+  const int64_t N = 2;
+  auto prog = backend::compile_ref(g, store, Options{N, Mode::train, true});
+  ASSERT_EQ(prog->num_outputs(), 2);
+  Rng rng(8);
+  std::vector<float> x = randn_f(N * g.input_shape().numel(), rng);
+  std::vector<float> r = randn_f(N * 3, rng), r_aux = randn_f(N * 2, rng);
+  for (auto* v : {&r, &r_aux})  // gradients through the sigmoids and poolings are small
+    for (float& e : *v) e *= 30;
+  auto loss = [&] {
+    prog->forward(x.data());
+    double s = 0;
+    for (size_t i = 0; i < r.size(); ++i) s += double(prog->output(0)[i]) * r[i];
+    for (size_t i = 0; i < r_aux.size(); ++i) s += double(prog->output(1)[i]) * r_aux[i];
+    return s;
+  };
+  loss();
+  const float* aux_dy[] = {r_aux.data()};
+  prog->backward(r.data(), aux_dy);
+  for (const char* name : {"conv1.weight", "conv2.weight", "fc.weight", "AuxLogits.conv0.weight",
+                           "AuxLogits.fc.weight"}) {
+    const int id = g.find_param(name);
+    ASSERT_GE(id, 0) << name;
+    check_entries(name, store.values[id].data<float>(), store.grads[id].data<float>(),
+                  store.values[id].numel(), loss);
+  }
+  const std::vector<float> dx(prog->input_grad(), prog->input_grad() + x.size());
+  check_entries("input", x.data(), dx.data(), static_cast<int64_t>(x.size()), loss);
+
+  // Without aux_dy the auxiliary head gets no gradient, and the trunk only the main one.
+  prog->forward(x.data());
+  prog->backward(r.data());
+  const int aux_fc = g.find_param("AuxLogits.fc.weight");
+  for (int64_t j = 0; j < store.grads[aux_fc].numel(); ++j) EXPECT_EQ(store.grads[aux_fc].data<float>()[j], 0.f);
+  graph::Graph main_only = aux_head_net(false);
+  graph::ParamStore main_store(main_only);
+  for (size_t i = 0; i < main_only.params.size(); ++i)
+    main_store.values[i] = store.values[g.find_param(main_only.params[i].name)].clone();
+  auto main_prog = backend::compile_ref(main_only, main_store, Options{N, Mode::train, true});
+  main_prog->forward(x.data());
+  main_prog->backward(r.data());
+  for (int64_t j = 0; j < int64_t(x.size()); ++j) EXPECT_FLOAT_EQ(main_prog->input_grad()[j], prog->input_grad()[j]);
+  const float* wrong[] = {r_aux.data(), r_aux.data()};
+  EXPECT_THROW(prog->backward(r.data(), wrong), Error);
+}
+
+// Inference runs only what output 0 needs: the auxiliary head costs no memory.
+TEST(RefProgram, InferenceSkipsAuxiliaryHead) {
+  graph::Graph g = aux_head_net(true), main_only = aux_head_net(false);
+  graph::ParamStore store(g), main_store(main_only);
+  store.init(g, 5);
+  auto infer = backend::compile_ref(g, store, Options{2, Mode::infer, false});
+  auto main_infer = backend::compile_ref(main_only, main_store, Options{2, Mode::infer, false});
+  EXPECT_EQ(infer->num_outputs(), 2);
+  EXPECT_EQ(infer->planned_bytes(), main_infer->planned_bytes());
+  Rng rng(9);
+  std::vector<float> x = randn_f(2 * 108, rng);
+  infer->forward(x.data());
+  EXPECT_NE(infer->output(0), nullptr);
+  EXPECT_THROW(infer->output(1), Error);
+  EXPECT_THROW(infer->output(2), Error);
+}
+
 TEST(RefProgram, CompileErrors) {
   graph::Graph g = tiny_resnet(models::Shortcut::A);
   graph::ParamStore store(g);

@@ -23,6 +23,7 @@
 #include <unordered_map>
 
 #include "backend/cpu/kernels.h"
+#include "backend/outputs.h"
 #include "backend/program.h"
 #include "core/error.h"
 
@@ -84,15 +85,18 @@ class CpuProgram final : public Program {
   CpuProgram(const Graph& g, graph::ParamStore& store, Options opt);
 
   void forward(const float* x) override;
-  const float* output() const override { return static_cast<const float*>(out_plain_.get_data_handle()); }
-  void backward(const float* dy) override;
+  int num_outputs() const override { return static_cast<int>(outputs_.size()); }
   const float* input_grad() const override;
   void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
   std::string backend_name() const override { return "cpu"; }
 
  private:
+  const float* output_impl(int i) const override;
+  void backward_impl(const float* dy, std::span<const float* const> aux_dy) override;
   bool training() const { return opt_.mode == Mode::train; }
+  bool is_output(int v) const { return std::find(outputs_.begin(), outputs_.end(), v) != outputs_.end(); }
+  void run(Step& s);
   memory alloc(const memory::desc& md);
   memory param(int param_id, bool grad);
   dnnl::primitive_attr attr() const;
@@ -109,8 +113,8 @@ class CpuProgram final : public Program {
   // Where node `node` writes its contribution to the gradient of its input `slot`:
   // d(value) itself for the first contributor in backward order, else the temporary;
   // `finish` adds the latter. The first contributor is the value's last consumer, at
-  // the first slot reading it (add(x, x) reads x twice). backward() seeds the output's
-  // gradient itself, so a consumer of the output always adds.
+  // the first slot reading it (add(x, x) reads x twice). backward() seeds the outputs'
+  // gradients itself, so a consumer of an output always adds.
   bool first_contribution(int node, size_t slot) const;
   memory contribution(int node, size_t slot);
   void finish_contribution(std::vector<Step>& steps, int node, size_t slot, const memory& written);
@@ -135,6 +139,9 @@ class CpuProgram final : public Program {
   const Graph g_;  // a copy: the program stays valid when the caller's graph goes away
   graph::ParamStore& store_;
   Options opt_;
+  std::vector<int> outputs_;        // the value of each output (outputs.h)
+  std::vector<bool> live_;          // per node: run by this program
+  std::vector<int> last_consumer_;  // per value: its last live consumer, or -1
   dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm_{eng_};
 
@@ -146,7 +153,14 @@ class CpuProgram final : public Program {
   std::vector<std::vector<Step>> node_fwd_, node_bwd_;
   std::vector<Step> fwd_, bwd_;
   SharedBuffer scratch_, tmp_;
-  memory in_plain_, out_plain_, dout_plain_, din_plain_;
+  memory in_plain_, din_plain_;
+  // Per output computed (all in training, output 0 in inference): its plain NCHW copy
+  // and, in training, a view of the caller's gradient and the reorder seeding d(value).
+  struct Output {
+    memory y, dy;
+    Step seed;
+  };
+  std::vector<Output> out_;
   int64_t step_ = 0;        // the step the next train-mode forward draws dropout masks with
   int64_t drawn_step_ = 0;  // the step of the last one, which backward uses
 };
@@ -185,7 +199,7 @@ memory CpuProgram::converted(std::vector<Step>& steps, const memory& from, const
 bool CpuProgram::first_contribution(int node, size_t slot) const {
   const std::vector<int>& inputs = g_.nodes[node].inputs;
   const int v = inputs[slot];
-  return v != g_.output && g_.values[v].consumers.back() == node &&
+  return !is_output(v) && last_consumer_[v] == node &&
          std::find(inputs.begin(), inputs.end(), v) == inputs.begin() + static_cast<std::ptrdiff_t>(slot);
 }
 
@@ -221,22 +235,29 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     : g_(g), store_(store), opt_(opt) {
   INCRES_CHECK(opt.batch > 0, "batch size must be positive, got ", opt.batch);
   const size_t V = g_.values.size(), Nn = g_.nodes.size();
+  outputs_ = output_values(g_);
+  live_ = live_nodes(g_, opt.mode);
+  last_consumer_.assign(V, -1);
+  for (size_t i = 0; i < Nn; ++i)
+    if (live_[i])
+      for (int v : g_.nodes[i].inputs) last_consumer_[v] = static_cast<int>(i);
 
   // 1. Fusion decisions. BN followed by its only consumer, a ReLU, run as one primitive.
   fused_relu_.assign(Nn, -1);
   skip_.assign(Nn, false);
   for (size_t i = 0; i < Nn; ++i) {
-    if (!std::holds_alternative<graph::BatchNorm>(g_.nodes[i].op)) continue;
+    if (!live_[i] || !std::holds_alternative<graph::BatchNorm>(g_.nodes[i].op)) continue;
     const auto& cons = g_.values[g_.nodes[i].output].consumers;
     if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g_.nodes[cons[0]].op) &&
-        g_.nodes[i].output != g_.output) {
+        !is_output(g_.nodes[i].output)) {
       fused_relu_[i] = cons[0];
       skip_[cons[0]] = true;
     }
   }
 
-  // 2. Layouts and buffers. A ReLU whose input has no other consumer, produced by an
-  // op whose backward does not read its own output, runs in place.
+  // 2. Layouts and buffers, for the values the live nodes read and write. A ReLU whose
+  // input has no other consumer, produced by an op whose backward does not read its
+  // own output, runs in place.
   md_.resize(V);
   act_.resize(V);
   grad_.resize(V);
@@ -251,7 +272,8 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   for (size_t v = 0; v < V; ++v) {
     const graph::Value& val = g_.values[v];
     bool hidden = val.producer >= 0 && fused_relu_[val.producer] >= 0;  // BN output inside a fused pair
-    if (hidden) continue;
+    bool needed = static_cast<int>(v) == g_.input || (val.producer >= 0 && live_[val.producer]);
+    if (hidden || !needed) continue;
     int alias = -1;
     if (val.producer >= 0 && std::holds_alternative<graph::Relu>(g_.nodes[val.producer].op) &&
         !skip_[val.producer]) {
@@ -259,7 +281,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
       int px = g_.values[x].producer;
       bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g_.nodes[px].op) ||
                               std::holds_alternative<graph::Conv2d>(g_.nodes[px].op));
-      if (safe && g_.values[x].consumers.size() == 1 && x != g_.output) alias = x;
+      if (safe && g_.values[x].consumers.size() == 1 && !is_output(x)) alias = x;
     }
     bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
     if (alias >= 0) {
@@ -283,7 +305,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   node_bwd_.resize(Nn);
   for (size_t i = 0; i < Nn; ++i) {
     const Node& n = g_.nodes[i];
-    if (skip_[i] || std::holds_alternative<graph::Input>(n.op)) continue;
+    if (!live_[i] || skip_[i] || std::holds_alternative<graph::Input>(n.op)) continue;
     std::visit([&](const auto& op) {
       using T = std::decay_t<decltype(op)>;
       if constexpr (std::is_same_v<T, graph::Conv2d>) compile_conv(n, op);
@@ -304,28 +326,37 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   }
 
   // 4. The graph's edges: plain NCHW in and out, reorders only here.
-  const int in = g_.input, out = g_.output;
-  memory::desc in_plain_md(md_[in].dims(), dt::f32, md_[in].dims().size() == 2 ? tag::nc : tag::nchw);
-  memory::desc out_plain_md(md_[out].dims(), dt::f32, md_[out].dims().size() == 2 ? tag::nc : tag::nchw);
-  in_plain_ = memory(in_plain_md, eng_, DNNL_MEMORY_NONE);
+  auto plain = [](const memory::desc& md) {
+    return memory::desc(md.dims(), dt::f32, md.dims().size() == 2 ? tag::nc : tag::nchw);
+  };
+  const int in = g_.input;
+  in_plain_ = memory(plain(md_[in]), eng_, DNNL_MEMORY_NONE);
   {
-    dnnl::reorder::primitive_desc pd(eng_, in_plain_md, eng_, md_[in], attr());
+    dnnl::reorder::primitive_desc pd(eng_, plain(md_[in]), eng_, md_[in], attr());
     fwd_.push_back(step(pd, {{DNNL_ARG_FROM, in_plain_}, {DNNL_ARG_TO, act_[in]}}));
   }
   for (auto& s : node_fwd_) for (auto& st : s) fwd_.push_back(std::move(st));
-  out_plain_ = out_plain_md == md_[out] ? act_[out] : alloc(out_plain_md);
-  if (out_plain_md != md_[out]) {
-    dnnl::reorder::primitive_desc pd(eng_, md_[out], eng_, out_plain_md, attr());
-    fwd_.push_back(step(pd, {{DNNL_ARG_FROM, act_[out]}, {DNNL_ARG_TO, out_plain_}}));
+  for (size_t i = 0; i < (training() ? outputs_.size() : 1); ++i) {
+    const int v = outputs_[i];
+    const memory::desc md = plain(md_[v]);
+    Output o;
+    o.y = md == md_[v] ? act_[v] : alloc(md);
+    if (o.y != act_[v]) {
+      dnnl::reorder::primitive_desc pd(eng_, md_[v], eng_, md, attr());
+      fwd_.push_back(step(pd, {{DNNL_ARG_FROM, act_[v]}, {DNNL_ARG_TO, o.y}}));
+    }
+    if (training()) {
+      o.dy = memory(md, eng_, DNNL_MEMORY_NONE);
+      dnnl::reorder::primitive_desc pd(eng_, md, eng_, md_[v], attr());
+      o.seed = step(pd, {{DNNL_ARG_FROM, o.dy}, {DNNL_ARG_TO, grad_[v]}});
+    }
+    out_.push_back(std::move(o));
   }
   if (training()) {
-    dout_plain_ = memory(out_plain_md, eng_, DNNL_MEMORY_NONE);
-    dnnl::reorder::primitive_desc pd(eng_, out_plain_md, eng_, md_[out], attr());
-    bwd_.push_back(step(pd, {{DNNL_ARG_FROM, dout_plain_}, {DNNL_ARG_TO, grad_[out]}}));
     for (size_t i = Nn; i-- > 0;) for (auto& st : node_bwd_[i]) bwd_.push_back(std::move(st));
     if (opt.input_grad) {
-      din_plain_ = alloc(in_plain_md);
-      dnnl::reorder::primitive_desc rpd(eng_, md_[in], eng_, in_plain_md, attr());
+      din_plain_ = alloc(plain(md_[in]));
+      dnnl::reorder::primitive_desc rpd(eng_, md_[in], eng_, plain(md_[in]), attr());
       bwd_.push_back(step(rpd, {{DNNL_ARG_FROM, grad_[in]}, {DNNL_ARG_TO, din_plain_}}));
     }
   }
@@ -738,23 +769,43 @@ void CpuProgram::compile_scale_shift(const Node& n, const graph::ScaleShift& s) 
   if (training() && grad_[x]) add_scaled(node_bwd_[node], node, 0, grad_[y], s.scale);  // d(x) = scale * d(y)
 }
 
+void CpuProgram::run(Step& s) {
+  if (s.fn) s.fn();
+  else s.prim.execute(strm_, s.args);
+}
+
 void CpuProgram::forward(const float* x) {
   if (training()) drawn_step_ = step_++;
   in_plain_.set_data_handle(const_cast<float*>(x));
-  for (Step& s : fwd_) {
-    if (s.fn) s.fn();
-    else s.prim.execute(strm_, s.args);
-  }
+  for (Step& s : fwd_) run(s);
   strm_.wait();
 }
 
-void CpuProgram::backward(const float* dy) {
+const float* CpuProgram::output_impl(int i) const {
+  INCRES_CHECK(i >= 0 && i < num_outputs(), "cpu backend: output ", i, " asked of a graph with ",
+               num_outputs(), " outputs (the output and ", num_outputs() - 1, " auxiliary ones)");
+  INCRES_CHECK(i < static_cast<int>(out_.size()), "cpu backend: auxiliary output ", i,
+               " is not computed by an inference program (it runs only what output 0 needs); "
+               "compile in train mode to read it");
+  return static_cast<const float*>(out_[i].y.get_data_handle());
+}
+
+void CpuProgram::backward_impl(const float* dy, std::span<const float* const> aux_dy) {
   INCRES_CHECK(training(), "backward() on a program compiled for inference");
-  dout_plain_.set_data_handle(const_cast<float*>(dy));
-  for (Step& s : bwd_) {
-    if (s.fn) s.fn();
-    else s.prim.execute(strm_, s.args);
+  INCRES_CHECK(aux_dy.empty() || aux_dy.size() + 1 == outputs_.size(), "cpu backend: backward() got ",
+               aux_dy.size(), " auxiliary gradients for ", outputs_.size() - 1, " auxiliary outputs");
+  // Seeds: d(output i) = the caller's gradient, zero where none was given.
+  for (size_t i = 0; i < out_.size(); ++i) {
+    const float* seed = i == 0 ? dy : aux_dy.empty() ? nullptr : aux_dy[i - 1];
+    if (seed) {
+      out_[i].dy.set_data_handle(const_cast<float*>(seed));
+      run(out_[i].seed);
+    } else {
+      const memory& d = grad_[outputs_[i]];
+      std::memset(d.get_data_handle(), 0, d.get_desc().get_size());
+    }
   }
+  for (Step& s : bwd_) run(s);
   strm_.wait();
 }
 

@@ -2,16 +2,20 @@
 // backend/ref/ops.h on float, NCHW throughout. It is the oracle other backends are
 // tested against, so it does the simplest correct thing everywhere:
 //   - one buffer per value (and, in train mode, one gradient buffer per value),
-//     allocated at compile time; no buffer is reused or shared;
+//     allocated at compile time; no buffer is reused or shared; values no computed
+//     output needs (an auxiliary head in inference) get none, and their nodes are
+//     skipped;
 //   - forward copies the input into its own buffer and reads the parameters from the
 //     store at every call (the optimizer changes them between steps);
 //   - backward zeroes every value gradient and every parameter gradient, seeds
-//     d(output) with dy, and runs the nodes in reverse; each kernel ADDS its
+//     d(output) with dy (and each auxiliary output with its own), and runs the nodes
+//     in reverse; each kernel ADDS its
 //     contribution, so a value read by several nodes gets the sum of its consumers'
 //     gradients, and store.grads ends up overwritten with this step's gradient.
 #include <cstring>
 #include <variant>
 
+#include "backend/outputs.h"
 #include "backend/program.h"
 #include "backend/ref/ops.h"
 #include "core/error.h"
@@ -41,14 +45,16 @@ class RefProgram final : public Program {
   RefProgram(const Graph& g, graph::ParamStore& store, Options opt);
 
   void forward(const float* x) override;
-  const float* output() const override { return act_[g_.output].data<float>(); }
-  void backward(const float* dy) override;
+  int num_outputs() const override { return static_cast<int>(outputs_.size()); }
   const float* input_grad() const override;
   void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
   std::string backend_name() const override { return "ref"; }
 
  private:
+  const float* output_impl(int i) const override;
+  void backward_impl(const float* dy, std::span<const float* const> aux_dy) override;
+
   bool training() const { return opt_.mode == Mode::train; }
   // (N, C, H, W) of value v with the program's batch size.
   ref::Dims dims(int v) const {
@@ -69,6 +75,8 @@ class RefProgram final : public Program {
   Graph g_;  // a copy: the program stays valid when the caller's graph goes away
   graph::ParamStore& store_;
   Options opt_;
+  std::vector<int> outputs_;                // the value of each output (outputs.h)
+  std::vector<bool> live_;                  // per node: run by this program
   std::vector<Tensor> act_, grad_;          // per value
   std::vector<Tensor> bn_mean_, bn_inv_std_;  // per node; saved by BN training forward
   // Per concat node, its inputs' buffers and channel counts (so a step allocates nothing).
@@ -106,14 +114,19 @@ RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
                  expected_params(n.op));
   }
 
+  outputs_ = output_values(g_);
+  live_ = live_nodes(g_, opt.mode);
   for (size_t v = 0; v < g_.values.size(); ++v) {
+    const int producer = g_.values[v].producer;
+    const bool needed = static_cast<int>(v) == g_.input || (producer >= 0 && live_[producer]);
     Shape s = g_.values[v].shape.with_batch(opt.batch);
-    act_.emplace_back(s);
-    bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
+    act_.push_back(needed ? Tensor(s) : Tensor());
+    bool needs_grad = needed && training() && (static_cast<int>(v) != g_.input || opt.input_grad);
     grad_.push_back(needs_grad ? Tensor(s) : Tensor());
   }
-  for (const Node& n : g_.nodes) {
-    const bool bn = std::holds_alternative<graph::BatchNorm>(n.op);
+  for (size_t id = 0; id < g_.nodes.size(); ++id) {
+    const Node& n = g_.nodes[id];
+    const bool bn = live_[id] && std::holds_alternative<graph::BatchNorm>(n.op);
     if (bn && training()) {
       ref::Dims d = dims(n.inputs[0]);
       INCRES_CHECK(d.N * d.H * d.W > 1, "ref backend: batchnorm ", n.name,
@@ -136,7 +149,17 @@ RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
 void RefProgram::forward(const float* x) {
   if (training()) drawn_step_ = step_++;
   std::memcpy(act(g_.input), x, static_cast<size_t>(count(g_.input)) * sizeof(float));
-  for (int id = 0; id < static_cast<int>(g_.nodes.size()); ++id) forward_node(id);
+  for (int id = 0; id < static_cast<int>(g_.nodes.size()); ++id)
+    if (live_[id]) forward_node(id);
+}
+
+const float* RefProgram::output_impl(int i) const {
+  INCRES_CHECK(i >= 0 && i < num_outputs(), "ref backend: output ", i, " asked of a graph with ",
+               num_outputs(), " outputs (the output and ", num_outputs() - 1, " auxiliary ones)");
+  INCRES_CHECK(i == 0 || training(), "ref backend: auxiliary output ", i,
+               " is not computed by an inference program (it runs only what output 0 needs); "
+               "compile in train mode to read it");
+  return act_[outputs_[i]].data<float>();
 }
 
 void RefProgram::forward_node(int id) {
@@ -190,13 +213,21 @@ void RefProgram::forward_node(int id) {
   }, n.op);
 }
 
-void RefProgram::backward(const float* dy) {
+void RefProgram::backward_impl(const float* dy, std::span<const float* const> aux_dy) {
   INCRES_CHECK(training(), "ref backend: backward() needs a program compiled in train mode");
+  INCRES_CHECK(aux_dy.empty() || aux_dy.size() + 1 == outputs_.size(), "ref backend: backward() got ",
+               aux_dy.size(), " auxiliary gradients for ", outputs_.size() - 1, " auxiliary outputs");
   for (Tensor& t : grad_)
     if (!t.empty()) std::memset(t.raw(), 0, t.nbytes());
   store_.zero_grads();
-  std::memcpy(grad(g_.output), dy, static_cast<size_t>(count(g_.output)) * sizeof(float));
-  for (int id = static_cast<int>(g_.nodes.size()) - 1; id >= 0; --id) backward_node(id);
+  // Seeds: d(output i) = the caller's gradient, zero where none was given. The
+  // outputs' consumers (if any) add to them.
+  for (size_t i = 0; i < outputs_.size(); ++i) {
+    const float* seed = i == 0 ? dy : aux_dy.empty() ? nullptr : aux_dy[i - 1];
+    if (seed) std::memcpy(grad(outputs_[i]), seed, static_cast<size_t>(count(outputs_[i])) * sizeof(float));
+  }
+  for (int id = static_cast<int>(g_.nodes.size()) - 1; id >= 0; --id)
+    if (live_[id]) backward_node(id);
 }
 
 void RefProgram::backward_node(int id) {
