@@ -12,12 +12,18 @@
 // ImageFolder reads through PIL's convert("RGB"):
 //   grey (JPEG or PNG, any bit depth)  -> R = G = B = grey
 //   alpha (PNG RGBA / grey+alpha, tRNS) -> dropped, not composited (PIL drops it too)
-//   16-bit PNG                         -> the high byte of each sample (v >> 8, as PIL)
+//   16-bit PNG                         -> the high byte of each sample (v >> 8): as PIL
+//                                          for RGB; for grey PIL clips at 255 (its
+//                                          "I;16" -> "L" quirk, images turn white), we
+//                                          scale the same way as RGB instead
 //   palette PNG                        -> expanded through the palette
-//   CMYK / YCCK JPEG                   -> converted with the naive formula
-//                                          R = (255-C)(255-K)/255 (no colour management),
-//                                          on Adobe-inverted data (an Adobe APP14 marker,
-//                                          as Photoshop writes) after inverting, as PIL
+//   CMYK / YCCK JPEG                   -> converted as PIL converts CMYK to RGB,
+//                                          R = (255-C)(255-K)/255 (no colour management);
+//                                          with an Adobe APP14 marker the stored inks
+//                                          are inverted first (Photoshop writes 0 = full
+//                                          ink), as PIL reads them
+//   EXIF orientation                   -> ignored, as torchvision's ImageFolder (PIL
+//                                          does not transpose unless asked)
 //   gamma (PNG gAMA), ICC profiles      -> ignored, as PIL does
 #pragma once
 #include <cstdint>
