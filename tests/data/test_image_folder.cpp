@@ -334,3 +334,27 @@ TEST(ImageFolderDataset, SmallFolderIntoMemory) {
 
 }  // namespace
 }  // namespace incres::data
+
+namespace incres::data {
+namespace {
+
+TEST(ImageFolderLoader, RestartAndDestroyMidEpoch) {
+  TempDir d;
+  ImageFolder f = make_loader_tree(d, 16, false);
+  ImageFolderLoader straight(f, loader_opts(2));
+  std::vector<Copy> e2 = run_epoch(straight, 2);
+  for (int trial = 0; trial < 3; ++trial) {
+    ImageFolderLoader l(f, loader_opts(3));
+    l.start_epoch(0);
+    ASSERT_NE(l.next(), nullptr);  // workers are filling the next slots now
+    std::vector<Copy> resumed = run_epoch(l, 2, 2);  // restart while fills are in flight
+    ASSERT_EQ(resumed.size(), 2u);
+    EXPECT_TRUE(resumed[0] == e2[2]);
+    EXPECT_TRUE(resumed[1] == e2[3]);
+    l.start_epoch(1);
+    l.next();  // and destroyed with the epoch half read
+  }
+}
+
+}  // namespace
+}  // namespace incres::data
