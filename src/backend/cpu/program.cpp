@@ -38,11 +38,28 @@ using dt = memory::data_type;
 using graph::Graph;
 using graph::Node;
 
+// One thing forward() or backward() executes: a primitive and its arguments, or our
+// own loop.
 struct Step {
   primitive prim;
-  std::unordered_map<int, memory> args;
+  // The arguments as the C API's dnnl_primitive_execute takes them, built once: the
+  // C++ primitive::execute(stream, unordered_map) builds a new vector at every call.
+  // `held` keeps the memories they point to alive.
+  std::vector<dnnl_exec_arg_t> args;
+  std::vector<memory> held;
   std::function<void()> fn;  // our own loop when no primitive fits
+
+  void add_arg(int arg, const memory& m) {
+    args.push_back({arg, m.get()});
+    held.push_back(m);
+  }
 };
+
+Step loop(std::function<void()> fn) {
+  Step s;
+  s.fn = std::move(fn);
+  return s;
+}
 
 // Buffers whose size is known only after every primitive exists (scratchpad, the
 // gradient temporary): memories are created without a handle, then bound at the end.
@@ -102,8 +119,10 @@ class CpuProgram final : public Program {
   dnnl::primitive_attr attr() const;
   void add_scratch(Step& s, const memory::desc& scratch_md);
   template <class PD>
-  Step step(const PD& pd, std::unordered_map<int, memory> args) {
-    Step s{primitive(pd.get()), std::move(args), {}};
+  Step step(const PD& pd, const std::unordered_map<int, memory>& args) {
+    Step s;
+    s.prim = primitive(pd.get());
+    for (const auto& [arg, m] : args) s.add_arg(arg, m);
     add_scratch(s, pd.scratchpad_desc());
     return s;
   }
@@ -185,7 +204,7 @@ dnnl::primitive_attr CpuProgram::attr() const {
 }
 
 void CpuProgram::add_scratch(Step& s, const memory::desc& md) {
-  if (md.get_size() > 0) s.args[DNNL_ARG_SCRATCHPAD] = scratch_.make(md, eng_);
+  if (md.get_size() > 0) s.add_arg(DNNL_ARG_SCRATCHPAD, scratch_.make(md, eng_));
 }
 
 memory CpuProgram::converted(std::vector<Step>& steps, const memory& from, const memory::desc& md) {
@@ -455,12 +474,12 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
   const auto& xd = md_[x].dims();
   const int64_t C = xd[1], count = xd[0] * xd[2] * xd[3];
   const float m = bn.momentum, unbias = count > 1 ? float(count) / float(count - 1) : 1.f;
-  fs.push_back(Step{{}, {}, [=]() mutable {
+  fs.push_back(loop([=]() mutable {
     kernels::update_running_stats(static_cast<float*>(rmean.get_data_handle()),
                                   static_cast<float*>(rvar.get_data_handle()),
                                   static_cast<const float*>(mean.get_data_handle()),
                                   static_cast<const float*>(var.get_data_handle()), C, m, unbias);
-  }});
+  }));
 
   dnnl::batch_normalization_backward::desc bd(dnnl::prop_kind::backward, md_[x], md_[x], bn.eps, flags);
   dnnl::batch_normalization_backward::primitive_desc bpd(bd, attr(), eng_, pd);
@@ -523,17 +542,17 @@ void CpuProgram::compile_shortcut_a(const Node& n, const graph::ShortcutA& s) {
   auto X = blocked(md_[x]), Y = blocked(md_[y]);
   memory xm = act_[x], ym = act_[y];
   int stride = s.stride;
-  node_fwd_[node].push_back(Step{{}, {}, [=]() {
+  node_fwd_[node].push_back(loop([=]() {
     kernels::shortcut_a_forward(static_cast<float*>(ym.get_data_handle()), Y,
                                 static_cast<const float*>(xm.get_data_handle()), X, stride);
-  }});
+  }));
   if (!training() || !grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
   bool accumulate = !first_contribution(node, 0);
-  node_bwd_[node].push_back(Step{{}, {}, [=]() {
+  node_bwd_[node].push_back(loop([=]() {
     kernels::shortcut_a_backward(static_cast<float*>(dx.get_data_handle()), X,
                                  static_cast<const float*>(dy.get_data_handle()), Y, stride, accumulate);
-  }});
+  }));
 }
 
 void CpuProgram::compile_avgpool(const Node& n) {
@@ -541,17 +560,17 @@ void CpuProgram::compile_avgpool(const Node& n) {
   const int x = n.inputs[0], y = n.output;
   auto X = blocked(md_[x]);
   memory xm = act_[x], ym = act_[y];
-  node_fwd_[node].push_back(Step{{}, {}, [=]() {
+  node_fwd_[node].push_back(loop([=]() {
     kernels::avgpool_forward(static_cast<float*>(ym.get_data_handle()),
                              static_cast<const float*>(xm.get_data_handle()), X);
-  }});
+  }));
   if (!training() || !grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
   bool accumulate = !first_contribution(node, 0);
-  node_bwd_[node].push_back(Step{{}, {}, [=]() {
+  node_bwd_[node].push_back(loop([=]() {
     kernels::avgpool_backward(static_cast<float*>(dx.get_data_handle()), X,
                               static_cast<const float*>(dy.get_data_handle()), accumulate);
-  }});
+  }));
 }
 
 void CpuProgram::compile_linear(const Node& n, const graph::Linear& l) {
@@ -600,17 +619,17 @@ void CpuProgram::compile_pool(const Node& n, const graph::Pool2d& p) {
   if (p.kind == graph::Pool2d::avg && p.count_include_pad && (pad_r[0] > p.pad || pad_r[1] > p.pad)) {
     auto X = blocked(md_[x]), Y = blocked(md_[y]);
     memory xm = act_[x], ym = act_[y];
-    node_fwd_[node].push_back(Step{{}, {}, [=]() {
+    node_fwd_[node].push_back(loop([=]() {
       kernels::avg_pool2d_forward(static_cast<float*>(ym.get_data_handle()), Y,
                                   static_cast<const float*>(xm.get_data_handle()), X, p);
-    }});
+    }));
     if (!training() || !grad_[x]) return;
     memory dx = grad_[x], dy = grad_[y];
     bool accumulate = !first_contribution(node, 0);
-    bs.push_back(Step{{}, {}, [=]() {
+    bs.push_back(loop([=]() {
       kernels::avg_pool2d_backward(static_cast<float*>(dx.get_data_handle()), X,
                                    static_cast<const float*>(dy.get_data_handle()), Y, p, accumulate);
-    }});
+    }));
     return;
   }
   const auto algo = p.kind == graph::Pool2d::max ? dnnl::algorithm::pooling_max
@@ -664,10 +683,10 @@ void CpuProgram::compile_concat(const Node& n) {
       const kernels::Blocked X = blocked(md_[v]);
       memory xm = act_[v], ym = act_[y];
       const int64_t offset = offsets[i];
-      fs.push_back(Step{{}, {}, [=]() {
+      fs.push_back(loop([=]() {
         kernels::copy_channels(static_cast<float*>(ym.get_data_handle()), Y, offset,
                                static_cast<const float*>(xm.get_data_handle()), X, 0, X.C, false);
-      }});
+      }));
     }
   }
   if (!training()) return;
@@ -685,10 +704,10 @@ void CpuProgram::compile_concat(const Node& n) {
     memory dx = grad_[v], dy = grad_[y];
     const int64_t offset = offsets[i];
     const bool accumulate = !first_contribution(node, i);
-    bs.push_back(Step{{}, {}, [=]() {
+    bs.push_back(loop([=]() {
       kernels::copy_channels(static_cast<float*>(dx.get_data_handle()), X, 0,
                              static_cast<const float*>(dy.get_data_handle()), Y, offset, X.C, accumulate);
-    }});
+    }));
   }
 }
 
@@ -699,26 +718,26 @@ void CpuProgram::compile_dropout(const Node& n, const graph::Dropout& d) {
   memory xm = act_[x], ym = act_[y];
   if (!training()) {  // the identity
     const int64_t count = static_cast<int64_t>(md_[x].get_size() / sizeof(float));
-    node_fwd_[node].push_back(Step{{}, {}, [=]() {
+    node_fwd_[node].push_back(loop([=]() {
       kernels::copy(static_cast<float*>(ym.get_data_handle()), static_cast<const float*>(xm.get_data_handle()), count);
-    }});
+    }));
     return;
   }
   // The mask of the current step, drawn by element index (backend/dropout_mask.h).
   const float p = d.p;
-  node_fwd_[node].push_back(Step{{}, {}, [=, this]() {
+  node_fwd_[node].push_back(loop([=, this]() {
     kernels::dropout_forward(static_cast<float*>(ym.get_data_handle()),
                              static_cast<const float*>(xm.get_data_handle()), X,
                              DropoutMask(opt_.seed, drawn_step_, node, p));
-  }});
+  }));
   if (!grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
   const bool accumulate = !first_contribution(node, 0);
-  node_bwd_[node].push_back(Step{{}, {}, [=, this]() {
+  node_bwd_[node].push_back(loop([=, this]() {
     kernels::dropout_backward(static_cast<float*>(dx.get_data_handle()),
                               static_cast<const float*>(dy.get_data_handle()), X,
                               DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);
-  }});
+  }));
 }
 
 void CpuProgram::compile_sigmoid(const Node& n) {
@@ -770,8 +789,11 @@ void CpuProgram::compile_scale_shift(const Node& n, const graph::ScaleShift& s) 
 }
 
 void CpuProgram::run(Step& s) {
-  if (s.fn) s.fn();
-  else s.prim.execute(strm_, s.args);
+  if (s.fn) return s.fn();
+  dnnl_status_t status = dnnl_primitive_execute(s.prim.get(), strm_.get(), static_cast<int>(s.args.size()),
+                                                s.args.data());
+  INCRES_CHECK(status == dnnl_success, "cpu backend: oneDNN could not execute a primitive (status ",
+               static_cast<int>(status), ")");
 }
 
 void CpuProgram::forward(const float* x) {
