@@ -154,6 +154,7 @@ TEST(CpuVsRef, PoolingRealShapes) {
   compare(one_pool({192, 35, 35}, {P::avg, 3, 1, 1, false, false}), 2);  // the same in timm
   compare(one_pool({768, 17, 17}, {P::avg, 5, 3, 0}), 2);          // AuxLogits -> 5x5
   compare(one_pool({20, 17, 17}, {P::max, 3, 2, 1}), 2);           // C = 20: nchw
+  compare(one_pool({16, 16, 16}, {P::avg, 3, 2, 0}), 2);           // last column unread: right padding -1
 }
 
 // Ceil mode (GoogLeNet's pools): a larger right padding for oneDNN; where a window
