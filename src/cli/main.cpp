@@ -55,20 +55,32 @@ const CLI::Validator kPositive = number_check("> 0", [](double v) { return v > 0
 const CLI::Validator kNonNegative = number_check(">= 0", [](double v) { return v >= 0 && std::isfinite(v); });
 const CLI::Validator kUnitHalfOpen = number_check("in [0, 1)", [](double v) { return v >= 0 && v < 1; });
 
-// Flags shared by the commands that build a model.
+// Flags shared by the commands that build a model; those not given keep the model's
+// registry defaults (e.g. 299x299 and 1000 classes for inception_v3).
 struct ModelFlags {
   int64_t in_channels = 3, classes = 10, image = 32;
-  std::string shortcut = "A";
+  std::string shortcut;
+  bool no_aux = false;
+  CLI::Option *in_channels_opt = nullptr, *classes_opt = nullptr, *image_opt = nullptr;
   void add(CLI::App* c) {
-    c->add_option("--in-channels", in_channels, "input channels (1 for Fashion-MNIST)")
-        ->capture_default_str()->check(CLI::Range(1, 4096));
-    c->add_option("--classes", classes, "number of classes")->capture_default_str()->check(CLI::Range(1, 1000000));
-    c->add_option("--image", image, "input height = width")->capture_default_str()->check(CLI::Range(1, 4096));
-    c->add_option("--shortcut", shortcut, "ResNet shortcut where dimensions grow: A (zero-padded identity) or B (1x1 projection)")
-        ->capture_default_str()->check(CLI::IsMember({"A", "B", "a", "b"}));
+    in_channels_opt = c->add_option("--in-channels", in_channels, "input channels (1 for Fashion-MNIST; default: the model's)")
+        ->check(CLI::Range(1, 4096));
+    classes_opt = c->add_option("--classes", classes, "number of classes (default: the model's)")->check(CLI::Range(1, 1000000));
+    image_opt = c->add_option("--image", image, "input height = width (default: the model's)")->check(CLI::Range(1, 4096));
+    c->add_option("--shortcut", shortcut,
+                  "ResNet shortcut where dimensions grow: A (zero-padded identity), B (1x1 projection) or C "
+                  "(projection everywhere); default: the model's")
+        ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
+    c->add_flag("--no-aux", no_aux, "Inception-v3 without its auxiliary classifier");
   }
-  models::ModelConfig config() const {
-    return models::ModelConfig{in_channels, classes, image, models::parse_shortcut(shortcut)};
+  models::ModelConfig config(const std::string& model) const {
+    models::ModelConfig mc = models::find_model(model).defaults;
+    if (in_channels_opt->count()) mc.in_channels = in_channels;
+    if (classes_opt->count()) mc.classes = classes;
+    if (image_opt->count()) mc.image = image;
+    if (!shortcut.empty()) mc.shortcut = models::parse_shortcut(shortcut);
+    if (no_aux) mc.aux = false;
+    return mc;
   }
 };
 
@@ -84,7 +96,7 @@ int cmd_models() {
 }
 
 int cmd_info(const std::string& name, const ModelFlags& mf) {
-  graph::Graph g = models::build_model(name, mf.config());
+  graph::Graph g = models::build_model(name, mf.config(name));
   std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
   for (const auto& n : g.nodes) {
     int64_t params = 0;
@@ -101,12 +113,12 @@ int cmd_info(const std::string& name, const ModelFlags& mf) {
 
 int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& mode, int64_t batch,
               int iters, int warmup, const std::string& backend, bool json) {
-  graph::Graph g = models::build_model(name, mf.config());
+  graph::Graph g = models::build_model(name, mf.config(name));
   graph::ParamStore store(g);
   store.init(g, 0);
   const bool train = mode == "train";
   auto t_compile = std::chrono::steady_clock::now();
-  auto program = backend::compile(backend, g, store, {batch, train ? backend::Mode::train : backend::Mode::infer, false});
+  auto program = backend::compile(backend, g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer});
   double compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_compile).count();
   std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
   std::vector<float> dy(static_cast<size_t>(batch * g.output_shape().numel()));
@@ -155,9 +167,11 @@ int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int 
                ": no incres run configuration in the metadata; is this a checkpoint written by `incres train`?");
   if (data_spec.empty()) data_spec = cfg.value("data", "fashion-mnist");
   train::DataPair d = train::load_data(data_spec);
-  models::ModelConfig mc{d.train.channels, d.train.classes, 32,
-                         models::parse_shortcut(cfg.value("shortcut", "A"))};
-  graph::Graph g = models::build_model(cfg["model"].get<std::string>(), mc);
+  // Checkpoints before "image" was recorded were all of 32x32 CIFAR nets with shortcut A.
+  const std::string model = cfg["model"].get<std::string>();
+  models::ModelConfig mc = train::model_config(model, cfg.value("shortcut", "A"), cfg.value("image", int64_t{32}),
+                                               cfg.value("aux", true), d.train.channels, d.train.classes);
+  graph::Graph g = models::build_model(model, mc);
   graph::ParamStore store(g);
   // A run that kept a moving average of its weights evaluated on it; so does eval,
   // unless told otherwise. The decay given here is not used: the file's averages are.
@@ -165,7 +179,7 @@ int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int 
   train::CheckpointState s = train::load_checkpoint(path, g, store, nullptr, raw_weights ? nullptr : &ema);
   const bool on_ema = s.has_ema && !raw_weights;
   data::Loader loader(d.test, train::loader_options(d.train, mc.image, batch, false, false, 0, workers));
-  auto program = backend::compile("cpu", g, on_ema ? ema.averages() : store, {batch, backend::Mode::infer, false});
+  auto program = backend::compile("cpu", g, on_ema ? ema.averages() : store, {.batch = batch, .mode = backend::Mode::infer});
   train::EvalResult r = train::evaluate(*program, loader, mc.classes);
   std::printf("%s%s on %s test set: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
               cfg["model"].get<std::string>().c_str(), on_ema ? " (moving average of the weights)" : "",
@@ -223,8 +237,15 @@ int main(int argc, char** argv) {
   tr->add_option("model", tc.model, "model name (see `incres models`)")->required();
   tr->add_option("--data", tc.data, "fashion-mnist[:DIR] (Debian's dataset-fashion-mnist), cifar10:DIR or cifar100:DIR")
       ->capture_default_str();
-  tr->add_option("--shortcut", tc.shortcut, "ResNet shortcut where dimensions grow: A or B")
-      ->capture_default_str()->check(CLI::IsMember({"A", "B", "a", "b"}));
+  tr->add_option("--shortcut", tc.shortcut,
+                 "ResNet shortcut where dimensions grow: A, B or C (default: the model's; A for CIFAR ResNets)")
+      ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
+  tr->add_option("--image", tc.image,
+                 "input height = width; images are zero-padded to it (default: the model's; 32 for CIFAR nets, "
+                 "299 for Inception, which takes 75 at the least)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  bool no_aux = false;
+  tr->add_flag("--no-aux", no_aux, "build Inception-v3 without its auxiliary classifier");
   tr->add_option("--epochs", tc.epochs, "length of the run in epochs")->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   tr->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
@@ -334,6 +355,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("train")) {
       tc.augment = !no_augment;
       tc.progress = !no_progress;
+      tc.aux = !no_aux;
       // The recipe sets every field it governs that was not given explicitly.
       const train::TrainConfig rc = train::recipe_defaults(recipe.empty() ? train::default_recipe(tc.model) : recipe);
       auto unless_given = [&](const char* flag, auto member) {

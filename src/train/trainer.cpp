@@ -20,7 +20,8 @@ namespace incres::train {
 namespace fs = std::filesystem;
 
 nlohmann::json to_json(const TrainConfig& c) {
-  return {{"model", c.model}, {"shortcut", c.shortcut}, {"data", c.data},
+  return {{"model", c.model}, {"shortcut", c.shortcut}, {"image", c.image}, {"aux", c.aux},
+          {"data", c.data},
           {"train_limit", c.train_limit}, {"test_limit", c.test_limit}, {"epochs", c.epochs},
           {"iters", c.iters}, {"batch", c.batch}, {"recipe", c.recipe}, {"schedule", c.schedule},
           {"lr", c.lr}, {"milestones", c.milestones}, {"gamma", c.gamma},
@@ -75,6 +76,17 @@ DataPair load_data(const std::string& spec) {
     return {data::load_cifar(dir, true, classes), data::load_cifar(dir, false, classes)};
   }
   fail("unknown dataset '", spec, "': expected fashion-mnist[:DIR], cifar10:DIR or cifar100:DIR");
+}
+
+models::ModelConfig model_config(const std::string& model, const std::string& shortcut, int64_t image,
+                                 bool aux, int64_t in_channels, int64_t classes) {
+  models::ModelConfig mc = models::find_model(model).defaults;
+  mc.in_channels = in_channels;
+  mc.classes = classes;
+  if (!shortcut.empty()) mc.shortcut = models::parse_shortcut(shortcut);
+  if (image > 0) mc.image = image;
+  mc.aux = mc.aux && aux;
+  return mc;
 }
 
 data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
@@ -189,9 +201,11 @@ TrainResult run_training(const TrainConfig& cfg) {
   check_config(cfg);
 
   DataPair data = load_data(cfg.data);
+  const models::ModelConfig mc = model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux,
+                                              data.train.channels, data.train.classes);
+  const int64_t image = mc.image;
   // Normalisation comes from the whole training set, also when training on a subset,
   // so that `incres eval` (which sees the whole set) normalises the same way.
-  const int64_t image = 32;
   data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
   data::LoaderOptions test_opts = loader_options(data.train, image, cfg.batch, false, false, cfg.seed, cfg.workers);
   if (cfg.train_limit > 0) data.train = data::subset(data.train, cfg.train_limit);
@@ -199,11 +213,6 @@ TrainResult run_training(const TrainConfig& cfg) {
   INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
                " images, fewer than one batch of ", cfg.batch);
 
-  models::ModelConfig mc;
-  mc.in_channels = data.train.channels;
-  mc.classes = data.train.classes;
-  mc.image = image;
-  mc.shortcut = models::parse_shortcut(cfg.shortcut);
   graph::Graph g = models::build_model(cfg.model, mc);
   graph::ParamStore store(g);
   store.init(g, cfg.seed);
@@ -235,18 +244,28 @@ TrainResult run_training(const TrainConfig& cfg) {
   std::string bad = first_non_finite(g, store);
   INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
 
-  auto program = backend::compile(cfg.backend, g, store, {cfg.batch, backend::Mode::train, false});
+  // Dropout masks follow the run's seed.
+  auto program = backend::compile(cfg.backend, g, store,
+                                  {.batch = cfg.batch, .mode = backend::Mode::train, .seed = cfg.seed});
+  // Dropout masks are keyed by step: a resumed run drops what the straight one did.
+  program->set_step(step);
   // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
   // tensors are updated in place, so this program always sees the current one.
   auto evaluator = backend::compile(cfg.backend, g, ema ? ema->averages() : store,
-                                    {cfg.batch, backend::Mode::infer, false});
+                                    {.batch = cfg.batch, .mode = backend::Mode::infer});
 
   std::unique_ptr<MetricsLog> metrics;
   std::string ckpt;
   CheckpointState cs;
   cs.seed = cfg.seed;
   cs.model = cfg.model;
-  cs.config = to_json(cfg).dump();
+  {
+    // Recorded as resolved, so that `incres eval` rebuilds the same model.
+    TrainConfig resolved = cfg;
+    resolved.shortcut = mc.shortcut == models::Shortcut::A ? "A" : mc.shortcut == models::Shortcut::B ? "B" : "C";
+    resolved.image = mc.image;
+    cs.config = to_json(resolved).dump();
+  }
   if (!cfg.out_dir.empty()) {
     fs::create_directories(cfg.out_dir);
     metrics = std::make_unique<MetricsLog>((fs::path(cfg.out_dir) / "metrics.jsonl").string(), step > 0);
@@ -310,7 +329,7 @@ TrainResult run_training(const TrainConfig& cfg) {
       if (cfg.progress && bar.due(done)) bar.update(done, progress_text());
       if (step == cfg.stop_after) break;
     }
-    if (cfg.progress && seen > 0) bar.finish(done, progress_text());
+    if (seen > 0) bar.finish(done, cfg.progress ? progress_text() : std::string());
     else bar.finish();
     const double secs = seconds_since(t0);
     result.steps = step;

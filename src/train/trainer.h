@@ -10,12 +10,18 @@
 #include "backend/program.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "models/models.h"
 
 namespace incres::train {
 
 struct TrainConfig {
   std::string model = "resnet20";
-  std::string shortcut = "A";
+  // "" and 0: the model's own (its registry defaults: shortcut A for the CIFAR
+  // ResNets, B for the pre-activation and ImageNet ones; 32x32 input for CIFAR nets,
+  // 299x299 for Inception). Images are zero-padded to the input size.
+  std::string shortcut;
+  int64_t image = 0;
+  bool aux = true;  // Inception-v3's auxiliary classifier (trained with aux_weight)
   std::string data = "fashion-mnist";  // fashion-mnist[:DIR] | cifar10:DIR | cifar100:DIR
   int64_t train_limit = 0, test_limit = 0;  // use only the first N images (0 = all)
   int64_t epochs = 0, iters = 0;  // length of the run: iterations win when both are set
@@ -87,6 +93,13 @@ struct DataPair {
 };
 // "fashion-mnist", "fashion-mnist:/dir", "cifar10:/dir", "cifar100:/dir".
 DataPair load_data(const std::string& spec);
+
+// The configuration a run builds `model` with: the model's registry defaults (its
+// units, shortcut, input size), the dataset's channels and classes, and `shortcut`
+// and `image` where given ("" / 0 keep the model's); aux = false drops Inception-v3's
+// auxiliary classifier.
+models::ModelConfig model_config(const std::string& model, const std::string& shortcut, int64_t image,
+                                 bool aux, int64_t in_channels, int64_t classes);
 
 // Loader options that turn a dataset's images into a model's input: Fashion-MNIST's
 // 28x28 is zero-padded to 32x32 for the CIFAR networks; normalisation by the
