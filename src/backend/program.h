@@ -1,8 +1,10 @@
 // Program: a Graph compiled once for (batch size, mode) on one backend. Compiling
 // creates every primitive and allocates every buffer; forward() and backward()
-// allocate nothing. Parameters live in the ParamStore the program was compiled
-// against (plain layout); the program reads them at every forward and writes
-// parameter gradients into store.grads at every backward.
+// allocate nothing, except inside oneDNN's own primitive execution (a few small
+// objects per primitive, which its API gives no way to avoid; see
+// tests/backend/test_no_alloc.cpp). Parameters live in the ParamStore the program
+// was compiled against (plain layout); the program reads them at every forward and
+// writes parameter gradients into store.grads at every backward.
 #pragma once
 #include <cstdint>
 #include <memory>
