@@ -107,6 +107,34 @@ data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image
   return o;
 }
 
+OutputLosses::OutputLosses(const graph::Graph& g, int64_t batch, int64_t K, double smoothing, double aux_weight)
+    : K_(K), smoothing_(static_cast<float>(smoothing)), aux_weight_(aux_weight) {
+  INCRES_CHECK(std::isfinite(aux_weight) && aux_weight >= 0, "--aux-weight must be >= 0, got ", aux_weight);
+  INCRES_CHECK(g.output_shape().numel() == K, "the model's output has ", g.output_shape().str(), " values per image, ",
+               "expected ", K, " class logits");
+  dy_.resize(static_cast<size_t>(batch * K));
+  for (int v : g.aux_outputs) {
+    INCRES_CHECK(g.values[v].shape.numel() == K, "the model's auxiliary output has ", g.values[v].shape.str(),
+                 " values per image, expected ", K, " class logits");
+    aux_dy_.emplace_back(aux_weight > 0 ? static_cast<size_t>(batch * K) : 0);
+    aux_ptrs_.push_back(aux_weight > 0 ? aux_dy_.back().data() : nullptr);
+  }
+}
+
+OutputLosses::Result OutputLosses::backward(backend::Program& program, const int32_t* labels, int64_t n) {
+  INCRES_CHECK(program.num_outputs() == 1 + num_aux(), "the program has ", program.num_outputs(),
+               " outputs, expected ", 1 + num_aux(), " (compiled from another graph?)");
+  Result r;
+  r.main = softmax_cross_entropy(program.output(0), labels, n, K_, smoothing_, dy_.data());
+  if (aux_weight_ > 0)
+    for (int i = 0; i < num_aux(); ++i)
+      r.aux += softmax_cross_entropy(program.output(i + 1), labels, n, K_, smoothing_, aux_dy_[i].data(),
+                                     aux_weight_).loss;
+  r.total = r.main.loss + aux_weight_ * r.aux;
+  program.backward(dy_.data(), aux_ptrs_);
+  return r;
+}
+
 EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t classes) {
   EvalResult r;
   double loss_sum = 0;
@@ -277,14 +305,14 @@ TrainResult run_training(const TrainConfig& cfg) {
                ema ? cat(", ema ", cfg.ema_decay) : "", ", backend ", program->backend_name()));
 
   const int64_t K = mc.classes;
-  std::vector<float> dlogits(static_cast<size_t>(cfg.batch * K));
+  OutputLosses losses(g, cfg.batch, K, cfg.label_smoothing, cfg.aux_weight);
   TrainResult result;
   const bool terminal = cfg.progress && stderr_is_terminal();
   while (step < total) {
     const int64_t epoch = step / ipe;
     train_loader.start_epoch(epoch, step % ipe);
     Progress bar(cat("epoch ", epoch + 1, "/", (total + ipe - 1) / ipe), ipe, terminal);
-    double loss_sum = 0, norm_sum = 0, norm_max = 0;
+    double loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0;
     int64_t correct = 0, seen = 0, steps = 0, clipped = 0;
     auto t0 = std::chrono::steady_clock::now();
     // The progress text, built only when the bar redraws (it allocates).
@@ -299,12 +327,10 @@ TrainResult run_training(const TrainConfig& cfg) {
       if (!b) break;
       lr = schedule.lr(step);
       program->forward(b->images.data<float>());
-      LossResult l = softmax_cross_entropy(program->output(), b->labels.data(), b->size, K,
-                                           static_cast<float>(cfg.label_smoothing), dlogits.data());
-      if (!std::isfinite(l.loss))
-        fail("loss is ", l.loss, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
+      const OutputLosses::Result l = losses.backward(*program, b->labels.data(), b->size);
+      if (!std::isfinite(l.total))
+        fail("loss is ", l.total, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
              "); stopping. Lower --lr or resume from the last checkpoint", ckpt.empty() ? "" : " " + ckpt);
-      program->backward(dlogits.data());
       // Measured on every step (one pass over the gradients) for the metrics and to
       // stop on a non-finite gradient; scaled only when clipping is on. Weight decay
       // is added later, inside the optimizer, so it is neither measured nor clipped
@@ -319,8 +345,9 @@ TrainResult run_training(const TrainConfig& cfg) {
       if (ema) ema->update(step);
       ++step;
       ++steps;
-      loss_sum += l.loss * static_cast<double>(b->size);
-      correct += l.correct;
+      loss_sum += l.main.loss * static_cast<double>(b->size);
+      aux_sum += l.aux * static_cast<double>(b->size);
+      correct += l.main.correct;
       seen += b->size;
       norm_sum += norm;
       norm_max = std::max(norm_max, norm);
@@ -341,7 +368,8 @@ TrainResult run_training(const TrainConfig& cfg) {
     if (epoch_end) {
       result.test = evaluate(*evaluator, test_loader, K);
       log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
-                   " err ", result.train_error, "%  grad norm ", result.grad_norm, "  test", ema ? " (ema)" : "",
+                   " err ", result.train_error, "%", losses.num_aux() && cfg.aux_weight > 0 ? cat(" aux loss ", aux_sum / seen) : "",
+                   "  grad norm ", result.grad_norm, "  test", ema ? " (ema)" : "",
                    " loss ", result.test.loss, " err ", result.test.error, "%  ",
                    static_cast<int64_t>(result.images_per_sec), " img/s"));
       if (metrics) {
@@ -352,6 +380,7 @@ TrainResult run_training(const TrainConfig& cfg) {
                            {"test_top5_error", result.test.top5_error}, {"eval_weights", ema ? "ema" : "raw"},
                            {"images_per_sec", result.images_per_sec}};
         if (cfg.clip_norm > 0) row["clipped_steps"] = clipped;  // of this epoch's steps
+        if (losses.num_aux() > 0 && cfg.aux_weight > 0) row["train_aux_loss"] = seen ? aux_sum / seen : 0;
         metrics->write(row);
       }
     }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "models/models.h"
+#include "train/loss.h"
 
 namespace incres::train {
 
@@ -106,6 +108,38 @@ models::ModelConfig model_config(const std::string& model, const std::string& sh
 // training set's per-channel mean and std.
 data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
                                    bool training, bool augment, uint64_t seed, int workers);
+
+// The losses of a training step over every output of a program: output 0 is the
+// main classifier, outputs 1.. the auxiliary ones (Inception-v3's), each K logits per
+// image. Each gets softmax cross-entropy with the same label smoothing; the step's
+// loss is main + aux_weight * (sum of the auxiliary losses), so each auxiliary
+// gradient is scaled by aux_weight. With aux_weight 0 the auxiliary losses are not
+// computed and backward gets null for them (no gradient reaches those heads).
+// The gradient buffers are allocated once, here, not per step.
+class OutputLosses {
+ public:
+  // Throws unless every output of `g` holds K values per image.
+  OutputLosses(const graph::Graph& g, int64_t batch, int64_t K, double smoothing, double aux_weight);
+
+  struct Result {
+    LossResult main;   // the main classifier's loss and top-1 hits
+    double aux = 0;    // the auxiliary losses, summed over heads, unweighted
+    double total = 0;  // main.loss + aux_weight * aux
+  };
+  // After program.forward() on a batch of n <= batch images with these labels:
+  // computes the losses and runs program.backward() with their gradients.
+  Result backward(backend::Program& program, const int32_t* labels, int64_t n);
+
+  int num_aux() const { return static_cast<int>(aux_dy_.size()); }
+
+ private:
+  int64_t K_;
+  float smoothing_;
+  double aux_weight_;
+  std::vector<float> dy_;
+  std::vector<std::vector<float>> aux_dy_;
+  std::vector<const float*> aux_ptrs_;  // what backward() gets: aux_dy_ or null
+};
 
 // Runs an inference program over every batch of the loader (one epoch).
 EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t classes);

@@ -1,8 +1,14 @@
 // The trainer's configuration: recipes and the model configuration a run builds.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "../support.h"
+#include "backend/program.h"
 #include "core/error.h"
+#include "core/rng.h"
+#include "graph/builder.h"
+#include "train/loss.h"
 #include "train/trainer.h"
 
 namespace incres::train {
@@ -64,6 +70,79 @@ TEST(ModelConfig, StartsFromTheRegistryDefaults) {
   EXPECT_EQ(model_config("inception_v3", "", 139, false, 1, 10).image, 139);
   EXPECT_FALSE(model_config("inception_v3", "", 139, false, 1, 10).aux);
   EXPECT_TRUE(contains(error_of([] { model_config("resnet21", "", 0, true, 1, 10); }), "unknown model"));
+}
+
+// conv -> ReLU -> pool, then two classifiers on the pooled features: "fc" (output 0)
+// and "aux.fc" (an auxiliary output, as Inception-v3's head).
+graph::Graph two_head_graph(int64_t aux_classes = 3) {
+  graph::Builder b(Shape{2, 4, 4});
+  int x = b.conv(b.input(), 3, 3, 1, 1, "conv1");
+  x = b.relu(x);
+  x = b.global_avg_pool(x);
+  int main = b.linear(x, 3, "fc");
+  int aux = b.linear(x, aux_classes, "aux.fc");
+  return b.finish(main, {aux});
+}
+
+// The gradients after one OutputLosses step with aux weight w, and its result.
+struct Step {
+  OutputLosses::Result r;
+  std::vector<std::vector<float>> grads;
+  double main_check = 0, aux_check = 0;  // the losses recomputed from the outputs
+};
+
+Step step_with(double w) {
+  graph::Graph g = two_head_graph();
+  graph::ParamStore s(g);
+  s.init(g, 5);
+  auto p = backend::compile_ref(g, s, {.batch = 4, .mode = backend::Mode::train});
+  std::vector<float> x(4 * 2 * 4 * 4);
+  Rng rng(8);
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  const std::vector<int32_t> labels = {0, 2, 1, 2};
+  p->forward(x.data());
+  OutputLosses losses(g, 4, 3, 0.1, w);
+  Step out;
+  out.r = losses.backward(*p, labels.data(), 4);
+  out.main_check = softmax_cross_entropy(p->output(0), labels.data(), 4, 3, 0.1f, nullptr).loss;
+  out.aux_check = softmax_cross_entropy(p->output(1), labels.data(), 4, 3, 0.1f, nullptr).loss;
+  for (const Tensor& t : s.grads)
+    out.grads.emplace_back(t.data<float>(), t.data<float>() + t.numel());
+  return out;
+}
+
+TEST(OutputLosses, AuxiliaryLossIsWeightedInTheLossAndTheGradients) {
+  const graph::Graph g = two_head_graph();
+  const int conv = g.find_param("conv1.weight"), fc = g.find_param("fc.weight"),
+            aux = g.find_param("aux.fc.weight");
+  Step s0 = step_with(0), s1 = step_with(1), s4 = step_with(0.4);
+  // Losses: main + 0.4 * aux, both label-smoothed; no aux loss at weight 0.
+  EXPECT_DOUBLE_EQ(s4.r.main.loss, s4.main_check);
+  EXPECT_DOUBLE_EQ(s4.r.aux, s4.aux_check);
+  EXPECT_DOUBLE_EQ(s4.r.total, s4.main_check + 0.4 * s4.aux_check);
+  EXPECT_EQ(s0.r.aux, 0);
+  EXPECT_DOUBLE_EQ(s0.r.total, s0.main_check);
+  for (size_t j = 0; j < s0.grads[aux].size(); ++j) {
+    // The aux head learns from its own loss only, scaled by the weight.
+    EXPECT_EQ(s0.grads[aux][j], 0.f) << j;
+    EXPECT_NEAR(s4.grads[aux][j], 0.4 * s1.grads[aux][j], 1e-6 + 1e-5 * std::abs(s1.grads[aux][j])) << j;
+  }
+  bool aux_moves_head = false;
+  for (float v : s1.grads[aux]) aux_moves_head |= v != 0;
+  EXPECT_TRUE(aux_moves_head);
+  // The main head does not see the aux loss.
+  EXPECT_EQ(s0.grads[fc], s4.grads[fc]);
+  // The shared trunk gets main + w * aux: linear in w.
+  for (size_t j = 0; j < s0.grads[conv].size(); ++j) {
+    double want = s0.grads[conv][j] + 0.4 * (s1.grads[conv][j] - s0.grads[conv][j]);
+    EXPECT_NEAR(s4.grads[conv][j], want, 1e-6 + 1e-5 * std::abs(want)) << j;
+  }
+}
+
+TEST(OutputLosses, RefusesOutputsThatAreNotClassLogits) {
+  EXPECT_TRUE(contains(error_of([] { OutputLosses(two_head_graph(5), 4, 3, 0.1, 0.4); }),
+                       "auxiliary output"));
+  EXPECT_TRUE(contains(error_of([] { OutputLosses(two_head_graph(), 4, 10, 0.1, 0.4); }), "10 class logits"));
 }
 
 }  // namespace
