@@ -8,7 +8,7 @@ pkgs=(build-essential cmake ninja-build pkg-config
       libgtest-dev libbenchmark-dev
       dataset-fashion-mnist gnuplot-nox)
 if [[ "${1:-}" == "--with-torch" ]]; then
-  pkgs+=(python3 python3-numpy python3-torch)
+  pkgs+=(python3 python3-numpy python3-torch python3-torchvision)
 fi
 
 missing=()

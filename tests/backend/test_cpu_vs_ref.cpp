@@ -333,3 +333,22 @@ TEST(CpuVsRef, AuxiliaryOutput) {
   EXPECT_EQ(infer->planned_bytes(),
             backend::compile_cpu(main_only, main_store, {N, backend::Mode::infer, false})->planned_bytes());
 }
+
+// Inception-v3's auxiliary head on its real shapes: the 17x17x768 grid pooled 5/3 to
+// 5x5, a 1x1 conv, a 5x5 conv down to 1x1 (so training BN sees one value per image),
+// global pool and fc.
+TEST(CpuVsRef, InceptionAuxHead) {
+  Builder b(Shape{768, 17, 17});
+  int x = b.avg_pool(b.input(), 5, 3);
+  x = b.relu(b.batchnorm(b.conv(x, 128, 1, 1, 0, "conv0"), "bn0", graph::BatchNorm{1e-3f}));
+  x = b.relu(b.batchnorm(b.conv(x, 768, 5, 1, 0, "conv1"), "bn1", graph::BatchNorm{1e-3f}));
+  x = b.linear(b.global_avg_pool(x), 10, "fc");
+  compare(b.finish(x), 8);
+}
+
+// Training BN on values far from zero (mean 50, std 1): a one-pass variance
+// (E[x^2] - E[x]^2) would lose most of its digits here.
+TEST(CpuVsRef, BatchNormOffsetInput) {
+  Builder b(Shape{16, 8, 8});
+  compare(b.finish(b.relu(b.batchnorm(b.scale_shift(b.input(), 1.f, 50.f), "bn"))), 4);
+}
