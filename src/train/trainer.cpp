@@ -368,7 +368,7 @@ TrainResult run_training(const TrainConfig& cfg) {
     if (epoch_end) {
       result.test = evaluate(*evaluator, test_loader, K);
       log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
-                   " err ", result.train_error, "%", losses.num_aux() && cfg.aux_weight > 0 ? cat(" aux loss ", aux_sum / seen) : "",
+                   " err ", result.train_error, "%", losses.num_aux() && cfg.aux_weight > 0 && seen ? cat(" aux loss ", aux_sum / seen) : "",
                    "  grad norm ", result.grad_norm, "  test", ema ? " (ema)" : "",
                    " loss ", result.test.loss, " err ", result.test.error, "%  ",
                    static_cast<int64_t>(result.images_per_sec), " img/s"));

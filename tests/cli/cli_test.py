@@ -216,6 +216,8 @@ class Resume(unittest.TestCase):
             self.assertIn("clipped_steps", ra[0])
             e = run("eval", f"{d}/straight/last.safetensors", "--data", "fashion-mnist")
             self.assertIn("moving average", e.stdout)
+            raw = run("eval", f"{d}/straight/last.safetensors", "--data", "fashion-mnist", "--raw-weights")
+            self.assertNotIn("moving average", raw.stdout)
 
 
 @unittest.skipUnless(os.path.isdir(FMNIST), "Fashion-MNIST is not installed")
