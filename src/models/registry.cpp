@@ -25,8 +25,15 @@ const std::vector<ModelInfo>& registry() {
     ModelConfig preact;
     preact.unit = Unit::full_preact;
     preact.shortcut = Shortcut::B;
-    r.push_back({"preact_resnet110", "CIFAR pre-activation ResNet-110 (basic units, n=18)", preact,
-                 [](const ModelConfig& c) { return cifar_resnet(18, true, c); }});
+    // 110 is the paper's; 20 and 56 are the small members of the same family, for
+    // side-by-side runs with resnet20/56.
+    for (int n : {3, 9, 18}) {
+      int depth = 6 * n + 2;
+      r.push_back({"preact_resnet" + std::to_string(depth),
+                   "CIFAR pre-activation ResNet-" + std::to_string(depth) + " (basic units, n=" +
+                       std::to_string(n) + ")",
+                   preact, [n](const ModelConfig& c) { return cifar_resnet(n, true, c); }});
+    }
     for (int n : {18, 111}) {
       int depth = 9 * n + 2;
       r.push_back({"preact_resnet" + std::to_string(depth),
