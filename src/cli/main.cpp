@@ -55,9 +55,43 @@ const CLI::Validator kPositive = number_check("> 0", [](double v) { return v > 0
 const CLI::Validator kNonNegative = number_check(">= 0", [](double v) { return v >= 0 && std::isfinite(v); });
 const CLI::Validator kUnitHalfOpen = number_check("in [0, 1)", [](double v) { return v >= 0 && v < 1; });
 
+// The architecture options of models::set_option, as flags of every command that
+// builds a model; a run records the ones given so `incres eval` rebuilds the same net.
+struct ArchFlags {
+  std::string stride, unit, shortcut_map, shortcut_param, residual_scale, width, dropout;
+  bool paper_layout = false;
+  void add(CLI::App* c) {
+    c->add_option("--stride", stride, "ImageNet bottlenecks: v1.5 (stride on the 3x3, torchvision; default) or v1 "
+                  "(on the first 1x1, the paper)")->check(CLI::IsMember({"v1", "v1.5"}));
+    c->add_option("--unit", unit, "residual unit (Identity Mappings, Fig. 4): original, bn-after-add, "
+                  "relu-before-add, relu-preact, full-preact (default: the model's)");
+    c->add_option("--shortcut-map", shortcut_map, "shortcut (Identity Mappings, Fig. 2): identity, scaling, "
+                  "exclusive-gate, shortcut-gate, conv1x1, dropout");
+    c->add_option("--shortcut-param", shortcut_param, "lambda for scaling, the gate's initial bias for the gates "
+                  "(e.g. -6), p for dropout");
+    c->add_option("--residual-scale", residual_scale, "scale of the residual branch: Inception-ResNet's blocks "
+                  "(1 = none; default 0.17/0.10/0.20), the scaling shortcut (default 1 - lambda)");
+    c->add_option("--width", width, "Inception channel multiplier (e.g. 0.5; rounded to multiples of 8)");
+    c->add_option("--dropout", dropout, "dropout before the classifier (default: the model's)");
+    c->add_flag("--paper-layout", paper_layout, "Inception-ResNet-v2 with the paper's 5/10/5 blocks instead of 10/20/10");
+  }
+  std::vector<std::pair<std::string, std::string>> options() const {
+    std::vector<std::pair<std::string, std::string>> o;
+    const std::pair<const char*, const std::string*> given[] = {
+        {"stride", &stride}, {"unit", &unit}, {"shortcut-map", &shortcut_map},
+        {"shortcut-param", &shortcut_param}, {"residual-scale", &residual_scale}, {"width", &width},
+        {"dropout", &dropout}};
+    for (const auto& [key, value] : given)
+      if (!value->empty()) o.emplace_back(key, *value);
+    if (paper_layout) o.emplace_back("paper-layout", "true");
+    return o;
+  }
+};
+
 // Flags shared by the commands that build a model; those not given keep the model's
 // registry defaults (e.g. 299x299 and 1000 classes for inception_v3).
 struct ModelFlags {
+  ArchFlags arch;
   int64_t in_channels = 3, classes = 10, image = 32;
   std::string shortcut;
   bool no_aux = false;
@@ -72,9 +106,11 @@ struct ModelFlags {
                   "(projection everywhere); default: the model's")
         ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
     c->add_flag("--no-aux", no_aux, "Inception-v3 without its auxiliary classifier");
+    arch.add(c);
   }
   models::ModelConfig config(const std::string& model) const {
     models::ModelConfig mc = models::find_model(model).defaults;
+    for (const auto& [key, value] : arch.options()) models::set_option(mc, key, value);
     if (in_channels_opt->count()) mc.in_channels = in_channels;
     if (classes_opt->count()) mc.classes = classes;
     if (image_opt->count()) mc.image = image;
@@ -85,13 +121,15 @@ struct ModelFlags {
 };
 
 int cmd_models() {
-  std::printf("%-12s %14s %10s  %s\n", "model", "params", "MACs", "description");
+  std::printf("%-20s %12s %11s %9s  %s\n", "model", "params", "MACs", "input", "description");
   for (const auto& m : models::registry()) {
     graph::Graph g = m.build(m.defaults);
-    std::printf("%-12s %14s %10s  %s\n", m.name.c_str(), with_commas(g.param_count()).c_str(),
-                human(static_cast<double>(g.macs())).c_str(), m.description.c_str());
+    const std::string input = std::to_string(m.defaults.image) + "x" + std::to_string(m.defaults.image);
+    std::printf("%-20s %12s %11s %9s  %s\n", m.name.c_str(), with_commas(g.param_count()).c_str(),
+                human(static_cast<double>(g.macs())).c_str(), input.c_str(), m.description.c_str());
   }
-  std::printf("\n(3 input channels, 10 classes, 32x32; see `incres info MODEL --help` for options)\n");
+  std::printf("\n(each at its default input, 3 channels, %s; `incres info MODEL --help` lists the options)\n",
+              "10 classes for CIFAR nets, 1000 for ImageNet and Inception nets");
   return 0;
 }
 
@@ -169,8 +207,13 @@ int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int 
   train::DataPair d = train::load_data(data_spec);
   // Checkpoints before "image" was recorded were all of 32x32 CIFAR nets with shortcut A.
   const std::string model = cfg["model"].get<std::string>();
+  std::vector<std::pair<std::string, std::string>> options;
+  if (cfg.contains("model_options") && cfg["model_options"].is_array())
+    for (const auto& kv : cfg["model_options"]) options.emplace_back(kv.at(0).get<std::string>(), kv.at(1).get<std::string>());
   models::ModelConfig mc = train::model_config(model, cfg.value("shortcut", "A"), cfg.value("image", int64_t{32}),
-                                               cfg.value("aux", true), d.train.channels, d.train.classes);
+                                               cfg.value("aux", true), d.train.channels, d.train.classes, options);
+  d.train = train::fit_images(d.train, mc.image);
+  d.test = train::fit_images(d.test, mc.image);
   graph::Graph g = models::build_model(model, mc);
   graph::ParamStore store(g);
   // A run that kept a moving average of its weights evaluated on it; so does eval,
@@ -241,11 +284,13 @@ int main(int argc, char** argv) {
                  "ResNet shortcut where dimensions grow: A, B or C (default: the model's; A for CIFAR ResNets)")
       ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
   tr->add_option("--image", tc.image,
-                 "input height = width; images are zero-padded to it (default: the model's; 32 for CIFAR nets, "
+                 "input height = width; smaller images are zero-padded to it, and images under half of it are first resized to it - 8 (default: the model's; 32 for CIFAR nets, "
                  "299 for Inception, which takes 75 at the least)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   bool no_aux = false;
   tr->add_flag("--no-aux", no_aux, "build Inception-v3 without its auxiliary classifier");
+  ArchFlags tr_arch;
+  tr_arch.add(tr);
   tr->add_option("--epochs", tc.epochs, "length of the run in epochs")->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   tr->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
@@ -356,6 +401,7 @@ int main(int argc, char** argv) {
       tc.augment = !no_augment;
       tc.progress = !no_progress;
       tc.aux = !no_aux;
+      tc.model_options = tr_arch.options();
       // The recipe sets every field it governs that was not given explicitly.
       const train::TrainConfig rc = train::recipe_defaults(recipe.empty() ? train::default_recipe(tc.model) : recipe);
       auto unless_given = [&](const char* flag, auto member) {

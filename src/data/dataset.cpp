@@ -1,4 +1,5 @@
-// Dataset helpers: validation, subsets and channel statistics.
+// Dataset helpers: validation, subsets, resizing and channel statistics.
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -63,6 +64,44 @@ std::pair<std::vector<float>, std::vector<float>> channel_mean_std(const Dataset
     stdev[c] = static_cast<float>(std::sqrt(std::max(var, 0.0)) / 255.0);
   }
   return {mean, stdev};
+}
+
+Dataset resized(const Dataset& ds, int64_t size) {
+  INCRES_CHECK(size >= 1 && size <= 4096, "resize to ", size, "x", size, ": size must be in [1, 4096]");
+  Dataset out = ds;
+  out.height = out.width = size;
+  const int64_t C = ds.channels, H = ds.height, W = ds.width;
+  out.images.assign(static_cast<size_t>(ds.count * size * size * C), 0);
+  // Source coordinate of output pixel i: (i + 0.5) * in / out - 0.5, clamped.
+  auto taps = [size](int64_t in) {
+    std::vector<std::pair<int64_t, float>> t(static_cast<size_t>(size));
+    for (int64_t i = 0; i < size; ++i) {
+      double s = std::clamp((static_cast<double>(i) + 0.5) * static_cast<double>(in) / static_cast<double>(size) - 0.5,
+                            0.0, static_cast<double>(in - 1));
+      int64_t i0 = std::min<int64_t>(static_cast<int64_t>(s), in - 1);
+      t[static_cast<size_t>(i)] = {i0, static_cast<float>(s - static_cast<double>(i0))};
+    }
+    return t;
+  };
+  const auto ty = taps(H), tx = taps(W);
+  for (int64_t n = 0; n < ds.count; ++n) {
+    const uint8_t* src = ds.images.data() + n * H * W * C;
+    uint8_t* dst = out.images.data() + n * size * size * C;
+    for (int64_t y = 0; y < size; ++y) {
+      const auto [y0, fy] = ty[static_cast<size_t>(y)];
+      const int64_t y1 = std::min(y0 + 1, H - 1);
+      for (int64_t x = 0; x < size; ++x) {
+        const auto [x0, fx] = tx[static_cast<size_t>(x)];
+        const int64_t x1 = std::min(x0 + 1, W - 1);
+        for (int64_t c = 0; c < C; ++c) {
+          auto at = [&](int64_t yy, int64_t xx) { return static_cast<float>(src[(yy * W + xx) * C + c]); };
+          float v = (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1));
+          dst[(y * size + x) * C + c] = static_cast<uint8_t>(std::lround(std::clamp(v, 0.f, 255.f)));
+        }
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace incres::data

@@ -28,6 +28,11 @@ void validate(const Dataset& ds, const std::string& what = "dataset");
 // The first n samples (0 <= n <= ds.count), with the same shape and class names.
 Dataset subset(const Dataset& ds, int64_t n);
 
+// Every image resized to size x size, bilinearly with half-pixel centres (the
+// sampling of PyTorch's interpolate(align_corners=False) and of OpenCV, without
+// antialiasing); any channel count.
+Dataset resized(const Dataset& ds, int64_t size);
+
 // Per-channel mean and (population) standard deviation over every pixel of every
 // image, in [0, 1] pixel units: the values LoaderOptions::mean/std expect.
 std::pair<std::vector<float>, std::vector<float>> channel_mean_std(const Dataset& ds);

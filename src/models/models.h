@@ -82,6 +82,15 @@ graph::Graph inception_v4(const ModelConfig& cfg);
 graph::Graph inception_resnet_v1(const ModelConfig& cfg);
 graph::Graph inception_resnet_v2(const ModelConfig& cfg);
 
+// Sets one architecture option by its command-line name (without the dashes):
+// shortcut A|B|C, stride v1|v1.5, unit, shortcut-map, shortcut-param, residual-scale,
+// width, paper-layout true|false, aux true|false, dropout. Throws Error naming the
+// option and what it accepts. Runs record these key/value pairs in their checkpoints
+// so `incres eval` rebuilds the same network.
+void set_option(ModelConfig& c, const std::string& key, const std::string& value);
+// The option names set_option knows, for messages and --help.
+const std::vector<std::string>& option_names();
+
 Shortcut parse_shortcut(const std::string& s);
 Unit parse_unit(const std::string& s);
 ShortcutMap parse_shortcut_map(const std::string& s);

@@ -1,3 +1,5 @@
+#include <cmath>
+
 #include "core/error.h"
 #include "models/models.h"
 
@@ -106,6 +108,70 @@ const ModelInfo& find_model(const std::string& name) {
 
 graph::Graph build_model(const std::string& name, const ModelConfig& cfg) {
   return find_model(name).build(cfg);
+}
+
+namespace {
+
+double parse_number(const std::string& key, const std::string& v) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  INCRES_CHECK(!v.empty() && used == v.size() && std::isfinite(x), "--", key, ": expected a number, got '", v, "'");
+  return x;
+}
+
+bool parse_bool(const std::string& key, const std::string& v) {
+  if (v == "true" || v == "1" || v == "on") return true;
+  if (v == "false" || v == "0" || v == "off") return false;
+  fail("--", key, ": expected true or false, got '", v, "'");
+}
+
+}  // namespace
+
+const std::vector<std::string>& option_names() {
+  static const std::vector<std::string> names{"shortcut", "stride", "unit", "shortcut-map", "shortcut-param",
+                                              "residual-scale", "width", "paper-layout", "aux", "dropout"};
+  return names;
+}
+
+void set_option(ModelConfig& c, const std::string& key, const std::string& v) {
+  if (key == "shortcut") {
+    c.shortcut = parse_shortcut(v);
+  } else if (key == "stride") {
+    INCRES_CHECK(v == "v1" || v == "v1.5", "--stride: expected v1 (stride on the first 1x1, the paper) or v1.5 "
+                 "(stride on the 3x3, torchvision), got '", v, "'");
+    c.stride_on_3x3 = v == "v1.5";
+  } else if (key == "unit") {
+    c.unit = parse_unit(v);
+  } else if (key == "shortcut-map") {
+    c.shortcut_map = parse_shortcut_map(v);
+  } else if (key == "shortcut-param") {
+    c.shortcut_param = static_cast<float>(parse_number(key, v));
+  } else if (key == "residual-scale") {
+    double s = parse_number(key, v);
+    INCRES_CHECK(s >= 0, "--residual-scale must be >= 0, got ", v);
+    c.residual_scale = static_cast<float>(s);
+  } else if (key == "width") {
+    double w = parse_number(key, v);
+    INCRES_CHECK(w > 0 && w <= 4, "--width must be in (0, 4], got ", v);
+    c.width = w;
+  } else if (key == "paper-layout") {
+    c.paper_layout = parse_bool(key, v);
+  } else if (key == "aux") {
+    c.aux = parse_bool(key, v);
+  } else if (key == "dropout") {
+    double p = parse_number(key, v);
+    INCRES_CHECK(p >= 0 && p < 1, "--dropout must be in [0, 1), got ", v);
+    c.dropout = static_cast<float>(p);
+  } else {
+    std::string known;
+    for (const auto& n : option_names()) known += (known.empty() ? "" : ", ") + n;
+    fail("unknown model option '", key, "'; known: ", known);
+  }
 }
 
 }  // namespace incres::models

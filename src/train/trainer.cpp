@@ -20,7 +20,10 @@ namespace incres::train {
 namespace fs = std::filesystem;
 
 nlohmann::json to_json(const TrainConfig& c) {
+  nlohmann::json options = nlohmann::json::array();
+  for (const auto& [k, v] : c.model_options) options.push_back({k, v});
   return {{"model", c.model}, {"shortcut", c.shortcut}, {"image", c.image}, {"aux", c.aux},
+          {"model_options", options},
           {"data", c.data},
           {"train_limit", c.train_limit}, {"test_limit", c.test_limit}, {"epochs", c.epochs},
           {"iters", c.iters}, {"batch", c.batch}, {"recipe", c.recipe}, {"schedule", c.schedule},
@@ -79,14 +82,21 @@ DataPair load_data(const std::string& spec) {
 }
 
 models::ModelConfig model_config(const std::string& model, const std::string& shortcut, int64_t image,
-                                 bool aux, int64_t in_channels, int64_t classes) {
+                                 bool aux, int64_t in_channels, int64_t classes,
+                                 const std::vector<std::pair<std::string, std::string>>& options) {
   models::ModelConfig mc = models::find_model(model).defaults;
+  for (const auto& [key, value] : options) models::set_option(mc, key, value);
   mc.in_channels = in_channels;
   mc.classes = classes;
   if (!shortcut.empty()) mc.shortcut = models::parse_shortcut(shortcut);
   if (image > 0) mc.image = image;
   mc.aux = mc.aux && aux;
   return mc;
+}
+
+data::Dataset fit_images(const data::Dataset& ds, int64_t image) {
+  if (image < 2 * std::max(ds.height, ds.width)) return ds;
+  return data::resized(ds, image - 8);
 }
 
 data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
@@ -230,8 +240,14 @@ TrainResult run_training(const TrainConfig& cfg) {
 
   DataPair data = load_data(cfg.data);
   const models::ModelConfig mc = model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux,
-                                              data.train.channels, data.train.classes);
+                                              data.train.channels, data.train.classes, cfg.model_options);
   const int64_t image = mc.image;
+  if (image >= 2 * std::max(data.train.height, data.train.width)) {
+    log_info(cat("resizing the ", data.train.height, "x", data.train.width, " images to ", image - 8, "x",
+                 image - 8, " (zero-padded to the model's ", image, "x", image, ")"));
+    data.train = fit_images(data.train, image);
+    data.test = fit_images(data.test, image);
+  }
   // Normalisation comes from the whole training set, also when training on a subset,
   // so that `incres eval` (which sees the whole set) normalises the same way.
   data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);

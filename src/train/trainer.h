@@ -24,6 +24,9 @@ struct TrainConfig {
   std::string shortcut;
   int64_t image = 0;
   bool aux = true;  // Inception-v3's auxiliary classifier (trained with aux_weight)
+  // Further architecture options by name, applied with models::set_option in order:
+  // {"unit", "full-preact"}, {"width", "0.5"}, {"stride", "v1"} ...
+  std::vector<std::pair<std::string, std::string>> model_options;
   std::string data = "fashion-mnist";  // fashion-mnist[:DIR] | cifar10:DIR | cifar100:DIR
   int64_t train_limit = 0, test_limit = 0;  // use only the first N images (0 = all)
   int64_t epochs = 0, iters = 0;  // length of the run: iterations win when both are set
@@ -99,9 +102,17 @@ DataPair load_data(const std::string& spec);
 // The configuration a run builds `model` with: the model's registry defaults (its
 // units, shortcut, input size), the dataset's channels and classes, and `shortcut`
 // and `image` where given ("" / 0 keep the model's); aux = false drops Inception-v3's
-// auxiliary classifier.
+// auxiliary classifier; `options` go through models::set_option.
 models::ModelConfig model_config(const std::string& model, const std::string& shortcut, int64_t image,
-                                 bool aux, int64_t in_channels, int64_t classes);
+                                 bool aux, int64_t in_channels, int64_t classes,
+                                 const std::vector<std::pair<std::string, std::string>>& options = {});
+
+// The images a model of input size `image` trains on: the dataset itself when its
+// images fit (the loader zero-pads them, e.g. Fashion-MNIST's 28x28 to 32x32), or,
+// when the input is at least twice the images' size (Inception's 75x75 and more),
+// every image resized once, bilinearly, to image - 8 so the loader's pad-4 crop
+// keeps working (data::resized).
+data::Dataset fit_images(const data::Dataset& ds, int64_t image);
 
 // Loader options that turn a dataset's images into a model's input: Fashion-MNIST's
 // 28x28 is zero-padded to 32x32 for the CIFAR networks; normalisation by the

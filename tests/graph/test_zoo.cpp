@@ -162,3 +162,42 @@ TEST(Zoo, IdentityMappingsAblations) {
 
 }  // namespace
 }  // namespace incres
+
+namespace incres {
+namespace {
+
+// The options a run records by name rebuild the same network; bad values are one
+// clear error each.
+TEST(Zoo, OptionsByName) {
+  ModelConfig c = models::find_model("resnet50").defaults;
+  models::set_option(c, "stride", "v1");
+  models::set_option(c, "shortcut", "C");
+  models::set_option(c, "unit", "full-preact");
+  models::set_option(c, "shortcut-map", "exclusive-gate");
+  models::set_option(c, "shortcut-param", "-6");
+  models::set_option(c, "width", "0.5");
+  models::set_option(c, "paper-layout", "true");
+  models::set_option(c, "dropout", "0.3");
+  EXPECT_FALSE(c.stride_on_3x3);
+  EXPECT_EQ(c.shortcut, models::Shortcut::C);
+  EXPECT_EQ(c.unit, models::Unit::full_preact);
+  EXPECT_EQ(c.shortcut_map, models::ShortcutMap::exclusive_gate);
+  EXPECT_EQ(c.shortcut_param, -6.f);
+  EXPECT_EQ(c.width, 0.5);
+  EXPECT_TRUE(c.paper_layout);
+  EXPECT_FLOAT_EQ(c.dropout, 0.3f);
+  EXPECT_TRUE(contains(error_of([&] { models::set_option(c, "width", "0"); }), "--width"));
+  EXPECT_TRUE(contains(error_of([&] { models::set_option(c, "width", "half"); }), "expected a number"));
+  EXPECT_TRUE(contains(error_of([&] { models::set_option(c, "stride", "v2"); }), "v1.5"));
+  EXPECT_TRUE(contains(error_of([&] { models::set_option(c, "depth", "3"); }), "unknown model option"));
+
+  ModelConfig half = models::find_model("inception_v3").defaults;
+  half.image = 75;
+  half.aux = false;
+  models::set_option(half, "width", "0.5");
+  const graph::Graph g = models::build_model("inception_v3", half);
+  EXPECT_EQ(g.values[g.nodes.back().inputs[0]].shape, (Shape{1024}));  // 2048 / 2 at the pool
+}
+
+}  // namespace
+}  // namespace incres
