@@ -67,6 +67,8 @@ void walk(const fs::path& dir, const std::string& rel, int depth, const ImageFol
   ancestors.pop_back();
 }
 
+}  // namespace
+
 std::vector<std::string> read_labels_file(const std::string& path, size_t classes) {
   std::ifstream in(path);
   if (!in) fail(path, ": cannot open the labels file (", std::strerror(errno), ")");
@@ -86,8 +88,6 @@ std::vector<std::string> read_labels_file(const std::string& path, size_t classe
          " (one per class sub-folder, in sorted folder order)");
   return lines;
 }
-
-}  // namespace
 
 bool has_image_extension(const std::string& name) {
   std::string lower = name;

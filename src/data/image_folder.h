@@ -53,6 +53,10 @@ bool has_image_extension(const std::string& name);
 // or the labels file does not have one line per class.
 ImageFolder scan_image_folder(const std::string& root, const ImageFolderOptions& opts = {});
 
+// The class names of a labels file (the format of ImageFolderOptions::labels_file).
+// Throws Error naming the file unless it holds exactly `classes` names.
+std::vector<std::string> read_labels_file(const std::string& path, size_t classes);
+
 // Small folders, for the in-memory Loader: every image decoded, its shorter side
 // resized to `size` and the central size x size square kept (CenterCrop with
 // crop_fraction 1), as a Dataset of 3 channels with the folder's classes and display
@@ -97,22 +101,23 @@ struct ImageLoaderOptions {
 // position p + 1 (then p + 2, ... wrapping), transformed with p's stream: the result
 // depends only on which files are bad, so it is deterministic too. The replacement
 // appears twice in that epoch.
-class ImageFolderLoader {
+class ImageFolderLoader : public BatchSource {
  public:
   // folder must outlive the loader. Throws Error on bad options or an empty folder.
   ImageFolderLoader(const ImageFolder& folder, ImageLoaderOptions opts);
   ImageFolderLoader(ImageFolder&&, ImageLoaderOptions) = delete;  // would dangle
-  ~ImageFolderLoader();  // stops and joins the workers, also mid-epoch
+  ~ImageFolderLoader() override;  // stops and joins the workers, also mid-epoch
   ImageFolderLoader(const ImageFolderLoader&) = delete;
   ImageFolderLoader& operator=(const ImageFolderLoader&) = delete;
 
-  int64_t batches_per_epoch() const { return batches_; }
-  Shape sample_shape() const { return Shape{3, size_, size_}; }
+  int64_t batches_per_epoch() const override { return batches_; }
+  Shape sample_shape() const override { return Shape{3, size_, size_}; }
   int64_t classes() const { return static_cast<int64_t>(folder_.classes.size()); }
 
-  // As Loader::start_epoch / Loader::next.
-  void start_epoch(int64_t epoch, int64_t first_batch = 0);
-  const Batch* next();
+  // As BatchSource (batch_source.h).
+  using BatchSource::start_epoch;
+  void start_epoch(int64_t epoch, int64_t first_batch) override;
+  const Batch* next() override;
 
   // Files that failed to decode so far (skip_bad), each counted once.
   int64_t bad_count() const;

@@ -24,6 +24,7 @@
 
 #include "core/shape.h"
 #include "core/tensor.h"
+#include "data/batch_source.h"
 #include "data/dataset.h"
 
 namespace incres::data {
@@ -42,36 +43,23 @@ struct LoaderOptions {
   int prefetch = 4;  // ring slots: batches filled ahead, plus the one handed out
 };
 
-struct Batch {
-  Tensor images;                // N, C, H, W f32 normalised; N = LoaderOptions::batch
-  std::vector<int32_t> labels;  // size values (labels.size() == size)
-  int64_t index = 0;            // batch index within the epoch
-  int64_t size = 0;             // rows in use; < N only for a last partial batch,
-                                // whose unused rows are zero
-};
-
-class Loader {
+class Loader : public BatchSource {
  public:
   // ds must outlive the Loader and stay unchanged while an epoch runs. Throws Error on
   // an inconsistent dataset or options. Allocates every batch buffer here.
   Loader(const Dataset& ds, LoaderOptions opts);
   Loader(Dataset&&, LoaderOptions) = delete;  // a temporary dataset would dangle
-  ~Loader();  // stops and joins the workers, also mid-epoch
+  ~Loader() override;  // stops and joins the workers, also mid-epoch
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
-  int64_t batches_per_epoch() const { return batches_; }
-  Shape sample_shape() const;  // C, H, W after out_size padding
+  int64_t batches_per_epoch() const override { return batches_; }
+  Shape sample_shape() const override;  // C, H, W after out_size padding
 
-  // Starts (or restarts, also mid-epoch) epoch `epoch` at batch first_batch
-  // (0 <= first_batch <= batches_per_epoch()). Batches of a previous epoch still in
-  // flight are discarded.
-  void start_epoch(int64_t epoch, int64_t first_batch = 0);
-
-  // The next batch of the epoch in order, nullptr after the last. The pointer is valid
-  // until the next call to next() or start_epoch(). A failure while filling a batch
-  // (in a worker or here) is thrown as Error when that batch is reached.
-  const Batch* next();
+  // As BatchSource (batch_source.h).
+  using BatchSource::start_epoch;
+  void start_epoch(int64_t epoch, int64_t first_batch) override;
+  const Batch* next() override;
 
  private:
   void worker_loop();

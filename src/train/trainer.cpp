@@ -25,7 +25,7 @@ nlohmann::json to_json(const TrainConfig& c) {
   return {{"model", c.model}, {"shortcut", c.shortcut}, {"image", c.image}, {"aux", c.aux},
           {"model_options", options},
           {"data", c.data},
-          {"train_limit", c.train_limit}, {"test_limit", c.test_limit}, {"epochs", c.epochs},
+          {"train_limit", c.train_limit}, {"test_limit", c.test_limit}, {"skip_bad", c.skip_bad}, {"epochs", c.epochs},
           {"iters", c.iters}, {"batch", c.batch}, {"recipe", c.recipe}, {"schedule", c.schedule},
           {"lr", c.lr}, {"milestones", c.milestones}, {"gamma", c.gamma},
           {"decay_rate", c.decay_rate}, {"decay_epochs", c.decay_epochs},
@@ -78,7 +78,74 @@ DataPair load_data(const std::string& spec) {
     int classes = kind == "cifar10" ? 10 : 100;
     return {data::load_cifar(dir, true, classes), data::load_cifar(dir, false, classes)};
   }
-  fail("unknown dataset '", spec, "': expected fashion-mnist[:DIR], cifar10:DIR or cifar100:DIR");
+  INCRES_CHECK(kind != "imagefolder", "--data ", spec, " is an image folder, decoded on the fly; it has no "
+               "in-memory form (load_data)");
+  fail("unknown dataset '", spec, "': expected fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or imagefolder:DIR");
+}
+
+bool is_image_folder(const std::string& spec) { return spec.rfind("imagefolder", 0) == 0; }
+
+std::string image_folder_dir(const std::string& spec) {
+  const auto colon = spec.find(':');
+  INCRES_CHECK(spec.substr(0, colon) == "imagefolder" && colon != std::string::npos && colon + 1 < spec.size(),
+               "--data ", spec, ": expected imagefolder:DIR, DIR holding train/ and val/ with one sub-folder per class");
+  return spec.substr(colon + 1);
+}
+
+data::ImageFolder scan_split(const std::string& spec, const std::string& split,
+                             const std::vector<std::string>& classes) {
+  const fs::path root = fs::path(image_folder_dir(spec)) / split;
+  std::error_code ec;
+  INCRES_CHECK(fs::is_directory(root, ec), "--data ", spec, ": no folder ", root.string(), " (expected ",
+               image_folder_dir(spec), "/train and ", image_folder_dir(spec), "/val, one sub-folder per class)");
+  data::ImageFolder f = data::scan_image_folder(root.string());
+  if (!classes.empty()) {
+    size_t i = 0;
+    while (i < classes.size() && i < f.classes.size() && classes[i] == f.classes[i]) ++i;
+    if (i < classes.size() || i < f.classes.size())
+      fail(root.string(), " has ", f.classes.size(), " class folders and the training split ", classes.size(),
+           "; the class lists must be the same (first difference at class ", i, ": '",
+           i < classes.size() ? classes[i] : "(none)", "' in train, '", i < f.classes.size() ? f.classes[i] : "(none)",
+           "' in ", split, ")");
+  }
+  return f;
+}
+
+data::ImageFolder limit_files(const data::ImageFolder& f, int64_t n) {
+  if (n <= 0 || n >= f.count()) return f;
+  data::ImageFolder out = f;
+  out.files.clear();
+  out.labels.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t k = static_cast<size_t>(i * f.count() / n);
+    out.files.push_back(f.files[k]);
+    out.labels.push_back(f.labels[k]);
+  }
+  return out;
+}
+
+data::Transform image_transform(const std::string& recipe, int64_t image, bool training, bool augment) {
+  if (!training || !augment) return data::CenterCrop{.size = image};
+  if (recipe == "inception") return data::RandomResizedCrop{.size = image};
+  // The paper's [256, 480] for 224x224 crops, scaled to the model's input.
+  auto side = [&](int64_t s224) { return std::max<int64_t>(image, (image * s224 + 112) / 224); };
+  return data::ScaleAugment{.size = image, .min_side = side(256), .max_side = side(480)};
+}
+
+data::ImageLoaderOptions image_loader_options(const std::string& recipe, int64_t image, int64_t batch,
+                                              bool training, bool augment, uint64_t seed, int workers,
+                                              bool skip_bad) {
+  data::ImageLoaderOptions o;
+  o.batch = batch;
+  o.shuffle = training;
+  o.drop_last = training;
+  o.transform = image_transform(recipe, image, training, augment);
+  o.mean = data::kImageNetMean;
+  o.std = data::kImageNetStd;
+  o.seed = seed;
+  o.workers = workers;
+  o.skip_bad = skip_bad;
+  return o;
 }
 
 models::ModelConfig model_config(const std::string& model, const std::string& shortcut, int64_t image,
@@ -145,7 +212,7 @@ OutputLosses::Result OutputLosses::backward(backend::Program& program, const int
   return r;
 }
 
-EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t classes) {
+EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_t classes) {
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0, correct5 = 0;
@@ -156,7 +223,9 @@ EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t cla
     LossResult l = softmax_cross_entropy(logits, b->labels.data(), b->size, classes, 0.f, nullptr);
     loss_sum += l.loss * static_cast<double>(b->size);
     correct += l.correct;
-    correct5 += topk_correct(logits, b->labels.data(), b->size, classes, 5);
+    // With fewer than 5 classes every label is in the top K: top-5 error is 0.
+    correct5 += topk_correct(logits, b->labels.data(), b->size, classes,
+                             static_cast<int>(std::min<int64_t>(5, classes)));
     r.count += b->size;
   }
   INCRES_CHECK(r.count > 0, "evaluation set is empty");
@@ -238,32 +307,79 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 TrainResult run_training(const TrainConfig& cfg) {
   check_config(cfg);
 
-  DataPair data = load_data(cfg.data);
-  const models::ModelConfig mc = model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux,
-                                              data.train.channels, data.train.classes, cfg.model_options);
-  const int64_t image = mc.image;
-  if (image >= 2 * std::max(data.train.height, data.train.width)) {
-    log_info(cat("resizing the ", data.train.height, "x", data.train.width, " images to ", image - 8, "x",
-                 image - 8, " (zero-padded to the model's ", image, "x", image, ")"));
-    data.train = fit_images(data.train, image);
-    data.test = fit_images(data.test, image);
+  // The data: an in-memory dataset through data::Loader, or an image folder decoded
+  // on the fly by data::ImageFolderLoader; the loop sees a data::BatchSource.
+  const bool folder = is_image_folder(cfg.data);
+  DataPair data;
+  data::ImageFolder train_folder, val_folder;
+  int64_t in_channels = 3, classes = 0, train_count = 0;
+  std::string source;
+  std::vector<std::string> class_names;
+  if (folder) {
+    train_folder = scan_split(cfg.data, "train");
+    val_folder = scan_split(cfg.data, "val", train_folder.classes);
+    train_folder = limit_files(train_folder, cfg.train_limit);
+    val_folder = limit_files(val_folder, cfg.test_limit);
+    classes = static_cast<int64_t>(train_folder.classes.size());
+    train_count = train_folder.count();
+    source = train_folder.root;
+    class_names = train_folder.class_names;
+  } else {
+    data = load_data(cfg.data);
+    in_channels = data.train.channels;
+    classes = data.train.classes;
+    class_names = data.train.class_names;
   }
-  // Normalisation comes from the whole training set, also when training on a subset,
-  // so that `incres eval` (which sees the whole set) normalises the same way.
-  data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
-  data::LoaderOptions test_opts = loader_options(data.train, image, cfg.batch, false, false, cfg.seed, cfg.workers);
-  if (cfg.train_limit > 0) data.train = data::subset(data.train, cfg.train_limit);
-  if (cfg.test_limit > 0) data.test = data::subset(data.test, cfg.test_limit);
-  INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
-               " images, fewer than one batch of ", cfg.batch);
+  const models::ModelConfig mc = model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux, in_channels, classes,
+                                              cfg.model_options);
+  const int64_t image = mc.image;
+  std::unique_ptr<data::BatchSource> train_loader, test_loader;
+  data::ImageFolderLoader *train_images = nullptr, *val_images = nullptr;  // for their bad-file counts
+  std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
+  if (folder) {
+    INCRES_CHECK(train_count >= cfg.batch, "the training set has ", train_count, " images, fewer than one batch of ",
+                 cfg.batch);
+    auto tl = std::make_unique<data::ImageFolderLoader>(
+        train_folder, image_loader_options(cfg.recipe, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers,
+                                           cfg.skip_bad));
+    auto vl = std::make_unique<data::ImageFolderLoader>(
+        val_folder, image_loader_options(cfg.recipe, image, cfg.batch, false, false, cfg.seed, cfg.workers,
+                                         cfg.skip_bad));
+    train_images = tl.get();
+    val_images = vl.get();
+    train_loader = std::move(tl);
+    test_loader = std::move(vl);
+  } else {
+    if (image >= 2 * std::max(data.train.height, data.train.width)) {
+      log_info(cat("resizing the ", data.train.height, "x", data.train.width, " images to ", image - 8, "x",
+                   image - 8, " (zero-padded to the model's ", image, "x", image, ")"));
+      data.train = fit_images(data.train, image);
+      data.test = fit_images(data.test, image);
+    }
+    // Normalisation comes from the whole training set, also when training on a subset,
+    // so that `incres eval` (which sees the whole set) normalises the same way.
+    data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
+    data::LoaderOptions test_opts = loader_options(data.train, image, cfg.batch, false, false, cfg.seed, cfg.workers);
+    mean = train_opts.mean;
+    std = train_opts.std;
+    if (cfg.train_limit > 0) data.train = data::subset(data.train, cfg.train_limit);
+    if (cfg.test_limit > 0) data.test = data::subset(data.test, cfg.test_limit);
+    INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
+                 " images, fewer than one batch of ", cfg.batch);
+    train_count = data.train.count;
+    source = data.train.source;
+    train_loader = std::make_unique<data::Loader>(data.train, train_opts);
+    test_loader = std::make_unique<data::Loader>(data.test, test_opts);
+  }
+  auto bad_images = [&] {
+    return (train_images ? train_images->bad_count() : 0) + (val_images ? val_images->bad_count() : 0);
+  };
 
   graph::Graph g = models::build_model(cfg.model, mc);
   graph::ParamStore store(g);
   store.init(g, cfg.seed);
 
-  data::Loader train_loader(data.train, train_opts);
-  data::Loader test_loader(data.test, test_opts);
-  const int64_t ipe = train_loader.batches_per_epoch();
+  const int64_t ipe = train_loader->batches_per_epoch();
   const int64_t total = cfg.iters > 0 ? cfg.iters : cfg.epochs * ipe;
   Schedule schedule = make_schedule(cfg, ipe, total);
 
@@ -308,7 +424,15 @@ TrainResult run_training(const TrainConfig& cfg) {
     TrainConfig resolved = cfg;
     resolved.shortcut = mc.shortcut == models::Shortcut::A ? "A" : mc.shortcut == models::Shortcut::B ? "B" : "C";
     resolved.image = mc.image;
-    cs.config = to_json(resolved).dump();
+    nlohmann::json j = to_json(resolved);
+    // What `incres predict` needs without the dataset: the input's channels, the
+    // classes and their names, and the normalisation the run used.
+    j["in_channels"] = in_channels;
+    j["num_classes"] = classes;
+    j["mean"] = mean;
+    j["std"] = std;
+    if (!class_names.empty()) j["class_names"] = class_names;
+    cs.config = j.dump();
   }
   if (!cfg.out_dir.empty()) {
     fs::create_directories(cfg.out_dir);
@@ -316,7 +440,7 @@ TrainResult run_training(const TrainConfig& cfg) {
     ckpt = (fs::path(cfg.out_dir) / "last.safetensors").string();
   }
   log_info(cat("training ", cfg.model, " (", g.param_count(), " params, ", g.macs() / 1e6, " MMACs) on ",
-               data.train.source, ": ", data.train.count, " images, ", ipe, " steps/epoch, ", total,
+               source, ": ", train_count, " images, ", ipe, " steps/epoch, ", total,
                " steps, batch ", cfg.batch, ", ", opt->name(), cfg.clip_norm > 0 ? cat(", clip ", cfg.clip_norm) : "",
                ema ? cat(", ema ", cfg.ema_decay) : "", ", backend ", program->backend_name()));
 
@@ -326,7 +450,7 @@ TrainResult run_training(const TrainConfig& cfg) {
   const bool terminal = cfg.progress && stderr_is_terminal();
   while (step < total) {
     const int64_t epoch = step / ipe;
-    train_loader.start_epoch(epoch, step % ipe);
+    train_loader->start_epoch(epoch, step % ipe);
     Progress bar(cat("epoch ", epoch + 1, "/", (total + ipe - 1) / ipe), ipe, terminal);
     double loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0;
     int64_t correct = 0, seen = 0, steps = 0, clipped = 0;
@@ -339,7 +463,7 @@ TrainResult run_training(const TrainConfig& cfg) {
     double lr = schedule.lr(step);
     int64_t done = 0;  // batches of this epoch finished, for the bar
     while (step < total) {
-      const data::Batch* b = train_loader.next();
+      const data::Batch* b = train_loader->next();
       if (!b) break;
       lr = schedule.lr(step);
       program->forward(b->images.data<float>());
@@ -382,12 +506,14 @@ TrainResult run_training(const TrainConfig& cfg) {
     result.images_per_sec = seen / secs;
     const bool epoch_end = step % ipe == 0 || step == total;
     if (epoch_end) {
-      result.test = evaluate(*evaluator, test_loader, K);
+      result.test = evaluate(*evaluator, *test_loader, K);
+      result.bad_images = bad_images();
       log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
                    " err ", result.train_error, "%", losses.num_aux() && cfg.aux_weight > 0 && seen ? cat(" aux loss ", aux_sum / seen) : "",
                    "  grad norm ", result.grad_norm, "  test", ema ? " (ema)" : "",
                    " loss ", result.test.loss, " err ", result.test.error, "%  ",
-                   static_cast<int64_t>(result.images_per_sec), " img/s"));
+                   static_cast<int64_t>(result.images_per_sec), " img/s",
+                   result.bad_images ? cat(", ", result.bad_images, " bad images skipped") : ""));
       if (metrics) {
         nlohmann::json row{{"epoch", (step + ipe - 1) / ipe}, {"step", step}, {"lr", lr},
                            {"train_loss", result.train_loss}, {"train_error", result.train_error},
@@ -395,7 +521,8 @@ TrainResult run_training(const TrainConfig& cfg) {
                            {"test_loss", result.test.loss}, {"test_error", result.test.error},
                            {"test_top5_error", result.test.top5_error}, {"eval_weights", ema ? "ema" : "raw"},
                            {"images_per_sec", result.images_per_sec}};
-        if (cfg.clip_norm > 0) row["clipped_steps"] = clipped;  // of this epoch's steps
+        if (cfg.clip_norm > 0) row["clipped_steps"] = clipped;
+        if (cfg.skip_bad) row["bad_images"] = result.bad_images;  // of this epoch's steps
         if (losses.num_aux() > 0 && cfg.aux_weight > 0) row["train_aux_loss"] = seen ? aux_sum / seen : 0;
         metrics->write(row);
       }

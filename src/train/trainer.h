@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/program.h"
+#include "data/batch_source.h"
 #include "data/dataset.h"
+#include "data/image_folder.h"
 #include "data/loader.h"
 #include "models/models.h"
 #include "train/loss.h"
@@ -27,8 +29,13 @@ struct TrainConfig {
   // Further architecture options by name, applied with models::set_option in order:
   // {"unit", "full-preact"}, {"width", "0.5"}, {"stride", "v1"} ...
   std::vector<std::pair<std::string, std::string>> model_options;
-  std::string data = "fashion-mnist";  // fashion-mnist[:DIR] | cifar10:DIR | cifar100:DIR
-  int64_t train_limit = 0, test_limit = 0;  // use only the first N images (0 = all)
+  // fashion-mnist[:DIR] | cifar10:DIR | cifar100:DIR | imagefolder:DIR (DIR/train and
+  // DIR/val, one sub-folder per class, decoded on the fly by data::ImageFolderLoader)
+  std::string data = "fashion-mnist";
+  // Use only N images (0 = all): the first N of an in-memory dataset; of an image
+  // folder, whose files are sorted by class, N spread evenly over the file list.
+  int64_t train_limit = 0, test_limit = 0;
+  bool skip_bad = false;  // image folders: log, count and skip files that fail to decode
   int64_t epochs = 0, iters = 0;  // length of the run: iterations win when both are set
   int64_t batch = 128;
   // The defaults below are the "resnet" recipe; recipe_defaults("inception") gives the
@@ -91,6 +98,7 @@ struct TrainResult {
   double grad_norm = 0;  // the last epoch's mean global gradient norm, before clipping
   EvalResult test;
   double images_per_sec = 0;
+  int64_t bad_images = 0;  // image folders with skip_bad: files skipped (train and val)
 };
 
 struct DataPair {
@@ -113,6 +121,37 @@ models::ModelConfig model_config(const std::string& model, const std::string& sh
 // every image resized once, bilinearly, to image - 8 so the loader's pad-4 crop
 // keeps working (data::resized).
 data::Dataset fit_images(const data::Dataset& ds, int64_t image);
+
+// ---- Image folders ("imagefolder:DIR") ----
+
+// Whether a --data spec names an image folder, and its DIR.
+bool is_image_folder(const std::string& spec);
+std::string image_folder_dir(const std::string& spec);
+
+// Scans DIR/<split> ("train" or "val"), with an error naming the spec when it is
+// missing. `classes`, when not empty, is the class list the split must have (the
+// training split's): a differing list is an Error naming the first difference.
+data::ImageFolder scan_split(const std::string& spec, const std::string& split,
+                             const std::vector<std::string>& classes = {});
+
+// At most n files of a folder (0 = all), spread evenly over its file list (which is
+// sorted by class, so every class keeps its share).
+data::ImageFolder limit_files(const data::ImageFolder& f, int64_t n);
+
+// The transform of a recipe for a model input of `image` x `image`:
+//   resnet     training: ScaleAugment, the shorter side uniform in [256, 480] scaled
+//              by image/224 ([37, 69] for 32), a random crop and flip (He et al.
+//              2015, Sec. 3.4);
+//   inception  training: RandomResizedCrop(image) and flip (Szegedy et al. 2015);
+//   both       evaluation (and training with augment = false): CenterCrop(image),
+//              the shorter side resized to image / 0.875 first.
+data::Transform image_transform(const std::string& recipe, int64_t image, bool training, bool augment);
+
+// ImageFolderLoader options for a run: the recipe's transform, ImageNet mean and std
+// (data::kImageNetMean/Std), shuffle and drop_last for training only.
+data::ImageLoaderOptions image_loader_options(const std::string& recipe, int64_t image, int64_t batch,
+                                              bool training, bool augment, uint64_t seed, int workers,
+                                              bool skip_bad);
 
 // Loader options that turn a dataset's images into a model's input: Fashion-MNIST's
 // 28x28 is zero-padded to 32x32 for the CIFAR networks; normalisation by the
@@ -153,7 +192,8 @@ class OutputLosses {
 };
 
 // Runs an inference program over every batch of the loader (one epoch).
-EvalResult evaluate(backend::Program& program, data::Loader& loader, int64_t classes);
+// Either loader (data::Loader, data::ImageFolderLoader).
+EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_t classes);
 
 TrainResult run_training(const TrainConfig& config);
 
