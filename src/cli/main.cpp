@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,9 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "data/image.h"
+#include "data/image_folder.h"
+#include "io/model_params.h"
 #include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
@@ -108,6 +112,15 @@ struct ModelFlags {
     c->add_flag("--no-aux", no_aux, "Inception-v3 without its auxiliary classifier");
     arch.add(c);
   }
+  // The first of these flags given on the command line, or "": for commands whose
+  // checkpoint already records the architecture.
+  static std::string first_given(const CLI::App* c) {
+    for (const char* f : {"--in-channels", "--classes", "--image", "--shortcut", "--no-aux", "--stride", "--unit",
+                          "--shortcut-map", "--shortcut-param", "--residual-scale", "--width", "--dropout",
+                          "--paper-layout"})
+      if (c->count(f)) return f;
+    return "";
+  }
   models::ModelConfig config(const std::string& model) const {
     models::ModelConfig mc = models::find_model(model).defaults;
     for (const auto& [key, value] : arch.options()) models::set_option(mc, key, value);
@@ -197,36 +210,218 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
   return 0;
 }
 
-int cmd_eval(const std::string& path, std::string data_spec, int64_t batch, int workers, bool raw_weights) {
-  io::SafeTensors st = io::load_safetensors(path);
+// The run configuration `incres train` records in a checkpoint's metadata.
+nlohmann::json run_config(const io::SafeTensors& st, const std::string& path) {
   nlohmann::json cfg;
   if (auto it = st.metadata.find("config"); it != st.metadata.end()) cfg = nlohmann::json::parse(it->second, nullptr, false);
   INCRES_CHECK(cfg.is_object() && cfg.contains("model"), path,
-               ": no incres run configuration in the metadata; is this a checkpoint written by `incres train`?");
-  if (data_spec.empty()) data_spec = cfg.value("data", "fashion-mnist");
-  train::DataPair d = train::load_data(data_spec);
-  // Checkpoints before "image" was recorded were all of 32x32 CIFAR nets with shortcut A.
-  const std::string model = cfg["model"].get<std::string>();
+               ": no incres run configuration in the metadata; is this a checkpoint written by `incres train`? "
+               "(a plain state_dict takes --weights FILE --model NAME)");
+  return cfg;
+}
+
+// The model a checkpoint's run built, for data of `in_channels` and `classes`.
+models::ModelConfig recorded_model_config(const nlohmann::json& cfg, int64_t in_channels, int64_t classes) {
   std::vector<std::pair<std::string, std::string>> options;
   if (cfg.contains("model_options") && cfg["model_options"].is_array())
     for (const auto& kv : cfg["model_options"]) options.emplace_back(kv.at(0).get<std::string>(), kv.at(1).get<std::string>());
-  models::ModelConfig mc = train::model_config(model, cfg.value("shortcut", "A"), cfg.value("image", int64_t{32}),
-                                               cfg.value("aux", true), d.train.channels, d.train.classes, options);
-  d.train = train::fit_images(d.train, mc.image);
-  d.test = train::fit_images(d.test, mc.image);
-  graph::Graph g = models::build_model(model, mc);
-  graph::ParamStore store(g);
-  // A run that kept a moving average of its weights evaluated on it; so does eval,
-  // unless told otherwise. The decay given here is not used: the file's averages are.
-  train::Ema ema(g, store, 0.5);
-  train::CheckpointState s = train::load_checkpoint(path, g, store, nullptr, raw_weights ? nullptr : &ema);
-  const bool on_ema = s.has_ema && !raw_weights;
-  data::Loader loader(d.test, train::loader_options(d.train, mc.image, batch, false, false, 0, workers));
-  auto program = backend::compile("cpu", g, on_ema ? ema.averages() : store, {.batch = batch, .mode = backend::Mode::infer});
-  train::EvalResult r = train::evaluate(*program, loader, mc.classes);
-  std::printf("%s%s on %s test set: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
-              cfg["model"].get<std::string>().c_str(), on_ema ? " (moving average of the weights)" : "",
-              d.test.source.c_str(), static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
+  // Checkpoints before "image" was recorded were all of 32x32 CIFAR nets with shortcut A.
+  return train::model_config(cfg["model"].get<std::string>(), cfg.value("shortcut", "A"),
+                             cfg.value("image", int64_t{32}), cfg.value("aux", true), in_channels, classes, options);
+}
+
+// A model with its weights: from a checkpoint of `incres train` (its recorded
+// architecture; the moving average of the weights when it holds one, unless
+// raw_weights) or from a weights file of parameters only (a converted torchvision
+// state_dict; architecture from the flags). Both loads are strict: every missing,
+// unexpected or wrong-shaped tensor is listed in one Error.
+struct LoadedModel {
+  std::string name;
+  models::ModelConfig mc;
+  std::unique_ptr<graph::Graph> g;
+  std::unique_ptr<graph::ParamStore> store;
+  std::unique_ptr<train::Ema> ema;  // set when evaluating on the checkpoint's moving average
+
+  void build() {
+    g = std::make_unique<graph::Graph>(models::build_model(name, mc));
+    store = std::make_unique<graph::ParamStore>(*g);
+  }
+  void load_weights(const std::string& path) {
+    io::SafeTensors st = io::load_safetensors(path);
+    io::load_params(st, *g, *store, /*strict=*/true);
+  }
+  void load_checkpoint(const std::string& path, bool raw_weights) {
+    // The decay given here is not used: the file's averages are.
+    auto avg = std::make_unique<train::Ema>(*g, *store, 0.5);
+    train::CheckpointState s = train::load_checkpoint(path, *g, *store, nullptr, raw_weights ? nullptr : avg.get());
+    if (s.has_ema && !raw_weights) ema = std::move(avg);
+  }
+  graph::ParamStore& weights() { return ema ? ema->averages() : *store; }
+};
+
+// The evaluation split of --data behind a BatchSource: an in-memory test set, or
+// DIR/val of an image folder (CenterCrop at the model's input, ImageNet mean/std).
+struct EvalData {
+  std::string spec;
+  bool folder = false;
+  train::DataPair mem;
+  data::ImageFolder val;
+  int64_t in_channels = 3, classes = 0;
+  std::string source;
+  std::unique_ptr<data::BatchSource> loader;
+  data::ImageFolderLoader* images = nullptr;
+
+  explicit EvalData(const std::string& s) : spec(s), folder(train::is_image_folder(s)) {
+    if (folder) {
+      val = train::scan_split(spec, "val");
+      classes = static_cast<int64_t>(val.classes.size());
+      source = val.root;
+    } else {
+      mem = train::load_data(spec);
+      in_channels = mem.train.channels;
+      classes = mem.train.classes;
+      source = mem.test.source + " test set";
+    }
+  }
+  void check_model(const models::ModelConfig& mc) const {
+    INCRES_CHECK(mc.in_channels == in_channels, spec, " has ", in_channels, "-channel images; the model takes ",
+                 mc.in_channels, " (--in-channels)");
+    INCRES_CHECK(mc.classes == classes, source, " has ", classes, " classes; the model has ", mc.classes,
+                 folder ? " (--classes N; for ImageNet weights the class folders must be ImageNet's 1000, "
+                          "whose sorted order is torchvision's class order)"
+                        : " (--classes N)");
+  }
+  void open(int64_t image, int64_t batch, int workers, bool skip_bad) {
+    if (folder) {
+      auto l = std::make_unique<data::ImageFolderLoader>(
+          val, train::image_loader_options("resnet", image, batch, false, false, 0, workers, skip_bad));
+      images = l.get();
+      loader = std::move(l);
+    } else {
+      mem.train = train::fit_images(mem.train, image);
+      mem.test = train::fit_images(mem.test, image);
+      loader = std::make_unique<data::Loader>(mem.test, train::loader_options(mem.train, image, batch, false, false, 0, workers));
+    }
+  }
+};
+
+int cmd_eval(const std::string& path, const std::string& weights, const std::string& model, const ModelFlags& mf,
+             const CLI::App* ev, std::string data_spec, int64_t batch, int workers, bool raw_weights, bool skip_bad) {
+  LoadedModel m;
+  if (!weights.empty()) {
+    INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
+    INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
+    INCRES_CHECK(!data_spec.empty(), "--weights needs the data to evaluate on: --data imagefolder:DIR (DIR/val) or another dataset");
+    INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints with a moving average, not to --weights");
+    m.name = model;
+    m.mc = mf.config(model);
+  } else {
+    INCRES_CHECK(!path.empty(), "give a checkpoint written by `incres train`, or --weights FILE --model NAME");
+    const std::string flag = ModelFlags::first_given(ev);
+    INCRES_CHECK(flag.empty() && model.empty(), flag.empty() ? "--model" : flag, " applies to --weights; ", path,
+                 " records its architecture");
+  }
+  nlohmann::json cfg;
+  if (weights.empty()) {
+    cfg = run_config(io::load_safetensors(path), path);
+    if (data_spec.empty()) data_spec = cfg.value("data", "fashion-mnist");
+  }
+  EvalData d(data_spec);
+  if (weights.empty()) {
+    m.name = cfg["model"].get<std::string>();
+    m.mc = recorded_model_config(cfg, d.in_channels, cfg.value("num_classes", d.classes));
+  }
+  d.check_model(m.mc);
+  m.build();
+  if (weights.empty()) m.load_checkpoint(path, raw_weights);
+  else m.load_weights(weights);
+  d.open(m.mc.image, batch, workers, skip_bad);
+  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer});
+  train::EvalResult r = train::evaluate(*program, *d.loader, m.mc.classes);
+  std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
+              m.name.c_str(), m.ema ? " (moving average of the weights)" : "", d.source.c_str(),
+              static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
+  if (d.images && d.images->bad_count() > 0)
+    std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(d.images->bad_count()));
+  return 0;
+}
+
+// `incres predict`: the top-k classes of each image, through the evaluation transform
+// (data::load_eval_image: CenterCrop at the model's input). Normalisation: a
+// checkpoint's recorded one (ImageNet's for image folders), ImageNet's for --weights.
+int cmd_predict(const std::vector<std::string>& images, const std::string& model, const std::string& weights,
+                const std::string& checkpoint, const std::string& labels, int top, const ModelFlags& mf,
+                const CLI::App* pr, bool raw_weights) {
+  INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
+               "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
+  LoadedModel m;
+  std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
+  std::vector<std::string> names;
+  if (!weights.empty()) {
+    INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
+    INCRES_CHECK(!raw_weights, "--raw-weights applies to --checkpoint, not to --weights");
+    m.name = model;
+    m.mc = mf.config(model);
+  } else {
+    const nlohmann::json cfg = run_config(io::load_safetensors(checkpoint), checkpoint);
+    m.name = cfg["model"].get<std::string>();
+    INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
+    const std::string flag = ModelFlags::first_given(pr);
+    INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
+    INCRES_CHECK(cfg.contains("num_classes") && cfg.contains("in_channels"), checkpoint,
+                 ": written before checkpoints recorded their classes; evaluate it with `incres eval`");
+    const int64_t in_channels = cfg["in_channels"].get<int64_t>();
+    INCRES_CHECK(in_channels == 3, checkpoint, ": the model takes ", in_channels, "-channel images (trained on ",
+                 cfg.value("data", "?"), "); predict feeds RGB images to 3-channel models");
+    m.mc = recorded_model_config(cfg, in_channels, cfg["num_classes"].get<int64_t>());
+    if (cfg.contains("mean") && cfg.contains("std")) {
+      mean = cfg["mean"].get<std::vector<float>>();
+      std = cfg["std"].get<std::vector<float>>();
+    }
+    if (cfg.contains("class_names")) names = cfg["class_names"].get<std::vector<std::string>>();
+  }
+  INCRES_CHECK(m.mc.in_channels == 3, "predict feeds RGB images; the model takes ", m.mc.in_channels,
+               " channels (--in-channels)");
+  const int64_t K = m.mc.classes;
+  if (!labels.empty()) names = data::read_labels_file(labels, static_cast<size_t>(K));
+  if (static_cast<int64_t>(names.size()) != K) names.clear();
+  m.build();
+  if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
+  else m.load_weights(weights);
+  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer});
+  const int k = static_cast<int>(std::min<int64_t>(top, K));
+  int failed = 0;
+  for (const std::string& path : images) {
+    std::vector<float> x;
+    try {
+      x = data::load_eval_image(path, m.mc.image, mean, std);
+    } catch (const Error& e) {  // names the file; the other images still get their answer
+      std::fprintf(stderr, "incres: error: %s\n", e.what());
+      ++failed;
+      continue;
+    }
+    program->forward(x.data());
+    const float* logits = program->output();
+    // Softmax in double, shifted by the maximum.
+    const double mx = *std::max_element(logits, logits + K);
+    std::vector<double> p(static_cast<size_t>(K));
+    double sum = 0;
+    for (int64_t c = 0; c < K; ++c) sum += p[c] = std::exp(static_cast<double>(logits[c]) - mx);
+    std::vector<int64_t> order(static_cast<size_t>(K));
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int64_t a, int64_t b) { return p[a] != p[b] ? p[a] > p[b] : a < b; });
+    std::printf("%s\n", path.c_str());
+    for (int r = 0; r < k; ++r) {
+      const int64_t c = order[static_cast<size_t>(r)];
+      if (names.empty()) std::printf("  %d. %.4f  class %lld\n", r + 1, p[c] / sum, static_cast<long long>(c));
+      else std::printf("  %d. %.4f  %s (class %lld)\n", r + 1, p[c] / sum, names[c].c_str(), static_cast<long long>(c));
+    }
+  }
+  if (failed) {
+    std::fprintf(stderr, "incres: error: %d of %zu images could not be read\n", failed, images.size());
+    return 1;
+  }
   return 0;
 }
 
@@ -278,8 +473,11 @@ int main(int argc, char** argv) {
   auto* tr = app.add_subcommand("train", "train a model; checkpoints and metrics go to --out");
   train::TrainConfig tc;
   tr->add_option("model", tc.model, "model name (see `incres models`)")->required();
-  tr->add_option("--data", tc.data, "fashion-mnist[:DIR] (Debian's dataset-fashion-mnist), cifar10:DIR or cifar100:DIR")
+  tr->add_option("--data", tc.data, "fashion-mnist[:DIR] (Debian's dataset-fashion-mnist), cifar10:DIR, cifar100:DIR, "
+                 "or imagefolder:DIR (DIR/train and DIR/val, one sub-folder per class, JPEG/PNG; ImageNet's layout; "
+                 "the recipe's augmentation, ImageNet mean/std)")
       ->capture_default_str();
+  tr->add_flag("--skip-bad", tc.skip_bad, "image folders: log, count and skip images that fail to decode");
   tr->add_option("--shortcut", tc.shortcut,
                  "ResNet shortcut where dimensions grow: A, B or C (default: the model's; A for CIFAR ResNets)")
       ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
@@ -357,17 +555,43 @@ int main(int argc, char** argv) {
   bool no_progress = false;
   tr->add_flag("--no-progress", no_progress, "no progress bar");
 
-  auto* ev = app.add_subcommand("eval", "evaluate a checkpoint on its dataset's test set");
-  std::string ev_path, ev_data;
+  auto* ev = app.add_subcommand("eval", "evaluate a checkpoint (or a weights file) on a test set: top-1 and top-5");
+  std::string ev_path, ev_data, ev_weights, ev_model;
   int64_t ev_batch = 256;
   int ev_workers = 2;
-  ev->add_option("checkpoint", ev_path, "a .safetensors file written by `incres train`")->required();
-  ev->add_option("--data", ev_data, "dataset (default: the one the checkpoint was trained on)");
+  ModelFlags ev_flags;
+  ev->add_option("checkpoint", ev_path, "a .safetensors file written by `incres train`");
+  ev->add_option("--weights", ev_weights, "instead of a checkpoint: parameters only (e.g. a torchvision state_dict "
+                 "converted by tools/pth_to_safetensors.py), with --model and --data");
+  ev->add_option("--model", ev_model, "with --weights: the architecture (see `incres models`)");
+  ev->add_option("--data", ev_data, "dataset (default: the one the checkpoint was trained on); imagefolder:DIR "
+                 "evaluates DIR/val");
+  bool ev_skip_bad = false;
+  ev->add_flag("--skip-bad", ev_skip_bad, "image folders: log, count and skip images that fail to decode");
+  ev_flags.add(ev);
   ev->add_option("--batch", ev_batch, "images per batch")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
   ev->add_option("--workers", ev_workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
   bool ev_raw = false;
   ev->add_flag("--raw-weights", ev_raw,
                "evaluate the trained weights even when the checkpoint holds a moving average of them (--ema)");
+
+  auto* pr = app.add_subcommand("predict", "the top classes of images, with their probabilities");
+  std::vector<std::string> pr_images;
+  std::string pr_model, pr_weights, pr_checkpoint, pr_labels;
+  int pr_top = 5;
+  bool pr_raw = false;
+  ModelFlags pr_flags;
+  pr->add_option("images", pr_images, "JPEG or PNG files")->required();
+  pr->add_option("--model", pr_model, "the architecture (see `incres models`); with --weights");
+  pr->add_option("--weights", pr_weights, "parameters only, e.g. a torchvision state_dict converted by "
+                 "tools/pth_to_safetensors.py; normalised with ImageNet's mean/std");
+  pr->add_option("--checkpoint", pr_checkpoint, "a checkpoint written by `incres train` (its architecture, "
+                 "normalisation and class names)");
+  pr->add_option("--labels", pr_labels, "class names, one per line in class order (default: the checkpoint's "
+                 "class folders, else the class index)");
+  pr->add_option("--top", pr_top, "how many classes to print per image")->capture_default_str()->check(CLI::Range(1, 1000000));
+  pr->add_flag("--raw-weights", pr_raw, "with --checkpoint: the trained weights, not their moving average");
+  pr_flags.add(pr);
 
   auto* bn = app.add_subcommand("bench", "time training steps or inference on synthetic data");
   std::string bn_model, bn_mode = "train", bn_backend = "cpu";
@@ -396,7 +620,10 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("info")) return cmd_info(info_model, info_flags);
     if (app.got_subcommand("bench"))
       return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json);
-    if (app.got_subcommand("eval")) return cmd_eval(ev_path, ev_data, ev_batch, ev_workers, ev_raw);
+    if (app.got_subcommand("eval"))
+      return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad);
+    if (app.got_subcommand("predict"))
+      return cmd_predict(pr_images, pr_model, pr_weights, pr_checkpoint, pr_labels, pr_top, pr_flags, pr, pr_raw);
     if (app.got_subcommand("train")) {
       tc.augment = !no_augment;
       tc.progress = !no_progress;
@@ -434,6 +661,7 @@ int main(int argc, char** argv) {
       std::printf("%s: %lld steps, final train error %.2f%%, test error %.2f%% (accuracy %.2f%%), %.0f images/s\n",
                   tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,
                   r.images_per_sec);
+      if (r.bad_images > 0) std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(r.bad_images));
       if (!tc.out_dir.empty()) plot_curves(tc.out_dir);
       return 0;
     }

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import zlib
 
 INCRES = None
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -56,6 +57,63 @@ def tensors(path):
     data = blob[8 + n:]
     return {k: data[v["data_offsets"][0]:v["data_offsets"][1]]
             for k, v in header.items() if k != "__metadata__"}
+
+
+def write_png(path, pixels, width, height):
+    """An 8-bit RGB PNG by hand (zlib + struct; no PIL): pixels is rows of (r, g, b)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    raw = b"".join(b"\x00" + bytes(v for px in row for v in px) for row in pixels)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+CLASSES = ("blue", "green", "red")  # sorted folder names = class order
+
+
+def class_image(cls, i, size=40):
+    """A size x size image of class cls (an index into CLASSES): its colour, with stripes
+    and a little per-image variation."""
+    base = [(40, 60, 220), (40, 200, 60), (220, 50, 40)][cls]
+    return [[tuple(max(0, min(255, c + ((x + y + i) % 7) * 4 - (24 if (y // 5) % 2 else 0))) for c in base)
+             for x in range(size)] for y in range(size)]
+
+
+def fake_image_folder(root, n_train=8, n_val=3, size=40):
+    """root/train/<class>/*.png and root/val/<class>/*.png, three classes by colour."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c, name in enumerate(CLASSES):
+            os.makedirs(f"{root}/{split}/{name}", exist_ok=True)
+            for i in range(n):
+                write_png(f"{root}/{split}/{name}/{i:03d}.png", class_image(c, i, size), size, size)
+
+
+def write_safetensors(path, named):
+    """name -> raw bytes of F32 tensors with their shapes: {name: (shape, bytes)}."""
+    header, blobs, off = {}, [], 0
+    for k in sorted(named):
+        shape, data = named[k]
+        header[k] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(data)]}
+        blobs.append(data)
+        off += len(data)
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def params_only(ckpt, out):
+    """A weights file from a checkpoint: its parameters and BN buffers, without the
+    optimizer's and the moving average's tensors and without incres's metadata, as a
+    converted torchvision state_dict holds them."""
+    with open(ckpt, "rb") as f:
+        blob = f.read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    data = blob[8 + n:]
+    write_safetensors(out, {k: (v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]])
+                            for k, v in header.items()
+                            if k != "__metadata__" and not k.startswith(("optimizer.", "ema."))})
 
 
 class BadInput(unittest.TestCase):
@@ -218,6 +276,180 @@ class Resume(unittest.TestCase):
             self.assertIn("moving average", e.stdout)
             raw = run("eval", f"{d}/straight/last.safetensors", "--data", "fashion-mnist", "--raw-weights")
             self.assertNotIn("moving average", raw.stdout)
+
+
+class ImageFolder(unittest.TestCase):
+    """--data imagefolder:DIR in train and eval, and `incres predict`, on a generated
+    folder of 40x40 PNGs (three classes told apart by colour)."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        self.data = f"{self.dir}/folder"
+        fake_image_folder(self.data)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def train(self, out, *extra, iters=3):
+        return run("train", "resnet20", "--data", f"imagefolder:{self.data}", "--iters", iters, "--batch", "8",
+                   "--no-progress", "--workers", "1", "--out", out, *extra)
+
+    def check_error(self, p, *needles):
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        for bad in ("Traceback", "terminate called"):
+            self.assertNotIn(bad, p.stderr)
+        for needle in needles:
+            self.assertIn(needle, p.stderr)
+
+    def test_train_eval_predict(self):
+        p = self.train(f"{self.dir}/run")
+        self.assertIn("3 steps", p.stdout)
+        ckpt = f"{self.dir}/run/last.safetensors"
+        with open(f"{self.dir}/run/metrics.jsonl") as f:
+            row = [json.loads(l) for l in f][-1]
+        self.assertIn("test_top5_error", row)
+        e = run("eval", ckpt)  # the recorded imagefolder data: DIR/val, 9 images
+        self.assertIn("9 images", e.stdout)
+        self.assertIn(f"{self.data}/val", e.stdout)
+        self.assertIn("top-5 error 0.00%", e.stdout)  # 3 classes: every label is in the top 5
+
+        # predict with the checkpoint: class names from the recorded folder names.
+        img = f"{self.data}/val/red/000.png"
+        p = run("predict", img, f"{self.data}/val/blue/001.png", "--checkpoint", ckpt, "--top", "2")
+        lines = p.stdout.splitlines()
+        self.assertEqual(lines[0], img)
+        self.assertEqual(len(lines), 6, p.stdout)  # two images x (name + 2 classes)
+        self.assertRegex(lines[1], r"^  1\. [01]\.\d{4}  (blue|green|red) \(class \d\)$")
+        probs = [float(l.split()[1]) for l in lines[1:3]]
+        self.assertGreaterEqual(probs[0], probs[1])
+
+        # The same weights as a parameters-only file (a converted state_dict's form),
+        # with a labels file; top-k is capped at the classes.
+        weights = f"{self.dir}/r20.safetensors"
+        params_only(ckpt, weights)
+        with open(f"{self.dir}/labels.txt", "w") as f:
+            f.write("sky\ngrass\nfire\n")
+        p = run("predict", img, "--model", "resnet20", "--weights", weights, "--classes", "3",
+                "--labels", f"{self.dir}/labels.txt")
+        lines = p.stdout.splitlines()
+        self.assertEqual(len(lines), 4, p.stdout)
+        self.assertEqual(sorted(l.split()[2] for l in lines[1:]), ["fire", "grass", "sky"])
+        # Same weights, same normalisation (ImageNet's for image folders): same answer.
+        c = run("predict", img, "--checkpoint", ckpt, "--raw-weights", "--labels", f"{self.dir}/labels.txt")
+        self.assertEqual(c.stdout, p.stdout)
+
+        # eval --weights on the folder gives the checkpoint's numbers.
+        w = run("eval", "--weights", weights, "--model", "resnet20", "--classes", "3",
+                "--data", f"imagefolder:{self.data}")
+        self.assertEqual(w.stdout.split(":", 1)[1], e.stdout.split(":", 1)[1])
+
+        # Bad cases: another model's weights, a non-image, architecture flags on a checkpoint.
+        self.check_error(run("predict", img, "--model", "resnet32", "--weights", weights, "--classes", "3",
+                             expect_ok=False), "layer1.3.conv1.weight", "missing")
+        self.check_error(run("predict", img, "--model", "resnet20", "--weights", weights, expect_ok=False),
+                         "fc.weight")  # 10 classes by default, the file has 3
+        notes = f"{self.dir}/notes.png"
+        with open(notes, "w") as f:
+            f.write("not an image\n")
+        p = run("predict", notes, img, "--checkpoint", ckpt, expect_ok=False)
+        self.check_error(p, "notes.png")
+        self.assertIn(img, p.stdout)  # the good image still gets its answer
+        self.check_error(run("predict", img, "--checkpoint", ckpt, "--image", "64", expect_ok=False),
+                         "--image", "records its architecture")
+        self.check_error(run("predict", img, "--checkpoint", ckpt, "--labels", f"{self.dir}/labels.txt",
+                             "--weights", weights, expect_ok=False), "--weights", "--checkpoint")
+        self.check_error(run("eval", "--weights", weights, "--model", "resnet20", "--data",
+                             f"imagefolder:{self.data}", expect_ok=False), "3 classes", "10")
+
+    def test_resume_mid_epoch(self):
+        # 24 images, batch 8: 3 steps per epoch; interrupted at step 2 of 5, with the
+        # ResNet scale augmentation drawing crops and flips.
+        self.train(f"{self.dir}/straight", "--seed", "4", iters=5)
+        self.train(f"{self.dir}/split", "--seed", "4", "--stop-after", "2", iters=5)
+        self.train(f"{self.dir}/split", "--seed", "4", "--resume", f"{self.dir}/split/last.safetensors", iters=5)
+        a, b = tensors(f"{self.dir}/straight/last.safetensors"), tensors(f"{self.dir}/split/last.safetensors")
+        self.assertEqual(sorted(a), sorted(b))
+        for k in a:
+            self.assertEqual(a[k], b[k], f"tensor {k} differs after resume")
+
+    def test_bad_images_and_layout(self):
+        bad = f"{self.data}/train/green/004.png"
+        with open(bad, "r+b") as f:  # a PNG cut short inside its IDAT chunk
+            f.truncate(60)
+        p = run("train", "resnet20", "--data", f"imagefolder:{self.data}", "--iters", "3", "--batch", "8",
+                "--no-progress", expect_ok=False)
+        self.check_error(p, "004.png")
+        p = self.train(f"{self.dir}/skip", "--skip-bad")
+        self.assertIn("skipped 1 bad images", p.stdout)
+        with open(f"{self.dir}/skip/metrics.jsonl") as f:
+            row = [json.loads(l) for l in f][-1]
+        self.assertEqual(row["bad_images"], 1)
+
+        # val must have train's classes.
+        os.rename(f"{self.data}/val/red", f"{self.data}/val/orange")
+        p = run("train", "resnet20", "--data", f"imagefolder:{self.data}", "--iters", "1", "--batch", "8",
+                "--skip-bad", "--no-progress", expect_ok=False)
+        self.check_error(p, "val", "orange", "red", "class lists must be the same")
+        self.check_error(run("train", "resnet20", "--data", f"imagefolder:{self.dir}/none", "--iters", "1",
+                             expect_ok=False), "none/train")
+
+
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools")
+
+
+def have_torchvision():
+    return subprocess.run(["/usr/bin/python3", "-c", "import torch, torchvision"], capture_output=True).returncode == 0
+
+
+@unittest.skipUnless(have_torchvision(), "skipped: /usr/bin/python3 has no torch and torchvision")
+class TorchWeights(unittest.TestCase):
+    """A torchvision resnet18 state_dict, converted by tools/pth_to_safetensors.py, gives
+    in `incres predict` the probabilities torchvision gives on the same input. The image
+    is 256x256, so the evaluation transform (shorter side to 256, centre 224 crop at
+    offset 16) copies pixels exactly and torch's input is reproduced without resampling."""
+
+    def test_resnet18_predict_matches_torchvision(self):
+        with tempfile.TemporaryDirectory() as d:
+            size = 256
+            pixels = [[((x * 7 + y * 3) % 256, (x * y // 64) % 256, (255 - x + (y * y) // 200) % 256)
+                       for x in range(size)] for y in range(size)]
+            write_png(f"{d}/img.png", pixels, size, size)
+            with open(f"{d}/img.rgb", "wb") as f:  # the same pixels, raw HWC, for torch
+                f.write(bytes(v for row in pixels for px in row for v in px))
+            script = f"""
+import json, torch, torchvision
+torch.manual_seed(0)
+m = torchvision.models.resnet18(num_classes=10)
+with torch.no_grad():
+    for mod in m.modules():  # BN statistics and affine parameters away from 0 and 1
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.1); mod.running_var.uniform_(0.5, 1.5)
+            mod.weight.uniform_(0.5, 1.5); mod.bias.normal_(0, 0.1)
+m.eval()
+torch.save(m.state_dict(), "{d}/r18.pth")
+raw = open("{d}/img.rgb", "rb").read()
+px = torch.tensor(list(raw), dtype=torch.float32).reshape({size}, {size}, 3)[16:240, 16:240] / 255
+mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+x = ((px - mean) / std).permute(2, 0, 1).unsqueeze(0)
+with torch.no_grad():
+    p = torch.softmax(m(x), 1)[0]
+print(json.dumps(p.tolist()))
+"""
+            ref = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True)
+            self.assertEqual(ref.returncode, 0, ref.stderr)
+            probs = json.loads(ref.stdout.splitlines()[-1])
+            conv = subprocess.run(["/usr/bin/python3", f"{TOOLS}/pth_to_safetensors.py", f"{d}/r18.pth",
+                                   f"{d}/r18.safetensors"], capture_output=True, text=True)
+            self.assertEqual(conv.returncode, 0, conv.stderr)
+            p = run("predict", f"{d}/img.png", "--model", "resnet18", "--weights", f"{d}/r18.safetensors",
+                    "--classes", "10")
+            got = [(int(l.split("class ")[1]), float(l.split()[1])) for l in p.stdout.splitlines()[1:]]
+            order = sorted(range(10), key=lambda c: -probs[c])
+            self.assertGreater(probs[order[0]] - probs[order[1]], 1e-3, "the reference needs a clear top-1")
+            self.assertEqual(got[0][0], order[0], f"incres {got}, torchvision {probs}")
+            for c, prob in got:
+                self.assertAlmostEqual(prob, probs[c], delta=2e-4, msg=f"class {c}: {got} vs {probs}")
 
 
 @unittest.skipUnless(os.path.isdir(FMNIST), "Fashion-MNIST is not installed")
