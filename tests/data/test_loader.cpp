@@ -60,7 +60,8 @@ Copy copy(const Batch& b) {
   const float* p = b.images.data<float>();
   return {std::vector<float>(p, p + b.images.numel()), b.labels, b.index, b.size};
 }
-std::vector<Copy> run_epoch(Loader& l, int64_t epoch, int64_t first = 0) {
+// Through the BatchSource interface, as the trainer and evaluate() read it.
+std::vector<Copy> run_epoch(BatchSource& l, int64_t epoch, int64_t first = 0) {
   std::vector<Copy> out;
   l.start_epoch(epoch, first);
   while (const Batch* b = l.next()) out.push_back(copy(*b));

@@ -111,6 +111,48 @@ Step step_with(double w) {
   return out;
 }
 
+TEST(ImageFolderData, TransformsFollowTheRecipeAndTheInputSize) {
+  // He et al. 2015, Sec. 3.4: the shorter side in [256, 480] for 224 crops...
+  auto s224 = std::get<data::ScaleAugment>(image_transform("resnet", 224, true, true));
+  EXPECT_EQ(s224.size, 224);
+  EXPECT_EQ(s224.min_side, 256);
+  EXPECT_EQ(s224.max_side, 480);
+  // ... scaled to other inputs (32 * 256 / 224 = 36.6, 32 * 480 / 224 = 68.6).
+  auto s32 = std::get<data::ScaleAugment>(image_transform("resnet", 32, true, true));
+  EXPECT_EQ(s32.min_side, 37);
+  EXPECT_EQ(s32.max_side, 69);
+  EXPECT_EQ(std::get<data::RandomResizedCrop>(image_transform("inception", 299, true, true)).size, 299);
+  for (const char* recipe : {"resnet", "inception"}) {
+    EXPECT_EQ(std::get<data::CenterCrop>(image_transform(recipe, 299, false, true)).size, 299);
+    EXPECT_EQ(std::get<data::CenterCrop>(image_transform(recipe, 64, true, false)).size, 64);  // --no-augment
+  }
+  data::ImageLoaderOptions o = image_loader_options("resnet", 32, 16, false, false, 1, 0, true);
+  EXPECT_EQ(o.mean, data::kImageNetMean);
+  EXPECT_EQ(o.std, data::kImageNetStd);
+  EXPECT_FALSE(o.shuffle);
+  EXPECT_FALSE(o.drop_last);
+  EXPECT_TRUE(o.skip_bad);
+}
+
+TEST(ImageFolderData, LimitKeepsEveryClassAndSpecsAreChecked) {
+  data::ImageFolder f;
+  f.classes = f.class_names = {"a", "b", "c"};
+  for (int c = 0; c < 3; ++c)
+    for (int i = 0; i < 10; ++i) {
+      f.files.push_back(f.classes[c] + "/" + std::to_string(i) + ".png");
+      f.labels.push_back(c);
+    }
+  data::ImageFolder l = limit_files(f, 6);
+  ASSERT_EQ(l.count(), 6);
+  EXPECT_EQ(l.labels, (std::vector<int32_t>{0, 0, 1, 1, 2, 2}));
+  EXPECT_EQ(limit_files(f, 0).count(), 30);
+  EXPECT_TRUE(is_image_folder("imagefolder:/data/imagenet"));
+  EXPECT_FALSE(is_image_folder("cifar10:/data"));
+  EXPECT_EQ(image_folder_dir("imagefolder:/data/imagenet"), "/data/imagenet");
+  EXPECT_TRUE(contains(error_of([] { image_folder_dir("imagefolder"); }), "imagefolder:DIR"));
+  EXPECT_TRUE(contains(error_of([] { load_data("imagefolder:/x"); }), "decoded on the fly"));
+}
+
 TEST(OutputLosses, AuxiliaryLossIsWeightedInTheLossAndTheGradients) {
   const graph::Graph g = two_head_graph();
   const int conv = g.find_param("conv1.weight"), fc = g.find_param("fc.weight"),
