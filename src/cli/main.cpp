@@ -326,6 +326,8 @@ int cmd_eval(const std::string& path, const std::string& weights, const std::str
     cfg = run_config(io::load_safetensors(path), path);
     if (data_spec.empty()) data_spec = cfg.value("data", "fashion-mnist");
   }
+  INCRES_CHECK(!skip_bad || train::is_image_folder(data_spec), "--skip-bad applies to --data imagefolder:DIR, not ",
+               data_spec);
   EvalData d(data_spec);
   if (weights.empty()) {
     m.name = cfg["model"].get<std::string>();
@@ -544,8 +546,8 @@ int main(int argc, char** argv) {
   tr->add_flag("--no-augment", no_augment, "no random crop / flip");
   tr->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str();
   tr->add_option("--workers", tc.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
-  tr->add_option("--train-limit", tc.train_limit, "use only the first N training images")->check(kNonNegative);
-  tr->add_option("--test-limit", tc.test_limit, "use only the first N test images")->check(kNonNegative);
+  tr->add_option("--train-limit", tc.train_limit, "use only N training images: the first N, or for an image folder N spread evenly over its classes")->check(kNonNegative);
+  tr->add_option("--test-limit", tc.test_limit, "use only N test images (as --train-limit)")->check(kNonNegative);
   tr->add_option("--backend", tc.backend, "cpu (oneDNN) or ref (naive loops; slow)")->capture_default_str()
       ->check(CLI::IsMember({"cpu", "ref"}));
   tr->add_option("--out", tc.out_dir, "folder for last.safetensors, metrics.jsonl and curve.png");

@@ -260,6 +260,8 @@ void check_config(const TrainConfig& cfg) {
                "--ema must be in (0, 1) (0 = no moving average), got ", cfg.ema_decay);
   INCRES_CHECK(std::isfinite(cfg.aux_weight) && cfg.aux_weight >= 0, "--aux-weight must be >= 0, got ",
                cfg.aux_weight);
+  INCRES_CHECK(!cfg.skip_bad || is_image_folder(cfg.data), "--skip-bad applies to --data imagefolder:DIR, not ",
+               cfg.data);
   if (cfg.schedule == "exp")
     INCRES_CHECK(std::isfinite(cfg.decay_epochs) && cfg.decay_epochs > 0,
                  "--decay-epochs must be > 0, got ", cfg.decay_epochs);

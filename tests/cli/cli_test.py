@@ -361,6 +361,11 @@ class ImageFolder(unittest.TestCase):
                              "--weights", weights, expect_ok=False), "--weights", "--checkpoint")
         self.check_error(run("eval", "--weights", weights, "--model", "resnet20", "--data",
                              f"imagefolder:{self.data}", expect_ok=False), "3 classes", "10")
+        self.check_error(run("eval", expect_ok=False), "checkpoint", "--weights")
+        self.check_error(run("eval", "--weights", weights, "--data", f"imagefolder:{self.data}", expect_ok=False),
+                         "--model")
+        self.check_error(run("eval", ckpt, "--skip-bad", "--data", "fashion-mnist", expect_ok=False),
+                         "--skip-bad", "imagefolder")
 
     def test_resume_mid_epoch(self):
         # 24 images, batch 8: 3 steps per epoch; interrupted at step 2 of 5, with the
@@ -393,6 +398,8 @@ class ImageFolder(unittest.TestCase):
         self.check_error(p, "val", "orange", "red", "class lists must be the same")
         self.check_error(run("train", "resnet20", "--data", f"imagefolder:{self.dir}/none", "--iters", "1",
                              expect_ok=False), "none/train")
+        self.check_error(run("train", "resnet20", "--iters", "1", "--skip-bad", expect_ok=False),
+                         "--skip-bad", "imagefolder:DIR")
 
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools")
