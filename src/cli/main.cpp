@@ -349,7 +349,7 @@ int cmd_eval(const std::string& path, const std::string& weights, const std::str
 }
 
 // `incres predict`: the top-k classes of each image, through the evaluation transform
-// (data::load_eval_image: CenterCrop at the model's input). Normalisation: a
+// (as data::load_eval_image: CenterCrop at the model's input). Normalisation: a
 // checkpoint's recorded one (ImageNet's for image folders), ImageNet's for --weights.
 int cmd_predict(const std::vector<std::string>& images, const std::string& model, const std::string& weights,
                 const std::string& checkpoint, const std::string& labels, int top, const ModelFlags& mf,
@@ -358,6 +358,10 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
                "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
   LoadedModel m;
   std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
+  // The evaluation crop: ImageNet's (shorter side to size / 0.875, centre crop), except
+  // for a checkpoint trained on an in-memory dataset (CIFAR), whose images were seen
+  // whole: shorter side to the input, centre crop.
+  double crop_fraction = 0.875;
   std::vector<std::string> names;
   if (!weights.empty()) {
     INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
@@ -381,6 +385,7 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
       std = cfg["std"].get<std::vector<float>>();
     }
     if (cfg.contains("class_names")) names = cfg["class_names"].get<std::vector<std::string>>();
+    if (!train::is_image_folder(cfg.value("data", ""))) crop_fraction = 1.0;
   }
   INCRES_CHECK(m.mc.in_channels == 3, "predict feeds RGB images; the model takes ", m.mc.in_channels,
                " channels (--in-channels)");
@@ -396,7 +401,11 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
   for (const std::string& path : images) {
     std::vector<float> x;
     try {
-      x = data::load_eval_image(path, m.mc.image, mean, std);
+      const data::Image img = data::decode_image(path);
+      Rng unused(0);  // CenterCrop draws nothing
+      const data::Image crop = data::apply(data::CenterCrop{m.mc.image, crop_fraction}, img, unused);
+      x.resize(static_cast<size_t>(3 * m.mc.image * m.mc.image));
+      data::normalize(crop, mean, std, x.data());
     } catch (const Error& e) {  // names the file; the other images still get their answer
       std::fprintf(stderr, "incres: error: %s\n", e.what());
       ++failed;

@@ -367,6 +367,26 @@ class ImageFolder(unittest.TestCase):
         self.check_error(run("eval", ckpt, "--skip-bad", "--data", "fashion-mnist", expect_ok=False),
                          "--skip-bad", "imagefolder")
 
+    def test_predict_with_in_memory_dataset_checkpoints(self):
+        # A CIFAR-10 run (fake files, 3 x 32 x 32): predict normalises with the run's own
+        # statistics and crops whole images; a Fashion-MNIST run (1 channel) is refused.
+        cifar = f"{self.dir}/cifar"
+        os.makedirs(cifar)
+        for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+            with open(f"{cifar}/{name}", "wb") as f:
+                f.write(b"".join(bytes([i % 10]) + bytes((i * 31 + j) % 256 for j in range(3072)) for i in range(8)))
+        run("train", "resnet20", "--data", f"cifar10:{cifar}", "--iters", "1", "--batch", "8", "--no-progress",
+            "--out", f"{self.dir}/c")
+        img = f"{self.dir}/img.png"
+        write_png(img, class_image(2, 0, 32), 32, 32)
+        p = run("predict", img, "--checkpoint", f"{self.dir}/c/last.safetensors", "--top", "3")
+        self.assertEqual(len(p.stdout.splitlines()), 4, p.stdout)
+        fake_fashion_mnist(f"{self.dir}/fm")
+        run("train", "resnet20", "--data", f"fashion-mnist:{self.dir}/fm", "--iters", "1", "--batch", "16",
+            "--no-progress", "--out", f"{self.dir}/f")
+        self.check_error(run("predict", img, "--checkpoint", f"{self.dir}/f/last.safetensors", expect_ok=False),
+                         "1-channel", "3-channel")
+
     def test_resume_mid_epoch(self):
         # 24 images, batch 8: 3 steps per epoch; interrupted at step 2 of 5, with the
         # ResNet scale augmentation drawing crops and flips.
