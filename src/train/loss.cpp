@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "backend/ref/ops.h"
 #include "core/error.h"
 
 namespace incres::train {
@@ -17,45 +18,14 @@ void check_args(const char* what, const int32_t* labels, int64_t N, int64_t K) {
                  "); check the dataset's labels against the model's class count");
 }
 
-// One implementation for float (training) and double (gradient checks).
+// The reference kernel (backend/ref/ops.h), averaged; float for training, double for
+// the gradient checks.
 template <class T>
 LossResult cross_entropy(const T* logits, const int32_t* labels, int64_t N, int64_t K,
                          double eps, T* dlogits, double scale) {
   check_args("softmax_cross_entropy", labels, N, K);
-  INCRES_CHECK(eps >= 0 && eps <= 1, "softmax_cross_entropy: label smoothing must be in [0, 1], got ",
-               eps);
-  const double off = eps / static_cast<double>(K);  // smoothing mass on every class
-  const double on = 1.0 - eps + off;                // target of the labelled class
-  const double g = scale / static_cast<double>(N);
   LossResult r;
-  for (int64_t i = 0; i < N; ++i) {
-    const T* x = logits + i * K;
-    const int64_t y = labels[i];
-    int64_t arg = 0;  // first maximum, as the top-1 prediction
-    for (int64_t j = 1; j < K; ++j)
-      if (x[j] > x[arg]) arg = j;
-    if (arg == y) ++r.correct;
-    // log softmax_j = x_j - lse, lse = m + log(sum exp(x_j - m)): every exponent <= 0.
-    const double m = static_cast<double>(x[arg]);
-    double sum = 0, sum_x = 0;
-    for (int64_t j = 0; j < K; ++j) {
-      double xj = static_cast<double>(x[j]);
-      sum += std::exp(xj - m);
-      sum_x += xj;
-    }
-    const double lse = m + std::log(sum);
-    // -sum_j q_j log p_j = -(1 - eps) log p_y - (eps / K) sum_j log p_j
-    //                    = -(1 - eps) (x_y - lse) - (eps / K) (sum_x - K lse).
-    const double logp_y = static_cast<double>(x[y]) - lse;
-    r.loss += -(1.0 - eps) * logp_y - off * (sum_x - static_cast<double>(K) * lse);
-    if (dlogits) {
-      T* d = dlogits + i * K;
-      for (int64_t j = 0; j < K; ++j) {
-        double p = std::exp(static_cast<double>(x[j]) - lse);
-        d[j] = static_cast<T>(g * (p - (j == y ? on : off)));
-      }
-    }
-  }
+  backend::ref::softmax_cross_entropy(&r.loss, &r.correct, dlogits, logits, labels, N, K, eps, scale);
   r.loss /= static_cast<double>(N);
   return r;
 }

@@ -184,9 +184,11 @@ data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image
   return o;
 }
 
-OutputLosses::OutputLosses(const graph::Graph& g, int64_t batch, int64_t K, double smoothing, double aux_weight)
+OutputLosses::OutputLosses(const graph::Graph& g, int64_t batch, int64_t K, double smoothing, double aux_weight,
+                           const std::string& backend)
     : K_(K), smoothing_(static_cast<float>(smoothing)), aux_weight_(aux_weight) {
   INCRES_CHECK(std::isfinite(aux_weight) && aux_weight >= 0, "--aux-weight must be >= 0, got ", aux_weight);
+  loss_ = backend::compile_loss(backend, batch, K, smoothing_);
   INCRES_CHECK(g.output_shape().numel() == K, "the model's output has ", g.output_shape().str(), " values per image, ",
                "expected ", K, " class logits");
   dy_.resize(static_cast<size_t>(batch * K));
@@ -202,11 +204,12 @@ OutputLosses::Result OutputLosses::backward(backend::Program& program, const int
   INCRES_CHECK(program.num_outputs() == 1 + num_aux(), "the program has ", program.num_outputs(),
                " outputs, expected ", 1 + num_aux(), " (compiled from another graph?)");
   Result r;
-  r.main = softmax_cross_entropy(program.output(0), labels, n, K_, smoothing_, dy_.data());
+  const backend::LossResult main = loss_->run(program.output(0), labels, n, dy_.data());
+  r.main.loss = main.loss;
+  r.main.correct = main.correct;
   if (aux_weight_ > 0)
     for (int i = 0; i < num_aux(); ++i)
-      r.aux += softmax_cross_entropy(program.output(i + 1), labels, n, K_, smoothing_, aux_dy_[i].data(),
-                                     aux_weight_).loss;
+      r.aux += loss_->run(program.output(i + 1), labels, n, aux_dy_[i].data(), aux_weight_).loss;
   r.total = r.main.loss + aux_weight_ * r.aux;
   program.backward(dy_.data(), aux_ptrs_);
   return r;
@@ -447,7 +450,7 @@ TrainResult run_training(const TrainConfig& cfg) {
                ema ? cat(", ema ", cfg.ema_decay) : "", ", backend ", program->backend_name()));
 
   const int64_t K = mc.classes;
-  OutputLosses losses(g, cfg.batch, K, cfg.label_smoothing, cfg.aux_weight);
+  OutputLosses losses(g, cfg.batch, K, cfg.label_smoothing, cfg.aux_weight, cfg.backend);
   TrainResult result;
   const bool terminal = cfg.progress && stderr_is_terminal();
   while (step < total) {

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend/loss.h"
 #include "backend/program.h"
 #include "data/batch_source.h"
 #include "data/dataset.h"
@@ -169,7 +170,9 @@ data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image
 class OutputLosses {
  public:
   // Throws unless every output of `g` holds K values per image.
-  OutputLosses(const graph::Graph& g, int64_t batch, int64_t K, double smoothing, double aux_weight);
+  // The loss runs on `backend` ("cpu": oneDNN; "ref": the reference kernel).
+  OutputLosses(const graph::Graph& g, int64_t batch, int64_t K, double smoothing, double aux_weight,
+               const std::string& backend = "cpu");
 
   struct Result {
     LossResult main;   // the main classifier's loss and top-1 hits
@@ -186,6 +189,7 @@ class OutputLosses {
   int64_t K_;
   float smoothing_;
   double aux_weight_;
+  std::unique_ptr<backend::Loss> loss_;  // planned once for (batch, K, smoothing)
   std::vector<float> dy_;
   std::vector<std::vector<float>> aux_dy_;
   std::vector<const float*> aux_ptrs_;  // what backward() gets: aux_dy_ or null

@@ -101,7 +101,7 @@ Step step_with(double w) {
   for (float& v : x) v = static_cast<float>(rng.normal());
   const std::vector<int32_t> labels = {0, 2, 1, 2};
   p->forward(x.data());
-  OutputLosses losses(g, 4, 3, 0.1, w);
+  OutputLosses losses(g, 4, 3, 0.1, w, "ref");  // the reference loss: compared exactly below
   Step out;
   out.r = losses.backward(*p, labels.data(), 4);
   out.main_check = softmax_cross_entropy(p->output(0), labels.data(), 4, 3, 0.1f, nullptr).loss;

@@ -526,4 +526,44 @@ void concat_backward(std::span<T* const> dxs, const T* dy, std::span<const int64
   }
 }
 
+// ---------------------------------------------------------------------------------
+// softmax cross-entropy with label smoothing (backend/loss.h has the definition), on
+// n rows of K logits. Returns the summed (not yet averaged) loss and the top-1 hits
+// (first maximum); writes d = g * (softmax - q) with g = scale / n when d is not null.
+// log softmax_j = x_j - lse with lse = m + log(sum exp(x_j - m)), m the row maximum:
+// every exponent is <= 0, so large logits neither overflow nor lose small terms.
+template <class T>
+void softmax_cross_entropy(double* loss_sum, int64_t* correct, T* d, const T* logits, const int32_t* labels,
+                           int64_t n, int64_t K, double eps, double scale) {
+  INCRES_CHECK(n > 0 && K > 0, "softmax cross-entropy: needs rows and classes, got ", n, " x ", K);
+  INCRES_CHECK(eps >= 0 && eps <= 1, "softmax cross-entropy: label smoothing must be in [0, 1], got ", eps);
+  for (int64_t i = 0; i < n; ++i)
+    INCRES_CHECK(labels[i] >= 0 && labels[i] < K, "softmax cross-entropy: label of row ", i, " is ", labels[i],
+                 ", expected a class in [0, ", K, "); check the dataset's labels against the model's class count");
+  const Acc off = eps / Acc(K);      // smoothing mass on every class
+  const Acc on = 1.0 - eps + off;    // target of the labelled class
+  const Acc g = scale / Acc(n);
+  *loss_sum = 0;
+  *correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* x = logits + i * K;
+    const int64_t y = labels[i];
+    int64_t arg = 0;
+    for (int64_t j = 1; j < K; ++j)
+      if (x[j] > x[arg]) arg = j;
+    *correct += arg == y;
+    const Acc m = Acc(x[arg]);
+    Acc sum = 0, sum_x = 0;
+    for (int64_t j = 0; j < K; ++j) {
+      sum += std::exp(Acc(x[j]) - m);
+      sum_x += Acc(x[j]);
+    }
+    const Acc lse = m + std::log(sum);
+    // -sum_j q_j log p_j = -(1 - eps) log p_y - (eps / K) sum_j log p_j.
+    *loss_sum += -(1.0 - eps) * (Acc(x[y]) - lse) - off * (sum_x - Acc(K) * lse);
+    if (d)
+      for (int64_t j = 0; j < K; ++j) d[i * K + j] = T(g * (std::exp(Acc(x[j]) - lse) - (j == y ? on : off)));
+  }
+}
+
 }  // namespace incres::backend::ref
