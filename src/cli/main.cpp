@@ -63,8 +63,10 @@ const CLI::Validator kUnitHalfOpen = number_check("in [0, 1)", [](double v) { re
 // builds a model; a run records the ones given so `incres eval` rebuilds the same net.
 struct ArchFlags {
   std::string stride, unit, shortcut_map, shortcut_param, residual_scale, width, dropout;
-  bool paper_layout = false;
+  bool paper_layout = false, aux_bn = false;
   void add(CLI::App* c) {
+    c->add_flag("--aux-bn", aux_bn, "Inception-v3's BN-auxiliary: the auxiliary classifier's fully connected "
+                "layer batch-normalised (Sec. 7 of the paper)");
     c->add_option("--stride", stride, "ImageNet bottlenecks: v1.5 (stride on the 3x3, torchvision; default) or v1 "
                   "(on the first 1x1, the paper)")->check(CLI::IsMember({"v1", "v1.5"}));
     c->add_option("--unit", unit, "residual unit (Identity Mappings, Fig. 4): original, bn-after-add, "
@@ -88,6 +90,7 @@ struct ArchFlags {
     for (const auto& [key, value] : given)
       if (!value->empty()) o.emplace_back(key, *value);
     if (paper_layout) o.emplace_back("paper-layout", "true");
+    if (aux_bn) o.emplace_back("aux-bn", "true");
     return o;
   }
 };

@@ -54,7 +54,13 @@ Shape infer_shape(const Op& op, const std::vector<Shape>& in) {
                      in[0].str(), " gives an empty output");
         return Shape{c.K, P, Q};
       },
-      [&](const BatchNorm&) -> Shape { need_chw("batchnorm"); return in[0]; },
+      [&](const BatchNorm&) -> Shape {
+        // (C, H, W) per channel, or a flat (F): one value per feature and image (the
+        // paper's BN-auxiliary head normalises its fully connected layer).
+        INCRES_CHECK(in.size() == 1 && (in[0].rank() == 3 || in[0].rank() == 1),
+                     "batchnorm needs a (C, H, W) or flat input, got ", in.empty() ? std::string("nothing") : in[0].str());
+        return in[0];
+      },
       [&](const Relu&) -> Shape { return in[0]; },
       [&](const Add&) -> Shape {
         INCRES_CHECK(in.size() == 2 && in[0] == in[1], "add needs two equal shapes, got ",

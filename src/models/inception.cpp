@@ -129,8 +129,10 @@ int v3_e(Net& n, int x, const std::string& name) {
   return n.b.concat({b1, b3, bd, bp});
 }
 
-// The auxiliary classifier on the 17x17 grid: pool 5/3, 1x1 128, 5x5 768, fc.
-int v3_aux(Net& n, int x, int64_t classes) {
+// The auxiliary classifier on the 17x17 grid: pool 5/3, 1x1 128, 5x5 768, fc; with
+// bn_fc, the paper's BN-auxiliary (Sec. 7: "the fully connected layer of the
+// auxiliary classifier is also batch-normalized"), a BN on the fc's outputs.
+int v3_aux(Net& n, int x, int64_t classes, bool bn_fc) {
   auto s = n.b.scope("AuxLogits");
   const int64_t grid = n.b.shape(x)[1];
   INCRES_CHECK(grid >= 5, "inception_v3's auxiliary head needs a grid of at least 5x5 at Mixed_6e, got ",
@@ -141,8 +143,10 @@ int v3_aux(Net& n, int x, int64_t classes) {
                after_pool, "x", after_pool, "; use a larger image or --no-aux");
   y = n.conv(y, 768, 5, 1, 0, "conv1");
   n.b.init_param("conv1.conv.weight", graph::Init::truncated_normal, 0.01f);  // torchvision's stddev
-  y = n.b.linear(n.b.global_avg_pool(y), classes, "fc");
+  // With BN after it the fc has no bias: training-mode BN subtracts it again.
+  y = n.b.linear(n.b.global_avg_pool(y), classes, "fc", !bn_fc);
   n.b.init_param("fc.weight", graph::Init::truncated_normal, 0.001f);
+  if (bn_fc) y = n.b.batchnorm(y, "fc_bn", graph::BatchNorm{1e-3f});
   return y;
 }
 
@@ -283,7 +287,7 @@ graph::Graph inception_v3(const ModelConfig& cfg, bool stem_stride1, bool stem_p
   x = v3_c(n, x, 160, "Mixed_6d");
   x = v3_c(n, x, 192, "Mixed_6e");
   std::vector<int> aux;
-  if (cfg.aux) aux.push_back(v3_aux(n, x, cfg.classes));
+  if (cfg.aux) aux.push_back(v3_aux(n, x, cfg.classes, cfg.aux_bn));
   x = v3_d(n, x, "Mixed_7a");
   x = v3_e(n, x, "Mixed_7b");
   x = v3_e(n, x, "Mixed_7c");

@@ -48,6 +48,7 @@ struct ModelConfig {
   // (1 - lambda); < 0 means the model's default, 1 means none.
   float residual_scale = -1.f;
   bool aux = true;              // Inception-v3's auxiliary classifier
+  bool aux_bn = false;          // ... with its fully connected layer batch-normalised (BN-auxiliary)
   double width = 1.0;           // Inception channel multiplier (rounded to multiples of 8)
   bool paper_layout = false;    // Inception-ResNet-v2: the paper's 5/10/5 blocks, not 10/20/10
   float dropout = -1.f;         // before the classifier; < 0 means the model's default
@@ -84,7 +85,7 @@ graph::Graph inception_resnet_v2(const ModelConfig& cfg);
 
 // Sets one architecture option by its command-line name (without the dashes):
 // shortcut A|B|C, stride v1|v1.5, unit, shortcut-map, shortcut-param, residual-scale,
-// width, paper-layout true|false, aux true|false, dropout. Throws Error naming the
+// width, paper-layout true|false, aux true|false, aux-bn true|false, dropout. Throws Error naming the
 // option and what it accepts. Runs record these key/value pairs in their checkpoints
 // so `incres eval` rebuilds the same network.
 void set_option(ModelConfig& c, const std::string& key, const std::string& value);

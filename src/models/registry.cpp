@@ -134,7 +134,7 @@ bool parse_bool(const std::string& key, const std::string& v) {
 
 const std::vector<std::string>& option_names() {
   static const std::vector<std::string> names{"shortcut", "stride", "unit", "shortcut-map", "shortcut-param",
-                                              "residual-scale", "width", "paper-layout", "aux", "dropout"};
+                                              "residual-scale", "width", "paper-layout", "aux", "aux-bn", "dropout"};
   return names;
 }
 
@@ -163,6 +163,8 @@ void set_option(ModelConfig& c, const std::string& key, const std::string& v) {
     c.paper_layout = parse_bool(key, v);
   } else if (key == "aux") {
     c.aux = parse_bool(key, v);
+  } else if (key == "aux-bn") {
+    c.aux_bn = parse_bool(key, v);
   } else if (key == "dropout") {
     double p = parse_number(key, v);
     INCRES_CHECK(p >= 0 && p < 1, "--dropout must be in [0, 1), got ", v);

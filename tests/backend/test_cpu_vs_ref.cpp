@@ -352,3 +352,12 @@ TEST(CpuVsRef, BatchNormOffsetInput) {
   Builder b(Shape{16, 8, 8});
   compare(b.finish(b.relu(b.batchnorm(b.scale_shift(b.input(), 1.f, 50.f), "bn"))), 4);
 }
+
+// BN on flat values (the BN-auxiliary head's fc): one value per feature and image.
+TEST(CpuVsRef, BatchNormOnFlatValues) {
+  Builder b(Shape{16, 4, 4});
+  // No fc bias: BN in training removes it (its gradient is 0 up to rounding).
+  int x = b.linear(b.global_avg_pool(b.input()), 24, "fc", false);
+  x = b.relu(b.batchnorm(x, "fc_bn", graph::BatchNorm{1e-3f}));
+  compare(b.finish(b.linear(x, 10, "out")), 8);
+}

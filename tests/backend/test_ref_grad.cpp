@@ -150,7 +150,10 @@ TEST(RefOps, GradientsAccumulate) {
 // ---- batchnorm ----------------------------------------------------------------------
 
 TEST(RefGrad, BatchNormTraining) {
-  const ref::Dims d{2, 3, 3, 2};
+  // (C, H, W) values, and flat ones (H = W = 1: one value per feature and image, the
+  // BN-auxiliary head's fc).
+  for (const ref::Dims d : {ref::Dims{2, 3, 3, 2}, ref::Dims{5, 4, 1, 1}}) {
+  SCOPED_TRACE(d.H);
   Rng rng(21);
   Vec x = randn(d.numel(), rng, 2.0, 0.7), gamma = randn(d.C, rng, 0.5, 1.0),
       beta = randn(d.C, rng);
@@ -169,6 +172,7 @@ TEST(RefGrad, BatchNormTraining) {
   expect_grad("dx", x, dx, loss);
   expect_grad("dgamma", gamma, dgamma, loss);
   expect_grad("dbeta", beta, dbeta, loss);
+  }
 }
 
 // The statistics against PyTorch's definitions, computed here independently.

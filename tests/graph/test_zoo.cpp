@@ -78,6 +78,14 @@ TEST(Zoo, InceptionV3CountsLikeTorchvision) {
   EXPECT_GE(with_aux.find_param("AuxLogits.conv1.conv.weight"), 0);
   EXPECT_EQ(with_aux.params[with_aux.find_param("Mixed_6b.branch7x7_2.conv.weight")].shape,
             (Shape{128, 128, 1, 7}));
+  // BN-auxiliary: a BN (gamma, beta) on the aux fc's 1000 outputs, whose bias goes.
+  ModelConfig bn_aux = models::find_model("inception_v3").defaults;
+  models::set_option(bn_aux, "aux-bn", "true");
+  const graph::Graph ba = models::build_model("inception_v3", bn_aux);
+  EXPECT_EQ(ba.param_count(), 27161264 + 2 * 1000 - 1000);
+  EXPECT_LT(ba.find_param("AuxLogits.fc.bias"), 0);
+  EXPECT_EQ(ba.values[ba.aux_outputs[0]].shape, (Shape{1000}));
+  EXPECT_GE(ba.find_param("AuxLogits.fc_bn.running_var"), 0);
 }
 
 TEST(Zoo, InceptionV4AndResNetV2CountLikeTimm) {

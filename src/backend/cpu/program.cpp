@@ -472,7 +472,7 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
   fs.push_back(step(pd, std::move(args)));
   // Running statistics as PyTorch keeps them: the variance is the unbiased one.
   const auto& xd = md_[x].dims();
-  const int64_t C = xd[1], count = xd[0] * xd[2] * xd[3];
+  const int64_t C = xd[1], count = xd[0] * (xd.size() == 4 ? xd[2] * xd[3] : 1);
   const float m = bn.momentum, unbias = count > 1 ? float(count) / float(count - 1) : 1.f;
   fs.push_back(loop([=]() mutable {
     kernels::update_running_stats(static_cast<float*>(rmean.get_data_handle()),

@@ -59,6 +59,7 @@ class RefProgram final : public Program {
   // (N, C, H, W) of value v with the program's batch size.
   ref::Dims dims(int v) const {
     const Shape& s = g_.values[v].shape;
+    if (s.rank() == 1) return {opt_.batch, s[0], 1, 1};  // flat values: features as channels
     return {opt_.batch, s[0], s[1], s[2]};
   }
   int64_t count(int v) const { return opt_.batch * g_.values[v].shape.numel(); }
