@@ -235,6 +235,27 @@ int block8(Net& n, int x, bool v2, float scale, bool relu = true) {
   return residual(n, x, {b0, b1}, scale, relu);
 }
 
+// The Inception-ResNet stem up to conv2d_4a (Fig. 14 / the release): 3x3/2 32, 3x3 32,
+// 3x3 64, max pool, 1x1 80, 3x3 192; v1 and v2 differ only in what follows.
+int ir_stem(Net& n, int x) {
+  x = n.conv(x, 32, 3, 2, 0, "conv2d_1a");
+  x = n.conv(x, 32, 3, 1, 0, "conv2d_2a");
+  x = n.conv(x, 64, 3, 1, 1, "conv2d_2b");
+  x = n.b.max_pool(x, 3, 2);
+  x = n.conv(x, 80, 1, "conv2d_3b");
+  return n.conv(x, 192, 3, 1, 0, "conv2d_4a");
+}
+
+// Inception-ResNet's Reduction-B: 1x1 256 -> 3x3/2 384 || 1x1 256 -> 3x3/2 b1 ||
+// 1x1 256 -> 3x3 b2a -> 3x3/2 b2b || max pool.
+int ir_reduction_b(Net& n, int x, int64_t b1k, int64_t b2a, int64_t b2b) {
+  int b0 = n.conv(n.conv(x, 256, 1, "branch0.0"), 384, 3, 2, 0, "branch0.1");
+  int b1 = n.conv(n.conv(x, 256, 1, "branch1.0"), b1k, 3, 2, 0, "branch1.1");
+  int b2 = n.conv(n.conv(x, 256, 1, "branch2.0"), b2a, 3, "branch2.1");
+  b2 = n.conv(b2, b2b, 3, 2, 0, "branch2.2");
+  return n.b.concat({b0, b1, b2, n.b.max_pool(x, 3, 2)});
+}
+
 // `count` blocks under <name>.0, <name>.1, ... (timm's nn.Sequential).
 template <class F>
 int repeat(Net& n, int x, const std::string& name, int count, F block) {
@@ -337,13 +358,7 @@ graph::Graph inception_resnet_v1(const ModelConfig& cfg) {
   Builder b(Shape{cfg.in_channels, cfg.image, cfg.image});
   Net n{b, cfg.width};
   // Stem (Fig. 14): 3x3/2 32, 3x3 32, 3x3 64, max pool, 1x1 80, 3x3 192, 3x3/2 256.
-  int x = n.conv(b.input(), 32, 3, 2, 0, "conv2d_1a");
-  x = n.conv(x, 32, 3, 1, 0, "conv2d_2a");
-  x = n.conv(x, 64, 3, 1, 1, "conv2d_2b");
-  x = b.max_pool(x, 3, 2);
-  x = n.conv(x, 80, 1, "conv2d_3b");
-  x = n.conv(x, 192, 3, 1, 0, "conv2d_4a");
-  x = n.conv(x, 256, 3, 2, 0, "conv2d_4b");
+  int x = n.conv(ir_stem(n, b.input()), 256, 3, 2, 0, "conv2d_4b");
   const float s35 = scale_or(cfg, 0.17f), s17 = scale_or(cfg, 0.10f), s8 = scale_or(cfg, 0.20f);
   x = repeat(n, x, "repeat", 5, [&](int y) { return block35(n, y, false, s35); });
   {
@@ -353,11 +368,7 @@ graph::Graph inception_resnet_v1(const ModelConfig& cfg) {
   x = repeat(n, x, "repeat_1", 10, [&](int y) { return block17(n, y, false, s17); });
   {
     auto s = b.scope("mixed_7a");  // Reduction-B (Fig. 12)
-    int b0 = n.conv(n.conv(x, 256, 1, "branch0.0"), 384, 3, 2, 0, "branch0.1");
-    int b1 = n.conv(n.conv(x, 256, 1, "branch1.0"), 256, 3, 2, 0, "branch1.1");
-    int b2 = n.conv(n.conv(x, 256, 1, "branch2.0"), 256, 3, "branch2.1");
-    b2 = n.conv(b2, 256, 3, 2, 0, "branch2.2");
-    x = b.concat({b0, b1, b2, b.max_pool(x, 3, 2)});
+    x = ir_reduction_b(n, x, 256, 256, 256);
   }
   x = repeat(n, x, "repeat_2", 5, [&](int y) { return block8(n, y, false, s8); });
   return b.finish(classifier(n, x, 0.2f, cfg, "classif"));
@@ -367,13 +378,7 @@ graph::Graph inception_resnet_v2(const ModelConfig& cfg) {
   check_image(cfg, 75, "inception_resnet_v2");
   Builder b(Shape{cfg.in_channels, cfg.image, cfg.image});
   Net n{b, cfg.width};
-  int x = n.conv(b.input(), 32, 3, 2, 0, "conv2d_1a");
-  x = n.conv(x, 32, 3, 1, 0, "conv2d_2a");
-  x = n.conv(x, 64, 3, 1, 1, "conv2d_2b");
-  x = b.max_pool(x, 3, 2);
-  x = n.conv(x, 80, 1, "conv2d_3b");
-  x = n.conv(x, 192, 3, 1, 0, "conv2d_4a");
-  x = b.max_pool(x, 3, 2);
+  int x = b.max_pool(ir_stem(n, b.input()), 3, 2);
   {
     auto s = b.scope("mixed_5b");  // 35x35x320
     int b0 = n.conv(x, 96, 1, "branch0");
@@ -393,12 +398,8 @@ graph::Graph inception_resnet_v2(const ModelConfig& cfg) {
   }
   x = repeat(n, x, "repeat_1", n17, [&](int y) { return block17(n, y, true, s17); });
   {
-    auto s = b.scope("mixed_7a");  // Reduction-B -> 2080
-    int b0 = n.conv(n.conv(x, 256, 1, "branch0.0"), 384, 3, 2, 0, "branch0.1");
-    int b1 = n.conv(n.conv(x, 256, 1, "branch1.0"), 288, 3, 2, 0, "branch1.1");
-    int b2 = n.conv(n.conv(x, 256, 1, "branch2.0"), 288, 3, "branch2.1");
-    b2 = n.conv(b2, 320, 3, 2, 0, "branch2.2");
-    x = b.concat({b0, b1, b2, b.max_pool(x, 3, 2)});
+    auto s = b.scope("mixed_7a");  // Reduction-B (Fig. 18) -> 2080
+    x = ir_reduction_b(n, x, 288, 288, 320);
   }
   x = repeat(n, x, "repeat_2", n8, [&](int y) { return block8(n, y, true, s8); });
   {

@@ -355,12 +355,12 @@ TrainResult run_training(const TrainConfig& cfg) {
     train_loader = std::move(tl);
     test_loader = std::move(vl);
   } else {
-    if (image >= 2 * std::max(data.train.height, data.train.width)) {
-      log_info(cat("resizing the ", data.train.height, "x", data.train.width, " images to ", image - 8, "x",
-                   image - 8, " (zero-padded to the model's ", image, "x", image, ")"));
-      data.train = fit_images(data.train, image);
-      data.test = fit_images(data.test, image);
-    }
+    const int64_t h = data.train.height, w = data.train.width;
+    data.train = fit_images(data.train, image);
+    data.test = fit_images(data.test, image);
+    if (data.train.height != h)
+      log_info(cat("resized the ", h, "x", w, " images to ", data.train.height, "x", data.train.width,
+                   " (zero-padded to the model's ", image, "x", image, ")"));
     // Normalisation comes from the whole training set, also when training on a subset,
     // so that `incres eval` (which sees the whole set) normalises the same way.
     data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
