@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# incres against its peers, side by side in one run, same batch, same threads,
+# synthetic data: PyTorch (Debian's python3-torch, bench/pytorch_train.py) for
+# training, ONNX Runtime 1.30 (Node binding, bench/ort_infer.mjs on models exported
+# by bench/export_onnx.py) for inference. Each row runs incres and its peer
+# interleaved, ROUNDS times, and the best round counts for each (the machine is
+# shared: the best round is the least disturbed one). Prints a markdown table for
+# docs/performance.md, with the target of the speed issue per row; the raw JSON lines
+# go to bench/.cache/last-run.jsonl.
+#
+# Usage: bench/run.sh [ROW|GROUP ...]      (default: every row)
+#   rows:   train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16
+#           infer-inception_v3-b16 infer-resnet50-b1 memory-resnet50-b32
+#   groups: train, infer, memory, infer-resnet50, ... (every row named GROUP-*)
+# Environment: ROUNDS (2), THREADS (2), ITERS and WARMUP (timed and untimed steps of
+# every row; default per row, see row_spec; the memory row always runs 2 + 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py=/usr/bin/python3   # Debian's, with torch; not a pyenv python3 on PATH
+rounds=${ROUNDS:-2}; threads=${THREADS:-2}
+export OMP_NUM_THREADS=$threads
+jsonl=bench/.cache/last-run.jsonl
+
+all_rows=(train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16 infer-inception_v3-b16
+          infer-resnet50-b1 memory-resnet50-b32)
+args=("$@"); ((${#args[@]})) || args=("${all_rows[@]}")
+rows=()
+for arg in "${args[@]}"; do
+  n=${#rows[@]}
+  for r in "${all_rows[@]}"; do [[ $r == "$arg" || $r == "$arg"-* ]] && rows+=("$r"); done
+  (( ${#rows[@]} > n )) || { echo "bench/run.sh: no row '$arg'; rows: ${all_rows[*]}" >&2; exit 2; }
+done
+
+for f in build/incres build/bench/peak_matmul; do
+  [[ -x $f ]] || { echo "bench/run.sh: $f is missing: build first (make, or cmake --build build)" >&2; exit 1; }
+done
+bench/setup.sh >&2
+
+# row_spec ROW: sets what the row measures.
+#   desc    the workload column
+#   kind    thr (images/s, higher is better), lat (median ms), mem (peak RSS MB)
+#   target  the issue's bar on the ratio incres/peer (>= for thr, <= for lat and mem)
+#   inc     the incres command; peer: the peer's command
+row_spec() {
+  local it wu onnx
+  case $1 in
+    train-resnet20 | train-resnet56)
+      local m=${1#train-}; it=${ITERS:-20}; wu=${WARMUP:-3}
+      desc="train fp32 $m b128 32x32"; kind=thr; target=1.3
+      inc=(build/incres bench "$m" --mode train --batch 128 --iters "$it" --warmup "$wu" --json)
+      peer=("$py" bench/pytorch_train.py --model "$m" --batch 128 --image 32 --iters "$it" --warmup "$wu" --threads "$threads") ;;
+    train-resnet50)
+      it=${ITERS:-5}; wu=${WARMUP:-2}
+      desc="train fp32 resnet50 b16 224x224"; kind=thr; target=1.2
+      inc=(build/incres bench resnet50 --mode train --batch 16 --iters "$it" --warmup "$wu" --json)
+      peer=("$py" bench/pytorch_train.py --model resnet50 --batch 16 --image 224 --iters "$it" --warmup "$wu" --threads "$threads") ;;
+    infer-resnet50-b16 | infer-inception_v3-b16 | infer-resnet50-b1)
+      local m=${1#infer-}; m=${m%-b*}; local b=${1##*-b} image=224 flags=()
+      [[ $m == inception_v3 ]] && { image=299; flags=(--no-aux); }
+      if ((b == 1)); then it=${ITERS:-30}; wu=${WARMUP:-5}; kind=lat; target=0.95
+      else it=${ITERS:-10}; wu=${WARMUP:-3}; kind=thr; target=1.05; fi
+      desc="infer fp32 $m b$b ${image}x$image"
+      onnx=$("$py" bench/export_onnx.py --model "$m" --batch "$b" --image "$image")
+      inc=(build/incres bench "$m" --mode infer --batch "$b" --image "$image" "${flags[@]}" --iters "$it" --warmup "$wu" --json)
+      peer=(node bench/ort_infer.mjs --model-file "$onnx" --model "$m" --batch "$b" --image "$image"
+            --iters "$it" --warmup "$wu" --threads "$threads") ;;
+    memory-resnet50-b32)
+      desc="peak memory, train resnet50 b32 224x224"; kind=mem; target=1.0
+      inc=(build/incres bench resnet50 --mode train --batch 32 --iters 2 --warmup 1 --json)
+      peer=("$py" bench/pytorch_train.py --model resnet50 --batch 32 --image 224 --iters 2 --warmup 1 --threads "$threads") ;;
+  esac
+}
+
+# json_of CMD...: the last JSON line CMD prints; nothing (and a message) if it fails.
+json_of() {
+  local out
+  if out=$("$@"); then grep '^{' <<<"$out" | tail -n1 || true; else echo "bench/run.sh: failed: $*" >&2; fi
+}
+
+# rss_json_of CMD...: json_of CMD with "max_rss_mb", CMD's peak resident memory, added.
+rss_json_of() {
+  local kb_file line
+  kb_file=$(mktemp)
+  if [[ -x /usr/bin/time ]]; then
+    line=$(json_of /usr/bin/time -f %M -o "$kb_file" "$@")
+  else  # the same figure, from the kernel's accounting of a waited-for child
+    line=$(json_of "$py" -c 'import resource, subprocess, sys
+r = subprocess.run(sys.argv[2:]).returncode
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(r)' "$kb_file" "$@")
+  fi
+  [[ -n $line ]] && echo "{\"max_rss_mb\":$(awk '{print $1 / 1024}' "$kb_file"),${line#\{}"
+  rm -f "$kb_file"
+}
+
+# record ROW ROUND ENGINE LINE: appends LINE to the JSONL file, tagged with the row,
+# the round and (unless LINE names it) the engine.
+record() {
+  local tag="\"row\":\"$1\",\"round\":$2,"
+  [[ $4 == *'"engine"'* ]] || tag+="\"engine\":\"$3\","
+  [[ -n $4 ]] && echo "{$tag${4#\{}" >>"$jsonl"
+  return 0
+}
+
+# One table row from the row's JSON lines (stdin): the best round of each engine.
+summarize='
+import json, sys
+row, kind, desc, target, peak = sys.argv[1:6]
+target, peak = float(target), float(peak)
+lines = [l for l in map(json.loads, sys.stdin) if l["row"] == row]
+key = {"thr": "images_per_sec", "lat": "median_ms", "mem": "max_rss_mb"}[kind]
+best = max if kind == "thr" else min
+inc = [l for l in lines if l["engine"] == "incres"]
+peer = [l for l in lines if l["engine"] != "incres"]
+name = "onnxruntime" if desc.startswith("infer") else "pytorch"
+unit = {"thr": "img/s", "lat": "ms", "mem": "MB"}[kind]
+i = best(inc, key=lambda l: l[key]) if inc else None
+p = best(peer, key=lambda l: l[key]) if peer else None
+cell = lambda l: f"{l[key]:.1f} {unit}" if l else "failed"
+if i and p:
+    r = i[key] / p[key]
+    met = r >= target if kind == "thr" else r <= target
+    ratio = f"{r:.2f}x" + ("" if kind == "thr" else ", lower is better")
+    verdict = "met" if met else "missed"
+else:
+    ratio, verdict = "-", "-"
+bar = (">= " if kind == "thr" else "<= ") + f"{target:.2f}x"
+gflops = i.get("gflops") if i and kind != "mem" else None
+gf, of_peak = (f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%") if gflops else ("-", "-")
+print(f"| {desc} | {cell(i)} | {name} {cell(p)} | {ratio} | {bar} | {verdict} | {gf} | {of_peak} |")
+'
+
+mkdir -p bench/.cache
+: >"$jsonl"
+peak_line=$(build/bench/peak_matmul)
+record peak 0 peak_matmul "$peak_line"
+peak=$("$py" -c 'import json, sys; print(json.loads(sys.argv[1])["gflops"])' "$peak_line")
+if grep -q avx512f /proc/cpuinfo; then isa=avx512f; elif grep -q avx2 /proc/cpuinfo; then isa="avx2, no avx512f"
+else isa="no avx2"; fi
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($isa), $threads threads;" \
+     "peak (oneDNN fp32 matmul 2048^3): $peak GFLOP/s; best of $rounds interleaved rounds"
+echo
+echo "| workload | incres | peer | ratio incres/peer | target | | incres GFLOP/s | of peak |"
+echo "|---|---|---|---|---|---|---|---|"
+for row in "${rows[@]}"; do
+  row_spec "$row"
+  for ((r = 1; r <= rounds; r++)); do
+    if [[ $kind == mem ]]; then
+      record "$row" "$r" incres "$(rss_json_of "${inc[@]}")"
+      record "$row" "$r" pytorch "$(json_of "${peer[@]}")"
+    else
+      record "$row" "$r" incres "$(json_of "${inc[@]}")"
+      record "$row" "$r" "$([[ $row == train-* ]] && echo pytorch || echo onnxruntime)" "$(json_of "${peer[@]}")"
+    fi
+  done
+  "$py" -c "$summarize" "$row" "$kind" "$desc" "$target" "$peak" <"$jsonl"
+done
+echo
+echo "peers: $("$py" -c 'import json, sys
+print(", ".join(sorted({l["peer"] for l in map(json.loads, sys.stdin) if "peer" in l and l["engine"] != "incres"})))' <"$jsonl");" \
+     "raw results: $jsonl"
