@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "graph/graph.h"
 #include "graph/params.h"
@@ -17,6 +18,17 @@
 namespace incres::backend {
 
 enum class Mode { train, infer };
+
+// What one recorded step of a program is and, with profiling on, what it cost.
+struct StepProfile {
+  std::string phase;  // "prepare" (weights, inference), "forward" or "backward"
+  std::string node;   // the graph node it belongs to ("" for the graph's edges)
+  std::string op;     // that node's op ("conv2d", ...)
+  std::string kind;   // oneDNN primitive kind ("convolution", "reorder", ...) or "loop" (ours)
+  std::string impl;   // the implementation that runs ("jit:avx2", "ref:any", "incres")
+  double seconds = 0;  // summed over calls, while profiling
+  int64_t calls = 0;
+};
 
 struct Options {
   int64_t batch = 1;
@@ -57,6 +69,11 @@ class Program {
 
   // Bytes the program holds for activations, gradients and workspaces.
   virtual int64_t planned_bytes() const = 0;
+
+  // Every step the program runs, in order; with profiling on, each step's time is
+  // measured (one clock read per step) and summed. The reference backend has no steps.
+  virtual void set_profiling(bool on) { (void)on; }
+  virtual std::vector<StepProfile> steps() const { return {}; }
   virtual std::string backend_name() const = 0;
 
  private:

@@ -47,6 +47,7 @@ void ParamStore::init(const Graph& g, uint64_t seed) {
       case Init::zeros: values[i].fill(0.f); break;
     }
   }
+  changed();
 }
 
 void ParamStore::zero_grads() {

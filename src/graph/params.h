@@ -18,6 +18,13 @@ struct ParamStore {
   void init(const Graph& g, uint64_t seed);
   void zero_grads();
 
+  // Whoever writes `values` calls changed(): optimizer steps, the moving average,
+  // loads, init, and a training program's forward (running statistics). An
+  // inference program prepares its weights (BN folded, reordered) once and again
+  // only when `version` has moved since.
+  void changed() { ++version; }
+  uint64_t version = 0;
+
   std::vector<Tensor> values;
   std::vector<Tensor> grads;  // empty Tensor for buffers
 };

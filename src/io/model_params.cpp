@@ -84,6 +84,7 @@ LoadReport load_params(const SafeTensors& st, const graph::Graph& g, graph::Para
     const Tensor& src = st.tensors.at(g.params[i].name);
     std::memcpy(store.values[i].raw(), src.raw(), src.nbytes());
   }
+  store.changed();
   return r;
 }
 

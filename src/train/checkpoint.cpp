@@ -135,6 +135,7 @@ CheckpointState load_checkpoint(const std::string& path, const graph::Graph& g,
       Tensor& dst = ema->averages().values[i];
       std::memcpy(dst.raw(), averages.at(g.params[i].name).raw(), dst.nbytes());
     }
+    ema->averages().changed();
   }
   s.model = meta("model");
   s.config = meta("config");

@@ -37,6 +37,7 @@ void Ema::update(int64_t step) {
     const int64_t n = avg_.values[i].numel();
     for (int64_t j = 0; j < n; ++j) a[j] -= one_minus * (a[j] - v[j]);
   }
+  avg_.changed();
 }
 
 }  // namespace incres::train

@@ -142,6 +142,7 @@ void Sgd::step(double lr) {
       sgd_update<false>(p.data<float>(), grad.data<float>(), buf[i].data<float>(), n,
                         static_cast<float>(lr), m, decay_[i]);
   }
+  store_->changed();
 }
 
 // ---- RmsProp ----
@@ -172,6 +173,7 @@ void RmsProp::step(double lr) {
                    n, static_cast<float>(lr), static_cast<float>(opt_.decay),
                    static_cast<float>(opt_.momentum), static_cast<float>(opt_.epsilon), decay_[i]);
   }
+  store_->changed();
 }
 
 // ---- Clipping ----

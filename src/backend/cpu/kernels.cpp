@@ -1,6 +1,7 @@
 #include "backend/cpu/kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace incres::backend::kernels {
@@ -10,6 +11,16 @@ void copy(float* dst, const float* src, int64_t count) {
   for (int64_t i = 0; i < count; i += 4096) {
     int64_t n = count - i < 4096 ? count - i : 4096;
     std::memcpy(dst + i, src + i, n * sizeof(float));
+  }
+}
+
+void fold_batchnorm(float* w_out, float* b_out, const float* w, const float* b, const float* gamma,
+                    const float* beta, const float* mean, const float* var, float eps, int64_t K, int64_t per_k) {
+  for (int64_t k = 0; k < K; ++k) {
+    // In double, as the reference computes BN: the folded weights round once.
+    const double sk = static_cast<double>(gamma[k]) / std::sqrt(static_cast<double>(var[k]) + eps);
+    for (int64_t j = 0; j < per_k; ++j) w_out[k * per_k + j] = static_cast<float>(sk * w[k * per_k + j]);
+    b_out[k] = static_cast<float>(beta[k] + sk * ((b ? b[k] : 0.0) - mean[k]));
   }
 }
 

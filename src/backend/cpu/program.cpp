@@ -2,12 +2,18 @@
 //   1. picks a layout per value: nChw16c (AVX-512) or nChw8c (AVX2) where the channel
 //      count allows (oneDNN's jit kernels work on it natively, so no reorders between
 //      ops), nchw otherwise, nc for flat values;
-//   2. fuses BatchNorm + ReLU (oneDNN's fuse_norm_relu, ReLU mask in a workspace) and
-//      runs other ReLUs in place on their input;
+//   2. fuses: for inference, each conv absorbs the BatchNorm after it (folded into
+//      its weights and bias), then a ReLU, or the residual sum (a sum post-op: the
+//      conv writes on top of the shortcut's buffer) and the ReLU after it; other
+//      BatchNorms take a following ReLU (oneDNN's fuse_norm_relu, the ReLU mask in a
+//      workspace for training); other ReLUs run in place on their input;
 //   3. creates every primitive once, with backward descriptors hinted by the forward
 //      ones, and one shared scratchpad sized to the largest need;
 //   4. allocates every activation and gradient buffer.
-// forward()/backward() then only execute the recorded steps (run many).
+// forward()/backward() then only execute the recorded steps (run many). An inference
+// program prepares its weights (folded, reordered to the conv's layout) at its first
+// forward and again only when the store's version has moved; a training program
+// reorders them at every forward, since every step changes them.
 //
 // Gradients: in backward, the consumers of a value run in reverse order. The first
 // of them writes d(value); later ones add to it (fan-out, e.g. the block input that
@@ -16,8 +22,10 @@
 // temporary, followed by an in-place add; reorders add through their sum post-op,
 // and our own loops take an `accumulate` flag.
 #include <dnnl.hpp>
+#include <oneapi/dnnl/dnnl_debug.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <unordered_map>
@@ -48,6 +56,11 @@ struct Step {
   std::vector<dnnl_exec_arg_t> args;
   std::vector<memory> held;
   std::function<void()> fn;  // our own loop when no primitive fits
+  int node = -1;             // the graph node it belongs to; -1 for the graph's edges
+  const char* kind = "loop";
+  std::string impl = "incres";
+  double seconds = 0;  // while profiling
+  int64_t calls = 0;
 
   void add_arg(int arg, const memory& m) {
     args.push_back({arg, m.get()});
@@ -107,6 +120,8 @@ class CpuProgram final : public Program {
   void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
   std::string backend_name() const override { return "cpu"; }
+  void set_profiling(bool on) override { profiling_ = on; }
+  std::vector<StepProfile> steps() const override;
 
  private:
   const float* output_impl(int i) const override;
@@ -122,6 +137,8 @@ class CpuProgram final : public Program {
   Step step(const PD& pd, const std::unordered_map<int, memory>& args) {
     Step s;
     s.prim = primitive(pd.get());
+    s.kind = dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(s.prim.get_kind()));
+    s.impl = pd.impl_info_str();
     for (const auto& [arg, m] : args) s.add_arg(arg, m);
     add_scratch(s, pd.scratchpad_desc());
     return s;
@@ -141,7 +158,19 @@ class CpuProgram final : public Program {
   // another gradient (add, concat's aligned slices take `from` as a submemory view).
   void add_scaled(std::vector<Step>& steps, int node, size_t slot, const memory& from, float scale);
 
+  // Inference: what a conv absorbs (see the top of this file). `out` is the value the
+  // fused conv writes; the other members are nodes, -1 where absent.
+  struct Chain {
+    int bn = -1, relu = -1, add = -1, post_relu = -1;
+    int slot = 0;     // the add's input the conv's chain arrives at
+    int other = -1;   // the add's other input, whose buffer the conv sums onto
+    int out = -1;
+  };
+  Chain conv_chain(int conv) const;
+  int sole_consumer(int v) const;
+
   void compile_conv(const Node& n, const graph::Conv2d& c);
+  void compile_conv_infer(const Node& n, const graph::Conv2d& c);
   void compile_batchnorm(const Node& n, const graph::BatchNorm& bn);
   void compile_relu(const Node& n);
   void compile_add(const Node& n, const graph::Add& a);
@@ -167,11 +196,14 @@ class CpuProgram final : public Program {
   std::vector<memory::desc> md_;      // per value
   std::vector<memory> act_, grad_;    // per value
   std::vector<int> fused_relu_;       // per node: the ReLU node fused into this BN, or -1
+  std::vector<Chain> chain_;          // per node: what an inference conv absorbed
   std::vector<bool> skip_;            // per node: folded into another node
   std::vector<Tensor> buffers_;
   std::vector<std::vector<Step>> node_fwd_, node_bwd_;
-  std::vector<Step> fwd_, bwd_;
-  SharedBuffer scratch_, tmp_;
+  std::vector<Step> prep_, fwd_, bwd_;
+  uint64_t prepared_version_ = ~uint64_t{0};  // the store version prep_ last ran at
+  bool profiling_ = false;
+  SharedBuffer scratch_, tmp_, fold_;
   memory in_plain_, din_plain_;
   // Per output computed (all in training, output 0 in inference): its plain NCHW copy
   // and, in training, a view of the caller's gradient and the reorder seeding d(value).
@@ -261,22 +293,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     if (live_[i])
       for (int v : g_.nodes[i].inputs) last_consumer_[v] = static_cast<int>(i);
 
-  // 1. Fusion decisions. BN followed by its only consumer, a ReLU, run as one primitive.
-  fused_relu_.assign(Nn, -1);
-  skip_.assign(Nn, false);
-  for (size_t i = 0; i < Nn; ++i) {
-    if (!live_[i] || !std::holds_alternative<graph::BatchNorm>(g_.nodes[i].op)) continue;
-    const auto& cons = g_.values[g_.nodes[i].output].consumers;
-    if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g_.nodes[cons[0]].op) &&
-        !is_output(g_.nodes[i].output)) {
-      fused_relu_[i] = cons[0];
-      skip_[cons[0]] = true;
-    }
-  }
-
-  // 2. Layouts and buffers, for the values the live nodes read and write. A ReLU whose
-  // input has no other consumer, produced by an op whose backward does not read its
-  // own output, runs in place.
+  // 1. Layouts, for the values the live nodes read and write.
   md_.resize(V);
   act_.resize(V);
   grad_.resize(V);
@@ -288,22 +305,58 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     INCRES_CHECK(s.rank() == 1 || s.rank() == 3, "cpu backend: value ", v, " has unsupported shape ", s.str());
     md_[v] = memory::desc(d, dt::f32, t);
   }
+
+  // 2. Fusion decisions. A value inside a fused chain has no buffer of its own
+  // (hidden); a value may use another's buffer (share).
+  fused_relu_.assign(Nn, -1);
+  skip_.assign(Nn, false);
+  chain_.assign(Nn, Chain{});
+  std::vector<bool> hidden(V, false);
+  std::vector<int> share(V, -1);
+  if (!training()) {
+    for (size_t i = 0; i < Nn; ++i) {
+      if (!live_[i] || !std::holds_alternative<graph::Conv2d>(g_.nodes[i].op)) continue;
+      Chain ch = conv_chain(static_cast<int>(i));
+      if (ch.out == g_.nodes[i].output) continue;
+      chain_[i] = ch;
+      for (int m : {ch.bn, ch.relu, ch.add, ch.post_relu}) {
+        if (m < 0) continue;
+        skip_[m] = true;
+        for (int v : g_.nodes[m].inputs)
+          if (v != ch.other) hidden[v] = true;
+      }
+      if (ch.add >= 0) share[ch.out] = ch.other;
+    }
+  }
+  // BN followed by its only consumer, a ReLU, run as one primitive.
+  for (size_t i = 0; i < Nn; ++i) {
+    if (!live_[i] || skip_[i] || !std::holds_alternative<graph::BatchNorm>(g_.nodes[i].op)) continue;
+    const auto& cons = g_.values[g_.nodes[i].output].consumers;
+    if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g_.nodes[cons[0]].op) &&
+        !is_output(g_.nodes[i].output)) {
+      fused_relu_[i] = cons[0];
+      skip_[cons[0]] = true;
+      hidden[g_.nodes[i].output] = true;
+    }
+  }
+  // A ReLU whose input has no other consumer, produced by an op whose backward does
+  // not read its own output, runs in place.
+  for (size_t v = 0; v < V; ++v) {
+    const int p = g_.values[v].producer;
+    if (p < 0 || !live_[p] || skip_[p] || !std::holds_alternative<graph::Relu>(g_.nodes[p].op)) continue;
+    const int x = g_.nodes[p].inputs[0], px = g_.values[x].producer;
+    bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g_.nodes[px].op) ||
+                            std::holds_alternative<graph::Conv2d>(g_.nodes[px].op));
+    if (safe && g_.values[x].consumers.size() == 1 && !is_output(x) && !hidden[x]) share[v] = x;
+  }
+
+  // 3. Buffers.
   for (size_t v = 0; v < V; ++v) {
     const graph::Value& val = g_.values[v];
-    bool hidden = val.producer >= 0 && fused_relu_[val.producer] >= 0;  // BN output inside a fused pair
     bool needed = static_cast<int>(v) == g_.input || (val.producer >= 0 && live_[val.producer]);
-    if (hidden || !needed) continue;
-    int alias = -1;
-    if (val.producer >= 0 && std::holds_alternative<graph::Relu>(g_.nodes[val.producer].op) &&
-        !skip_[val.producer]) {
-      int x = g_.nodes[val.producer].inputs[0];
-      int px = g_.values[x].producer;
-      bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g_.nodes[px].op) ||
-                              std::holds_alternative<graph::Conv2d>(g_.nodes[px].op));
-      if (safe && g_.values[x].consumers.size() == 1 && !is_output(x)) alias = x;
-    }
+    if (hidden[v] || !needed) continue;
     bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
-    if (alias >= 0) {
+    if (const int alias = share[v]; alias >= 0) {
       act_[v] = memory(md_[v], eng_, act_[alias].get_data_handle());
       if (needs_grad) grad_[v] = memory(md_[v], eng_, grad_[alias].get_data_handle());
     } else {
@@ -319,12 +372,13 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     grad_[bn_out] = grad_[relu_out];
   }
 
-  // 3. Primitives, node by node.
+  // 4. Primitives, node by node.
   node_fwd_.resize(Nn);
   node_bwd_.resize(Nn);
   for (size_t i = 0; i < Nn; ++i) {
     const Node& n = g_.nodes[i];
     if (!live_[i] || skip_[i] || std::holds_alternative<graph::Input>(n.op)) continue;
+    const size_t prep_before = prep_.size();
     std::visit([&](const auto& op) {
       using T = std::decay_t<decltype(op)>;
       if constexpr (std::is_same_v<T, graph::Conv2d>) compile_conv(n, op);
@@ -342,9 +396,12 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
       else if constexpr (std::is_same_v<T, graph::ScaleShift>) compile_scale_shift(n, op);
       else static_assert(std::is_same_v<T, graph::Input>, "an op without a cpu implementation");
     }, n.op);
+    for (auto* list : {&node_fwd_[i], &node_bwd_[i]})
+      for (Step& st : *list) st.node = static_cast<int>(i);
+    for (size_t k = prep_before; k < prep_.size(); ++k) prep_[k].node = static_cast<int>(i);
   }
 
-  // 4. The graph's edges: plain NCHW in and out, reorders only here.
+  // 5. The graph's edges: plain NCHW in and out, reorders only here.
   auto plain = [](const memory::desc& md) {
     return memory::desc(md.dims(), dt::f32, md.dims().size() == 2 ? tag::nc : tag::nchw);
   };
@@ -383,9 +440,54 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   node_bwd_.clear();
   scratch_.bind();
   tmp_.bind();
+  fold_.bind();
+}
+
+int CpuProgram::sole_consumer(int v) const {
+  if (is_output(v)) return -1;
+  int found = -1, count = 0;
+  for (int c : g_.values[v].consumers)
+    if (live_[c]) found = c, ++count;
+  return count == 1 ? found : -1;
+}
+
+CpuProgram::Chain CpuProgram::conv_chain(int conv) const {
+  auto is = [&]<class T>(int node, T*) { return node >= 0 && std::holds_alternative<T>(g_.nodes[node].op); };
+  Chain ch;
+  int v = g_.nodes[conv].output, c = sole_consumer(v);
+  if (is(c, (graph::BatchNorm*)nullptr) && g_.values[v].shape.rank() == 3) {
+    ch.bn = c;
+    v = g_.nodes[c].output;
+    c = sole_consumer(v);
+  }
+  if (is(c, (graph::Relu*)nullptr)) {
+    ch.relu = c;
+    v = g_.nodes[c].output;
+  } else if (is(c, (graph::Add*)nullptr)) {
+    // The sum post-op adds the conv's result to what its destination holds: the conv
+    // writes into the other input's buffer, which must be computed before the conv
+    // runs and read by nothing after it but this add.
+    const Node& add = g_.nodes[c];
+    const int slot = add.inputs[0] == v ? 0 : 1, other = add.inputs[1 - slot];
+    bool ready = other != v && md_[other] == md_[v] && !is_output(other) && g_.values[other].producer < conv;
+    for (int u : g_.values[other].consumers) ready = ready && (u == c || !live_[u] || u < conv);
+    if (ready) {
+      ch.add = c;
+      ch.slot = slot;
+      ch.other = other;
+      v = add.output;
+      if (int r = sole_consumer(v); is(r, (graph::Relu*)nullptr)) {
+        ch.post_relu = r;
+        v = g_.nodes[r].output;
+      }
+    }
+  }
+  ch.out = v;
+  return ch;
 }
 
 void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
+  if (!training()) return compile_conv_infer(n, c);
   const int x = n.inputs[0], y = n.output;
   const auto& xd = md_[x].dims();
   const auto& yd = md_[y].dims();
@@ -440,6 +542,78 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
     dnnl::reorder::primitive_desc rpd(eng_, dw.get_desc(), eng_, dw_user.get_desc(), attr());
     bs.push_back(step(rpd, {{DNNL_ARG_FROM, dw}, {DNNL_ARG_TO, dw_user}}));
   }
+}
+
+void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const Chain& ch = chain_[node];
+  const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
+  const auto& xd = md_[x].dims();
+  const auto& yd = md_[y].dims();
+  const int64_t K = c.K, C = xd[1];
+  memory::dims strides{c.stride, c.stride}, pad_l{c.pad_h, c.pad_w};
+  memory::dims pad_r{(yd[2] - 1) * c.stride + c.R - xd[2] - c.pad_h,
+                     (yd[3] - 1) * c.stride + c.S - xd[3] - c.pad_w};
+  const bool bias = c.bias || ch.bn >= 0;
+  memory::desc w_any({K, C, c.R, c.S}, dt::f32, tag::any);
+  memory::desc b_md({K}, dt::f32, tag::a);
+  dnnl::post_ops po;
+  const auto relu = dnnl::algorithm::eltwise_relu;
+  if (ch.relu >= 0) po.append_eltwise(1.f, relu, 0.f, 0.f);
+  if (ch.add >= 0) {
+    // add(a, b) = a + scale * b, with the conv's chain as one input and the other
+    // input already in the destination.
+    const float scale = std::get<graph::Add>(g_.nodes[ch.add].op).scale;
+    if (ch.slot == 0) {
+      po.append_sum(scale);
+    } else {
+      if (scale != 1.f) po.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, scale, 0.f);
+      po.append_sum(1.f);
+    }
+  }
+  if (ch.post_relu >= 0) po.append_eltwise(1.f, relu, 0.f, 0.f);
+  dnnl::primitive_attr a = attr();
+  a.set_post_ops(po);
+  const auto algo = dnnl::algorithm::convolution_direct;
+  const auto pk = dnnl::prop_kind::forward_inference;
+  auto fd = bias ? dnnl::convolution_forward::desc(pk, algo, md_[x], w_any, b_md, md_[y], strides, pad_l, pad_r)
+                 : dnnl::convolution_forward::desc(pk, algo, md_[x], w_any, md_[y], strides, pad_l, pad_r);
+  dnnl::convolution_forward::primitive_desc fpd(fd, a, eng_);
+
+  // The weights the conv reads, prepared when the store changes: folded with the BN
+  // (in a shared plain buffer, then reordered), or only reordered.
+  memory w_user = param(n.params[0], false), w = w_user, b;
+  if (ch.bn >= 0) {
+    const Node& bn_node = g_.nodes[ch.bn];
+    const float eps = std::get<graph::BatchNorm>(bn_node.op).eps;
+    const bool direct = fpd.weights_desc() == w_user.get_desc();
+    memory folded = direct ? alloc(w_user.get_desc()) : fold_.make(w_user.get_desc(), eng_);
+    b = alloc(b_md);
+    memory wu = w_user, bu = c.bias ? param(n.params[1], false) : memory();
+    memory gamma = param(bn_node.params[0], false), beta = param(bn_node.params[1], false);
+    memory mean = param(bn_node.params[2], false), var = param(bn_node.params[3], false);
+    const int64_t per_k = C * c.R * c.S;
+    auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
+    prep_.push_back(loop([=]() {
+      kernels::fold_batchnorm(f(folded), f(b), f(wu), bu ? f(bu) : nullptr, f(gamma), f(beta), f(mean), f(var),
+                              eps, K, per_k);
+    }));
+    w = direct ? folded : alloc(fpd.weights_desc());
+    if (!direct) {
+      dnnl::reorder::primitive_desc rpd(eng_, folded.get_desc(), eng_, w.get_desc(), attr());
+      prep_.push_back(step(rpd, {{DNNL_ARG_FROM, folded}, {DNNL_ARG_TO, w}}));
+    }
+  } else {
+    if (fpd.weights_desc() != w_user.get_desc()) {
+      w = alloc(fpd.weights_desc());
+      dnnl::reorder::primitive_desc rpd(eng_, w_user.get_desc(), eng_, w.get_desc(), attr());
+      prep_.push_back(step(rpd, {{DNNL_ARG_FROM, w_user}, {DNNL_ARG_TO, w}}));
+    }
+    if (c.bias) b = param(n.params[1], false);
+  }
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, act_[y]}};
+  if (bias) args[DNNL_ARG_BIAS] = b;
+  node_fwd_[node].push_back(step(fpd, std::move(args)));
 }
 
 void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
@@ -789,6 +963,15 @@ void CpuProgram::compile_scale_shift(const Node& n, const graph::ScaleShift& s) 
 }
 
 void CpuProgram::run(Step& s) {
+  if (profiling_) {
+    auto t0 = std::chrono::steady_clock::now();
+    profiling_ = false;
+    run(s);
+    profiling_ = true;
+    s.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++s.calls;
+    return;
+  }
   if (s.fn) return s.fn();
   dnnl_status_t status = dnnl_primitive_execute(s.prim.get(), strm_.get(), static_cast<int>(s.args.size()),
                                                 s.args.data());
@@ -797,10 +980,30 @@ void CpuProgram::run(Step& s) {
 }
 
 void CpuProgram::forward(const float* x) {
+  if (!training() && store_.version != prepared_version_) {
+    for (Step& s : prep_) run(s);
+    prepared_version_ = store_.version;
+  }
   if (training()) drawn_step_ = step_++;
   in_plain_.set_data_handle(const_cast<float*>(x));
   for (Step& s : fwd_) run(s);
   strm_.wait();
+  if (training()) store_.changed();  // the running statistics moved
+}
+
+std::vector<StepProfile> CpuProgram::steps() const {
+  std::vector<StepProfile> out;
+  auto add = [&](const char* phase, const Step& s) {
+    const bool edge = s.node < 0;
+    out.push_back({phase, edge ? "" : g_.nodes[s.node].name, edge ? "" : graph::op_name(g_.nodes[s.node].op),
+                   s.kind, s.impl, s.seconds, s.calls});
+  };
+  for (const Step& s : prep_) add("prepare", s);
+  for (const Step& s : fwd_) add("forward", s);
+  for (const Output& o : out_)
+    if (o.seed.prim) add("backward", o.seed);
+  for (const Step& s : bwd_) add("backward", s);
+  return out;
 }
 
 const float* CpuProgram::output_impl(int i) const {

@@ -1,0 +1,162 @@
+// The inference compilation of the oneDNN backend: each conv absorbs the BatchNorm
+// after it (folded into its weights), a ReLU, or the residual sum and the ReLU after
+// it (post-ops). Checked against the reference on the fused patterns and on whole
+// ResNet-50 and Inception-ResNet-v2 nets, and by looking at the compiled program:
+// no BatchNorm, no stand-alone ReLU or add, no reorder between the convs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "backend/program.h"
+#include "core/rng.h"
+#include "graph/builder.h"
+#include "models/models.h"
+
+using namespace incres;
+using graph::Builder;
+
+namespace {
+
+// Random weights and non-trivial BN statistics in both stores (same values).
+void randomise(const graph::Graph& g, graph::ParamStore& a, graph::ParamStore& b, uint64_t seed) {
+  a.init(g, seed);
+  for (size_t i = 0; i < g.params.size(); ++i) {
+    const graph::Role role = g.params[i].role;
+    Rng r(seed + i);
+    float* v = a.values[i].data<float>();
+    for (int64_t j = 0; j < a.values[i].numel(); ++j) {
+      if (role == graph::Role::running_var || role == graph::Role::bn_gamma) v[j] = static_cast<float>(0.5 + r.uniform());
+      else if (role == graph::Role::running_mean || role == graph::Role::bn_beta || role == graph::Role::bias)
+        v[j] = static_cast<float>(0.1 * r.normal());
+    }
+    b.values[i] = a.values[i].clone();
+  }
+  a.changed();
+  b.changed();
+}
+
+double rel_err(const float* a, const float* b, int64_t n) {
+  double diff = 0, ref = 1e-6;
+  for (int64_t i = 0; i < n; ++i) {
+    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    ref = std::max(ref, static_cast<double>(std::fabs(b[i])));
+  }
+  return diff / ref;
+}
+
+// Inference output of the cpu backend against the reference.
+double infer_error(const graph::Graph& g, int64_t batch) {
+  graph::ParamStore cpu_store(g), ref_store(g);
+  randomise(g, cpu_store, ref_store, 11);
+  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
+  Rng rng(5);
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  auto cpu = backend::compile_cpu(g, cpu_store, {batch, backend::Mode::infer});
+  auto ref = backend::compile_ref(g, ref_store, {batch, backend::Mode::infer});
+  cpu->forward(x.data());
+  ref->forward(x.data());
+  return rel_err(cpu->output(), ref->output(), batch * g.output_shape().numel());
+}
+
+int count(const std::vector<backend::StepProfile>& steps, const std::string& phase, const std::string& kind) {
+  int n = 0;
+  for (const auto& s : steps) n += s.phase == phase && s.kind == kind;
+  return n;
+}
+
+}  // namespace
+
+TEST(InferenceCompile, FusedPatternsMatchTheReference) {
+  {  // ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + x), x from a conv
+    Builder b(Shape{16, 12, 12});
+    int x = b.relu(b.batchnorm(b.conv(b.input(), 16, 3, 1, 1, "c0"), "bn0"));
+    int y = b.relu(b.batchnorm(b.conv(x, 16, 3, 1, 1, "c1"), "bn1"));
+    y = b.batchnorm(b.conv(y, 16, 3, 1, 1, "c2"), "bn2");
+    EXPECT_LT(infer_error(b.finish(b.relu(b.add(y, x))), 3), 1e-5) << "basic block";
+  }
+  {  // projection shortcut: both inputs of the add are conv + BN
+    Builder b(Shape{16, 12, 12});
+    int x = b.relu(b.conv(b.input(), 16, 3, 1, 1, "c0"));
+    int y = b.batchnorm(b.conv(x, 32, 3, 2, 1, "c1"), "bn1");
+    int s = b.batchnorm(b.conv(x, 32, 1, 2, 0, "down"), "bnd");
+    EXPECT_LT(infer_error(b.finish(b.relu(b.add(y, s))), 3), 1e-5) << "projection";
+  }
+  for (float scale : {1.f, 0.17f}) {  // Inception-ResNet: relu(x + scale * conv(...)), conv with bias
+    Builder b(Shape{24, 9, 9});
+    int x = b.relu(b.conv(b.input(), 32, 1, 1, 0, "c0"));
+    int y = b.relu(b.batchnorm(b.conv(x, 16, 3, 1, 1, "c1"), "bn1"));
+    y = b.conv(y, graph::Conv2d{32, 1, 1, 1, 0, 0, true}, "up");
+    EXPECT_LT(infer_error(b.finish(b.relu(b.add(x, y, scale))), 2), 1e-5) << "scaled, conv second, " << scale;
+    Builder c(Shape{24, 9, 9});  // the conv as the add's first input: the scale is on the other
+    int u = c.relu(c.conv(c.input(), 32, 1, 1, 0, "c0"));
+    int w = c.conv(c.relu(c.conv(u, 16, 3, 1, 1, "c1")), graph::Conv2d{32, 1, 1, 1, 0, 0, true}, "up");
+    EXPECT_LT(infer_error(c.finish(c.add(w, u, scale)), 2), 1e-5) << "scaled, conv first, " << scale;
+  }
+  {  // a conv reading the add's other input itself cannot sum onto it: not fused, still right
+    Builder b(Shape{16, 9, 9});
+    int x = b.relu(b.conv(b.input(), 16, 1, 1, 0, "c0"));
+    EXPECT_LT(infer_error(b.finish(b.relu(b.add(x, b.conv(x, 16, 3, 1, 1, "c1"), 0.2f))), 2), 1e-5);
+  }
+}
+
+TEST(InferenceCompile, WholeModelsMatchTheReference) {
+  models::ModelConfig r50 = models::find_model("resnet50").defaults;
+  r50.image = 64;
+  EXPECT_LT(infer_error(models::build_model("resnet50", r50), 2), 1e-4) << "resnet50";
+  EXPECT_LT(infer_error(models::build_model("preact_resnet20", models::ModelConfig{}), 2), 1e-4) << "preact";
+  models::ModelConfig ir = models::find_model("inception_resnet_v2").defaults;
+  ir.image = 75;
+  ir.width = 0.25;
+  EXPECT_LT(infer_error(models::build_model("inception_resnet_v2", ir), 2), 1e-4) << "inception_resnet_v2";
+}
+
+// The guard: resnet50's inference program, as compiled for 224x224. Every BN is
+// folded, every ReLU and residual sum is a post-op of a conv, and the only reorder
+// of the forward pass is the input's (plain NCHW into the blocked layout).
+TEST(InferenceCompile, ResNet50HasBatchNormFoldedAndNoReorderBetweenConvs) {
+  const models::ModelConfig cfg = models::find_model("resnet50").defaults;  // 224x224, projection shortcuts
+  ASSERT_EQ(cfg.image, 224);
+  graph::Graph g = models::build_model("resnet50", cfg);
+  graph::ParamStore store(g);
+  auto p = backend::compile_cpu(g, store, {1, backend::Mode::infer});
+  const auto steps = p->steps();
+  EXPECT_EQ(count(steps, "forward", "convolution"), 53);
+  EXPECT_EQ(count(steps, "forward", "batch_normalization"), 0);
+  EXPECT_EQ(count(steps, "forward", "eltwise"), 0);
+  EXPECT_EQ(count(steps, "forward", "binary"), 0);
+  EXPECT_EQ(count(steps, "forward", "reorder"), 1);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i].phase != "forward") continue;
+    if (steps[i].kind == "reorder") EXPECT_TRUE(steps[i].node.empty()) << "a reorder inside the net, step " << i;
+    EXPECT_EQ(steps[i].impl.find("ref"), std::string::npos) << steps[i].node << " runs " << steps[i].impl;
+  }
+}
+
+// Weights are prepared once and again only after the store changes.
+TEST(InferenceCompile, PreparesWeightsAgainWhenTheStoreChanges) {
+  Builder b(Shape{8, 6, 6});
+  graph::Graph g = b.finish(b.relu(b.batchnorm(b.conv(b.input(), 16, 3, 1, 1, "c"), "bn")));
+  graph::ParamStore cpu_store(g), ref_store(g);
+  randomise(g, cpu_store, ref_store, 3);
+  auto cpu = backend::compile_cpu(g, cpu_store, {2, backend::Mode::infer});
+  std::vector<float> x(2 * 8 * 6 * 6, 0.5f);
+  const int64_t n = 2 * g.output_shape().numel();
+  cpu->forward(x.data());
+  for (int round = 0; round < 2; ++round) {
+    for (auto* s : {&cpu_store, &ref_store}) {
+      s->values[0].data<float>()[0] += 1.f;  // a weight
+      s->values[4].data<float>()[3] *= 2.f;  // a running variance
+      s->changed();
+    }
+    auto ref = backend::compile_ref(g, ref_store, {2, backend::Mode::infer});
+    cpu->forward(x.data());
+    ref->forward(x.data());
+    EXPECT_LT(rel_err(cpu->output(), ref->output(), n), 1e-5) << "round " << round;
+  }
+  int prepared = 0;
+  cpu->set_profiling(true);
+  cpu->forward(x.data());  // the store has not changed: nothing to prepare
+  for (const auto& s : cpu->steps()) prepared += s.phase == "prepare" ? static_cast<int>(s.calls) : 0;
+  EXPECT_EQ(prepared, 0);
+}
