@@ -42,8 +42,9 @@ bench/setup.sh >&2
 #   kind    thr (images/s, higher is better), lat (median ms), mem (peak RSS MB)
 #   target  the issue's bar on the ratio incres/peer (>= for thr, <= for lat and mem)
 #   inc     the incres command; peer: the peer's command
+declare -A onnx_file  # row -> its exported model, filled on the first row_spec
 row_spec() {
-  local it wu onnx
+  local it wu
   case $1 in
     train-resnet20 | train-resnet56)
       local m=${1#train-}; it=${ITERS:-20}; wu=${WARMUP:-3}
@@ -61,9 +62,9 @@ row_spec() {
       if ((b == 1)); then it=${ITERS:-30}; wu=${WARMUP:-5}; kind=lat; target=0.95
       else it=${ITERS:-10}; wu=${WARMUP:-3}; kind=thr; target=1.05; fi
       desc="infer fp32 $m b$b ${image}x$image"
-      onnx=$("$py" bench/export_onnx.py --model "$m" --batch "$b" --image "$image")
+      [[ -n ${onnx_file[$1]:-} ]] || onnx_file[$1]=$("$py" bench/export_onnx.py --model "$m" --batch "$b" --image "$image")
       inc=(build/incres bench "$m" --mode infer --batch "$b" --image "$image" "${flags[@]}" --iters "$it" --warmup "$wu" --json)
-      peer=(node bench/ort_infer.mjs --model-file "$onnx" --model "$m" --batch "$b" --image "$image"
+      peer=(node bench/ort_infer.mjs --model-file "${onnx_file[$1]}" --model "$m" --batch "$b" --image "$image"
             --iters "$it" --warmup "$wu" --threads "$threads") ;;
     memory-resnet50-b32)
       desc="peak memory, train resnet50 b32 224x224"; kind=mem; target=1.0
@@ -132,6 +133,7 @@ print(f"| {desc} | {cell(i)} | {name} {cell(p)} | {ratio} | {bar} | {verdict} | 
 '
 
 mkdir -p bench/.cache
+for row in "${rows[@]}"; do row_spec "$row"; done  # the ONNX exports (cached), before the table
 : >"$jsonl"
 peak_line=$(build/bench/peak_matmul)
 record peak 0 peak_matmul "$peak_line"
