@@ -20,6 +20,14 @@ namespace incres::backend {
 enum class Mode { train, infer };
 
 // What one recorded step of a program is and, with profiling on, what it cost.
+// How a program's memory is planned (bytes). arena: activations, gradients and
+// workspaces, placed by lifetime; live_peak: the most of those live at one step (the
+// least any plan could use); unplanned: their sum (one buffer each, no sharing);
+// shared: the scratchpad and temporaries every step reuses.
+struct MemoryPlan {
+  int64_t total = 0, arena = 0, live_peak = 0, unplanned = 0, shared = 0, buffers = 0;
+};
+
 struct StepProfile {
   std::string phase;  // "prepare" (weights, inference), "forward" or "backward"
   std::string node;   // the graph node it belongs to ("" for the graph's edges)
@@ -55,7 +63,9 @@ class Program {
   const float* output(int i = 0) const { return output_impl(i); }
   // dy: d(loss)/d(output 0), same layout as output(0); aux_dy[i - 1]: d(loss)/d(output
   // i), each either empty or num_outputs() - 1 long, a null entry meaning zero (no loss
-  // on that head). Train mode only. Overwrites every gradient in store.grads.
+  // on that head). Train mode only. Overwrites every gradient in store.grads. Once per
+  // forward(): the memory plan lets gradients reuse the memory of activations that
+  // backward has finished with, so a second backward() needs a forward() before it.
   void backward(const float* dy, std::span<const float* const> aux_dy = {}) { backward_impl(dy, aux_dy); }
   // d(loss)/d(input) after backward(), NCHW; requires Options::input_grad.
   virtual const float* input_grad() const = 0;
@@ -69,6 +79,10 @@ class Program {
 
   // Bytes the program holds for activations, gradients and workspaces.
   virtual int64_t planned_bytes() const = 0;
+  virtual MemoryPlan memory_plan() const {
+    const int64_t b = planned_bytes();
+    return {b, b, b, b, 0, 0};
+  }
 
   // Every step the program runs, in order; with profiling on, each step's time is
   // measured (one clock read per step) and summed. The reference backend has no steps.

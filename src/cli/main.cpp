@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -18,6 +20,7 @@
 #include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
+#include "train/optimizer.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -149,7 +152,28 @@ int cmd_models() {
   return 0;
 }
 
-int cmd_info(const std::string& name, const ModelFlags& mf) {
+double mb(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
+// The memory a compiled program plans, against what its tensors need.
+void print_memory(const graph::Graph& g, const std::string& mode, int64_t batch) {
+  graph::ParamStore store(g);
+  const bool train = mode == "train";
+  auto p = backend::compile_cpu(g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer});
+  const backend::MemoryPlan m = p->memory_plan();
+  int64_t param_bytes = 0;
+  for (const auto& t : store.values) param_bytes += static_cast<int64_t>(t.nbytes());
+  std::printf("\nmemory, %s, batch %lld, cpu backend (MiB):\n", mode.c_str(), static_cast<long long>(batch));
+  std::printf("  %-52s %10.1f\n", "planned: activations, gradients, workspaces", mb(m.arena));
+  std::printf("  %-52s %10.1f   (%.2fx of it)\n", "  most of these live at one step (no plan needs less)",
+              mb(m.live_peak), static_cast<double>(m.arena) / static_cast<double>(std::max<int64_t>(m.live_peak, 1)));
+  std::printf("  %-52s %10.1f   (one buffer each, %lld buffers)\n", "  without sharing by lifetime", mb(m.unplanned),
+              static_cast<long long>(m.buffers));
+  std::printf("  %-52s %10.1f\n", "scratchpad and temporaries, shared by all steps", mb(m.shared));
+  std::printf("  %-52s %10.1f\n", train ? "parameters and their gradients" : "parameters", mb(param_bytes * (train ? 2 : 1)));
+  std::printf("  %-52s %10.1f\n", "total (an optimizer adds its state)", mb(m.total + param_bytes * (train ? 2 : 1)));
+}
+
+int cmd_info(const std::string& name, const ModelFlags& mf, bool memory, const std::string& mode, int64_t batch) {
   graph::Graph g = models::build_model(name, mf.config(name));
   std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
   for (const auto& n : g.nodes) {
@@ -162,11 +186,47 @@ int cmd_info(const std::string& name, const ModelFlags& mf) {
   }
   std::printf("\n%s: input %s, %s parameters, %s MACs per image\n", name.c_str(), g.input_shape().str().c_str(),
               with_commas(g.param_count()).c_str(), human(static_cast<double>(g.macs())).c_str());
+  if (memory) print_memory(g, mode, batch);
   return 0;
 }
 
+// Where a step's time goes: per node (summed over its primitives), most first, then
+// per kind of primitive and phase.
+void print_profile(const backend::Program& p, int calls) {
+  struct Row {
+    std::string node, op, impl;
+    double fwd = 0, bwd = 0, prep = 0;
+  };
+  std::vector<Row> rows;
+  std::map<std::string, double> by_kind;
+  double total = 0;
+  for (const auto& s : p.steps()) {
+    const std::string node = s.node.empty() ? "(input/output)" : s.node;
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.node == node; });
+    if (it == rows.end()) it = rows.insert(rows.end(), Row{node, s.op.empty() ? "-" : s.op, ""});
+    (s.phase == "forward" ? it->fwd : s.phase == "backward" ? it->bwd : it->prep) += s.seconds;
+    if (s.kind == std::string("convolution") && it->impl.find(s.impl) == std::string::npos)
+      it->impl += (it->impl.empty() ? "" : ",") + s.impl;
+    by_kind[s.phase + " " + s.kind] += s.seconds;
+    total += s.seconds;
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.fwd + a.bwd > b.fwd + b.bwd; });
+  const double per = 1e3 / std::max(calls, 1);
+  std::printf("\nprofile, ms per iteration (%d timed iterations):\n%-34s %-11s %9s %9s %7s  %s\n", calls, "node", "op",
+              "forward", "backward", "share", "conv implementation");
+  for (size_t i = 0; i < rows.size() && i < 30; ++i)
+    std::printf("%-34s %-11s %9.2f %9.2f %6.1f%%  %s\n", rows[i].node.c_str(), rows[i].op.c_str(), rows[i].fwd * per,
+                rows[i].bwd * per, 100 * (rows[i].fwd + rows[i].bwd) / std::max(total, 1e-12), rows[i].impl.c_str());
+  if (rows.size() > 30) std::printf("... %zu more nodes\n", rows.size() - 30);
+  std::printf("\nby primitive kind:\n");
+  std::vector<std::pair<std::string, double>> kinds(by_kind.begin(), by_kind.end());
+  std::stable_sort(kinds.begin(), kinds.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  for (const auto& [k, t] : kinds)
+    if (t > 0) std::printf("  %-34s %9.2f ms %6.1f%%\n", k.c_str(), t * per, 100 * t / std::max(total, 1e-12));
+}
+
 int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& mode, int64_t batch,
-              int iters, int warmup, const std::string& backend, bool json) {
+              int iters, int warmup, const std::string& backend, bool json, bool profile) {
   graph::Graph g = models::build_model(name, mf.config(name));
   graph::ParamStore store(g);
   store.init(g, 0);
@@ -179,11 +239,17 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
   Rng rng(1);
   for (float& v : x) v = static_cast<float>(rng.normal());
   for (float& v : dy) v = static_cast<float>(rng.normal() * 1e-3);
+  // A training step as a training loop runs it: forward, backward, an SGD update
+  // (momentum 0.9, weight decay 1e-4; the peers' benchmark scripts do the same).
+  train::Sgd sgd(g, store, {});
   auto run = [&] {
     program->forward(x.data());
-    if (train) program->backward(dy.data());
+    if (!train) return;
+    program->backward(dy.data());
+    sgd.step(1e-3);
   };
   for (int i = 0; i < warmup; ++i) run();
+  program->set_profiling(profile);
   std::vector<double> times;
   for (int i = 0; i < iters; ++i) {
     auto t0 = std::chrono::steady_clock::now();
@@ -210,6 +276,7 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
                 mean * 1e3, iters, flops / median / 1e9, compile_s,
                 static_cast<double>(program->planned_bytes()) / 1e6);
   }
+  if (profile) print_profile(*program, iters);
   return 0;
 }
 
@@ -482,6 +549,14 @@ int main(int argc, char** argv) {
   std::string info_model;
   ModelFlags info_flags;
   info->add_option("model", info_model, "model name (see `incres models`)")->required();
+  bool info_memory = false;
+  std::string info_mode = "train";
+  int64_t info_batch = 32;
+  info->add_flag("--memory", info_memory, "also compile the model and report its planned memory");
+  info->add_option("--mode", info_mode, "with --memory: train or infer")->capture_default_str()
+      ->check(CLI::IsMember({"train", "infer"}));
+  info->add_option("--batch", info_batch, "with --memory: batch size")->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   info_flags.add(info);
 
   auto* tr = app.add_subcommand("train", "train a model; checkpoints and metrics go to --out");
@@ -621,6 +696,9 @@ int main(int argc, char** argv) {
   bn->add_option("--warmup", bn_warmup, "untimed iterations first")->capture_default_str()->check(CLI::Range(0, 100000));
   bn->add_option("--backend", bn_backend, "cpu or ref")->capture_default_str()->check(CLI::IsMember({"cpu", "ref"}));
   bn->add_flag("--json", bn_json, "print one JSON line");
+  bool bn_profile = false;
+  bn->add_flag("--profile", bn_profile, "time every step and print where the time goes, per layer and per primitive kind "
+               "(cpu backend; the clock reads add a little)");
   bn_flags.add(bn);
 
   try {
@@ -631,9 +709,9 @@ int main(int argc, char** argv) {
 
   try {
     if (app.got_subcommand("models")) return cmd_models();
-    if (app.got_subcommand("info")) return cmd_info(info_model, info_flags);
+    if (app.got_subcommand("info")) return cmd_info(info_model, info_flags, info_memory, info_mode, info_batch);
     if (app.got_subcommand("bench"))
-      return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json);
+      return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json, bn_profile);
     if (app.got_subcommand("eval"))
       return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad);
     if (app.got_subcommand("predict"))

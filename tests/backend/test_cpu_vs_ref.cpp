@@ -311,6 +311,10 @@ TEST(CpuVsRef, AuxiliaryOutput) {
   EXPECT_LT(rel_err(cpu->output(1), ref->output(1), N * 10), 1e-4) << "auxiliary output";
   for (bool with_aux_dy : {true, false}) {
     SCOPED_TRACE(with_aux_dy ? "aux gradient given" : "aux gradient zero");
+    if (!with_aux_dy) {  // each backward() needs its own forward(): activations' memory is reused for gradients
+      cpu->forward(x.data());
+      ref->forward(x.data());
+    }
     const float* aux_dy[] = {daux.data()};
     cpu->backward(dy.data(), with_aux_dy ? std::span<const float* const>(aux_dy) : std::span<const float* const>());
     ref->backward(dy.data(), with_aux_dy ? std::span<const float* const>(aux_dy) : std::span<const float* const>());

@@ -9,7 +9,9 @@
 //      workspace for training); other ReLUs run in place on their input;
 //   3. creates every primitive once, with backward descriptors hinted by the forward
 //      ones, and one shared scratchpad sized to the largest need;
-//   4. allocates every activation and gradient buffer.
+//   4. plans memory by lifetime: every activation, gradient and workspace buffer is
+//      a block of one arena, live from the first step that uses it to the last;
+//      buffers that are never live together share bytes (backend/memory_plan.h).
 // forward()/backward() then only execute the recorded steps (run many). An inference
 // program prepares its weights (folded, reordered to the conv's layout) at its first
 // forward and again only when the store's version has moved; a training program
@@ -31,6 +33,7 @@
 #include <unordered_map>
 
 #include "backend/cpu/kernels.h"
+#include "backend/memory_plan.h"
 #include "backend/outputs.h"
 #include "backend/program.h"
 #include "core/error.h"
@@ -68,9 +71,12 @@ struct Step {
   }
 };
 
-Step loop(std::function<void()> fn) {
+// Our own loop, with every memory it reads or writes (the memory plan sees a step's
+// buffers through `held`).
+Step loop(std::initializer_list<memory> uses, std::function<void()> fn) {
   Step s;
   s.fn = std::move(fn);
+  s.held.assign(uses.begin(), uses.end());
   return s;
 }
 
@@ -119,6 +125,7 @@ class CpuProgram final : public Program {
   const float* input_grad() const override;
   void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
+  MemoryPlan memory_plan() const override;
   std::string backend_name() const override { return "cpu"; }
   void set_profiling(bool on) override { profiling_ = on; }
   std::vector<StepProfile> steps() const override;
@@ -198,11 +205,23 @@ class CpuProgram final : public Program {
   std::vector<int> fused_relu_;       // per node: the ReLU node fused into this BN, or -1
   std::vector<Chain> chain_;          // per node: what an inference conv absorbed
   std::vector<bool> skip_;            // per node: folded into another node
-  std::vector<Tensor> buffers_;
+  // The memory plan: every buffer we allocate, with the memories that point into it.
+  struct Buffer {
+    Block block;
+    bool pinned = false;  // live from the first step to the last, and between calls
+    std::vector<memory> users;
+  };
+  std::vector<Buffer> bufs_;
+  std::unordered_map<dnnl_memory_t, int> buf_of_;
+  Tensor arena_;
+  size_t live_peak_ = 0, unplanned_ = 0;
+  memory view(const memory& base, const memory::desc& md);  // another memory on base's buffer
+  void plan();
   std::vector<std::vector<Step>> node_fwd_, node_bwd_;
   std::vector<Step> prep_, fwd_, bwd_;
   uint64_t prepared_version_ = ~uint64_t{0};  // the store version prep_ last ran at
   bool profiling_ = false;
+  bool forwarded_ = false;  // a forward() ran since the last backward()
   SharedBuffer scratch_, tmp_, fold_;
   memory in_plain_, din_plain_;
   // Per output computed (all in training, output 0 in inference): its plain NCHW copy
@@ -217,8 +236,61 @@ class CpuProgram final : public Program {
 };
 
 memory CpuProgram::alloc(const memory::desc& md) {
-  buffers_.emplace_back(Shape{static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, DType::u8);
-  return memory(md, eng_, buffers_.back().raw());
+  memory m(md, eng_, DNNL_MEMORY_NONE);  // bound by plan()
+  Buffer b;
+  b.block.bytes = std::max<size_t>(md.get_size(), 1);
+  b.users.push_back(m);
+  buf_of_[m.get()] = static_cast<int>(bufs_.size());
+  bufs_.push_back(std::move(b));
+  return m;
+}
+
+memory CpuProgram::view(const memory& base, const memory::desc& md) {
+  const int id = buf_of_.at(base.get());
+  memory m(md, eng_, DNNL_MEMORY_NONE);
+  bufs_[id].users.push_back(m);
+  buf_of_[m.get()] = id;
+  return m;
+}
+
+void CpuProgram::plan() {
+  // Each buffer's span over one call of forward() then backward(): forward steps,
+  // the seeding of the outputs' gradients, backward steps. Prepared weights, the
+  // outputs and d(input) stay (the caller reads them between calls).
+  const int F = static_cast<int>(fwd_.size()), T = F + 1 + static_cast<int>(bwd_.size());
+  for (Buffer& b : bufs_) b.block.first = T, b.block.last = -1;
+  auto touch = [&](const memory& m, int t) {
+    if (auto it = buf_of_.find(m.get()); it != buf_of_.end()) {
+      Block& b = bufs_[it->second].block;
+      b.first = std::min(b.first, t);
+      b.last = std::max(b.last, t);
+    }
+  };
+  auto pin = [&](const memory& m) {
+    if (auto it = buf_of_.find(m.get()); it != buf_of_.end()) bufs_[it->second].pinned = true;
+  };
+  for (const Step& s : prep_) for (const memory& m : s.held) pin(m);
+  for (int t = 0; t < F; ++t) for (const memory& m : fwd_[t].held) touch(m, t);
+  for (size_t i = 0; i < out_.size(); ++i) {
+    pin(out_[i].y);
+    for (const memory& m : out_[i].seed.held) touch(m, F);
+    if (training()) touch(grad_[outputs_[i]], F);
+  }
+  for (int t = 0; t < T - F - 1; ++t) for (const memory& m : bwd_[t].held) touch(m, F + 1 + t);
+  if (din_plain_) pin(din_plain_);
+  std::vector<Block> blocks;
+  for (Buffer& b : bufs_) {
+    if (b.pinned || b.block.last < 0) b.block.first = 0, b.block.last = T;  // unused ones too: safe
+    blocks.push_back(b.block);
+    unplanned_ += b.block.bytes;
+  }
+  const size_t bytes = plan_memory(blocks);
+  live_peak_ = live_peak(blocks);
+  arena_ = Tensor(Shape{static_cast<int64_t>(std::max<size_t>(bytes, 1))}, DType::u8);
+  for (size_t i = 0; i < bufs_.size(); ++i) {
+    bufs_[i].block = blocks[i];
+    for (memory& m : bufs_[i].users) m.set_data_handle(static_cast<char*>(arena_.raw()) + blocks[i].offset);
+  }
 }
 
 memory CpuProgram::param(int id, bool grad) {
@@ -357,8 +429,8 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     if (hidden[v] || !needed) continue;
     bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
     if (const int alias = share[v]; alias >= 0) {
-      act_[v] = memory(md_[v], eng_, act_[alias].get_data_handle());
-      if (needs_grad) grad_[v] = memory(md_[v], eng_, grad_[alias].get_data_handle());
+      act_[v] = view(act_[alias], md_[v]);
+      if (needs_grad) grad_[v] = view(grad_[alias], md_[v]);
     } else {
       act_[v] = alloc(md_[v]);
       if (needs_grad) grad_[v] = alloc(md_[v]);
@@ -438,6 +510,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   }
   node_fwd_.clear();
   node_bwd_.clear();
+  plan();
   scratch_.bind();
   tmp_.bind();
   fold_.bind();
@@ -594,7 +667,7 @@ void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
     memory mean = param(bn_node.params[2], false), var = param(bn_node.params[3], false);
     const int64_t per_k = C * c.R * c.S;
     auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
-    prep_.push_back(loop([=]() {
+    prep_.push_back(loop({folded, b}, [=]() {
       kernels::fold_batchnorm(f(folded), f(b), f(wu), bu ? f(bu) : nullptr, f(gamma), f(beta), f(mean), f(var),
                               eps, K, per_k);
     }));
@@ -648,7 +721,7 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
   const auto& xd = md_[x].dims();
   const int64_t C = xd[1], count = xd[0] * (xd.size() == 4 ? xd[2] * xd[3] : 1);
   const float m = bn.momentum, unbias = count > 1 ? float(count) / float(count - 1) : 1.f;
-  fs.push_back(loop([=]() mutable {
+  fs.push_back(loop({mean, var}, [=]() mutable {
     kernels::update_running_stats(static_cast<float*>(rmean.get_data_handle()),
                                   static_cast<float*>(rvar.get_data_handle()),
                                   static_cast<const float*>(mean.get_data_handle()),
@@ -716,14 +789,14 @@ void CpuProgram::compile_shortcut_a(const Node& n, const graph::ShortcutA& s) {
   auto X = blocked(md_[x]), Y = blocked(md_[y]);
   memory xm = act_[x], ym = act_[y];
   int stride = s.stride;
-  node_fwd_[node].push_back(loop([=]() {
+  node_fwd_[node].push_back(loop({xm, ym}, [=]() {
     kernels::shortcut_a_forward(static_cast<float*>(ym.get_data_handle()), Y,
                                 static_cast<const float*>(xm.get_data_handle()), X, stride);
   }));
   if (!training() || !grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
   bool accumulate = !first_contribution(node, 0);
-  node_bwd_[node].push_back(loop([=]() {
+  node_bwd_[node].push_back(loop({dx, dy}, [=]() {
     kernels::shortcut_a_backward(static_cast<float*>(dx.get_data_handle()), X,
                                  static_cast<const float*>(dy.get_data_handle()), Y, stride, accumulate);
   }));
@@ -734,14 +807,14 @@ void CpuProgram::compile_avgpool(const Node& n) {
   const int x = n.inputs[0], y = n.output;
   auto X = blocked(md_[x]);
   memory xm = act_[x], ym = act_[y];
-  node_fwd_[node].push_back(loop([=]() {
+  node_fwd_[node].push_back(loop({xm, ym}, [=]() {
     kernels::avgpool_forward(static_cast<float*>(ym.get_data_handle()),
                              static_cast<const float*>(xm.get_data_handle()), X);
   }));
   if (!training() || !grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
   bool accumulate = !first_contribution(node, 0);
-  node_bwd_[node].push_back(loop([=]() {
+  node_bwd_[node].push_back(loop({dx, dy}, [=]() {
     kernels::avgpool_backward(static_cast<float*>(dx.get_data_handle()), X,
                               static_cast<const float*>(dy.get_data_handle()), accumulate);
   }));
@@ -793,14 +866,14 @@ void CpuProgram::compile_pool(const Node& n, const graph::Pool2d& p) {
   if (p.kind == graph::Pool2d::avg && p.count_include_pad && (pad_r[0] > p.pad || pad_r[1] > p.pad)) {
     auto X = blocked(md_[x]), Y = blocked(md_[y]);
     memory xm = act_[x], ym = act_[y];
-    node_fwd_[node].push_back(loop([=]() {
+    node_fwd_[node].push_back(loop({xm, ym}, [=]() {
       kernels::avg_pool2d_forward(static_cast<float*>(ym.get_data_handle()), Y,
                                   static_cast<const float*>(xm.get_data_handle()), X, p);
     }));
     if (!training() || !grad_[x]) return;
     memory dx = grad_[x], dy = grad_[y];
     bool accumulate = !first_contribution(node, 0);
-    bs.push_back(loop([=]() {
+    bs.push_back(loop({dx, dy}, [=]() {
       kernels::avg_pool2d_backward(static_cast<float*>(dx.get_data_handle()), X,
                                    static_cast<const float*>(dy.get_data_handle()), Y, p, accumulate);
     }));
@@ -857,7 +930,7 @@ void CpuProgram::compile_concat(const Node& n) {
       const kernels::Blocked X = blocked(md_[v]);
       memory xm = act_[v], ym = act_[y];
       const int64_t offset = offsets[i];
-      fs.push_back(loop([=]() {
+      fs.push_back(loop({xm, ym}, [=]() {
         kernels::copy_channels(static_cast<float*>(ym.get_data_handle()), Y, offset,
                                static_cast<const float*>(xm.get_data_handle()), X, 0, X.C, false);
       }));
@@ -871,14 +944,14 @@ void CpuProgram::compile_concat(const Node& n) {
     const auto& xd = md_[v].dims();
     if (aligned(offsets[i], xd[1])) {
       memory::desc slice = md_[y].submemory_desc(xd, {0, offsets[i], 0, 0});
-      add_scaled(bs, node, i, memory(slice, eng_, grad_[y].get_data_handle()), 1.f);
+      add_scaled(bs, node, i, view(grad_[y], slice), 1.f);
       continue;
     }
     const kernels::Blocked X = blocked(md_[v]);
     memory dx = grad_[v], dy = grad_[y];
     const int64_t offset = offsets[i];
     const bool accumulate = !first_contribution(node, i);
-    bs.push_back(loop([=]() {
+    bs.push_back(loop({dx, dy}, [=]() {
       kernels::copy_channels(static_cast<float*>(dx.get_data_handle()), X, 0,
                              static_cast<const float*>(dy.get_data_handle()), Y, offset, X.C, accumulate);
     }));
@@ -892,14 +965,14 @@ void CpuProgram::compile_dropout(const Node& n, const graph::Dropout& d) {
   memory xm = act_[x], ym = act_[y];
   if (!training()) {  // the identity
     const int64_t count = static_cast<int64_t>(md_[x].get_size() / sizeof(float));
-    node_fwd_[node].push_back(loop([=]() {
+    node_fwd_[node].push_back(loop({xm, ym}, [=]() {
       kernels::copy(static_cast<float*>(ym.get_data_handle()), static_cast<const float*>(xm.get_data_handle()), count);
     }));
     return;
   }
   // The mask of the current step, drawn by element index (backend/dropout_mask.h).
   const float p = d.p;
-  node_fwd_[node].push_back(loop([=, this]() {
+  node_fwd_[node].push_back(loop({xm, ym}, [=, this]() {
     kernels::dropout_forward(static_cast<float*>(ym.get_data_handle()),
                              static_cast<const float*>(xm.get_data_handle()), X,
                              DropoutMask(opt_.seed, drawn_step_, node, p));
@@ -907,7 +980,7 @@ void CpuProgram::compile_dropout(const Node& n, const graph::Dropout& d) {
   if (!grad_[x]) return;
   memory dx = grad_[x], dy = grad_[y];
   const bool accumulate = !first_contribution(node, 0);
-  node_bwd_[node].push_back(loop([=, this]() {
+  node_bwd_[node].push_back(loop({dx, dy}, [=, this]() {
     kernels::dropout_backward(static_cast<float*>(dx.get_data_handle()),
                               static_cast<const float*>(dy.get_data_handle()), X,
                               DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);
@@ -985,6 +1058,7 @@ void CpuProgram::forward(const float* x) {
     prepared_version_ = store_.version;
   }
   if (training()) drawn_step_ = step_++;
+  forwarded_ = true;
   in_plain_.set_data_handle(const_cast<float*>(x));
   for (Step& s : fwd_) run(s);
   strm_.wait();
@@ -1017,6 +1091,9 @@ const float* CpuProgram::output_impl(int i) const {
 
 void CpuProgram::backward_impl(const float* dy, std::span<const float* const> aux_dy) {
   INCRES_CHECK(training(), "backward() on a program compiled for inference");
+  INCRES_CHECK(forwarded_, "backward() needs a forward() before it (one backward per forward: gradients reuse "
+               "the memory of the activations backward has finished with)");
+  forwarded_ = false;
   INCRES_CHECK(aux_dy.empty() || aux_dy.size() + 1 == outputs_.size(), "cpu backend: backward() got ",
                aux_dy.size(), " auxiliary gradients for ", outputs_.size() - 1, " auxiliary outputs");
   // Seeds: d(output i) = the caller's gradient, zero where none was given.
@@ -1040,9 +1117,13 @@ const float* CpuProgram::input_grad() const {
 }
 
 int64_t CpuProgram::planned_bytes() const {
-  int64_t b = 0;
-  for (const Tensor& t : buffers_) b += static_cast<int64_t>(t.nbytes());
-  return b + static_cast<int64_t>(scratch_.bytes + tmp_.bytes);
+  return static_cast<int64_t>(arena_.nbytes() + scratch_.bytes + tmp_.bytes + fold_.bytes);
+}
+
+MemoryPlan CpuProgram::memory_plan() const {
+  return {planned_bytes(), static_cast<int64_t>(arena_.nbytes()), static_cast<int64_t>(live_peak_),
+          static_cast<int64_t>(unplanned_), static_cast<int64_t>(scratch_.bytes + tmp_.bytes + fold_.bytes),
+          static_cast<int64_t>(bufs_.size())};
 }
 
 }  // namespace
