@@ -142,6 +142,11 @@ if grep -q avx512f /proc/cpuinfo; then isa=avx512f; elif grep -q avx2 /proc/cpui
 else isa="no avx2"; fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($isa), $threads threads;" \
      "peak (oneDNN fp32 matmul 2048^3): $peak GFLOP/s; best of $rounds interleaved rounds"
+# bf16 (the rows of the issue's mixed-precision targets) needs oneDNN bf16 kernels,
+# which exist only for AVX-512 (AVX512-BF16 natively) and AMX CPUs.
+bf16=$("$py" -c 'import json, sys; j = json.loads(sys.argv[1]); g, i = j.get("bf16_gflops"), j.get("bf16_impl")
+print(f"{g} GFLOP/s ({i})" if g else "none: oneDNN has no bf16 matmul or convolution for this CPU, so the bf16 rows cannot run here")' "$peak_line")
+echo "bf16 peak (oneDNN bf16 matmul 2048^3): $bf16"
 echo
 echo "| workload | incres | peer | ratio incres/peer | target | | incres GFLOP/s | of peak |"
 echo "|---|---|---|---|---|---|---|---|"

@@ -192,11 +192,13 @@ int cmd_info(const std::string& name, const ModelFlags& mf, bool memory, const s
 
 // Where a step's time goes: per node (summed over its primitives), most first, then
 // per kind of primitive and phase.
-void print_profile(const backend::Program& p, int calls) {
+void print_profile(const graph::Graph& g, const backend::Program& p, int calls, int64_t batch) {
   struct Row {
     std::string node, op, impl;
     double fwd = 0, bwd = 0, prep = 0;
   };
+  std::map<std::string, int64_t> macs;  // per node name, per image
+  for (const auto& n : g.nodes) macs[n.name] = graph::node_macs(g, n);
   std::vector<Row> rows;
   std::map<std::string, double> by_kind;
   double total = 0;
@@ -212,11 +214,16 @@ void print_profile(const backend::Program& p, int calls) {
   }
   std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.fwd + a.bwd > b.fwd + b.bwd; });
   const double per = 1e3 / std::max(calls, 1);
-  std::printf("\nprofile, ms per iteration (%d timed iterations):\n%-34s %-11s %9s %9s %7s  %s\n", calls, "node", "op",
-              "forward", "backward", "share", "conv implementation");
-  for (size_t i = 0; i < rows.size() && i < 30; ++i)
-    std::printf("%-34s %-11s %9.2f %9.2f %6.1f%%  %s\n", rows[i].node.c_str(), rows[i].op.c_str(), rows[i].fwd * per,
-                rows[i].bwd * per, 100 * (rows[i].fwd + rows[i].bwd) / std::max(total, 1e-12), rows[i].impl.c_str());
+  std::printf("\nprofile, ms per iteration (%d timed iterations); GFLOP/s of the forward pass:\n"
+              "%-34s %-11s %9s %9s %7s %8s  %s\n", calls, "node", "op", "forward", "backward", "share", "GFLOP/s",
+              "conv implementation");
+  for (size_t i = 0; i < rows.size() && i < 30; ++i) {
+    const double flops = 2.0 * static_cast<double>(macs[rows[i].node]) * static_cast<double>(batch);
+    const std::string rate = flops > 0 && rows[i].fwd > 0 ? std::to_string(static_cast<int>(flops / (rows[i].fwd * per / 1e3) / 1e9)) : "";
+    std::printf("%-34s %-11s %9.2f %9.2f %6.1f%% %8s  %s\n", rows[i].node.c_str(), rows[i].op.c_str(), rows[i].fwd * per,
+                rows[i].bwd * per, 100 * (rows[i].fwd + rows[i].bwd) / std::max(total, 1e-12), rate.c_str(),
+                rows[i].impl.c_str());
+  }
   if (rows.size() > 30) std::printf("... %zu more nodes\n", rows.size() - 30);
   std::printf("\nby primitive kind:\n");
   std::vector<std::pair<std::string, double>> kinds(by_kind.begin(), by_kind.end());
@@ -276,7 +283,7 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
                 mean * 1e3, iters, flops / median / 1e9, compile_s,
                 static_cast<double>(program->planned_bytes()) / 1e6);
   }
-  if (profile) print_profile(*program, iters);
+  if (profile) print_profile(g, *program, iters, batch);
   return 0;
 }
 

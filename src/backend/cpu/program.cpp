@@ -204,6 +204,7 @@ class CpuProgram final : public Program {
   std::vector<memory> act_, grad_;    // per value
   std::vector<int> fused_relu_;       // per node: the ReLU node fused into this BN, or -1
   std::vector<Chain> chain_;          // per node: what an inference conv absorbed
+  std::vector<int> in_place_slot_;    // per add node: the input it overwrites, or -1
   std::vector<bool> skip_;            // per node: folded into another node
   // The memory plan: every buffer we allocate, with the memories that point into it.
   struct Buffer {
@@ -409,6 +410,26 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
       fused_relu_[i] = cons[0];
       skip_[cons[0]] = true;
       hidden[g_.nodes[i].output] = true;
+    }
+  }
+  // The residual sum in place: an add writes over an input of gradient d(y) (the
+  // first, or the second when unscaled) when nothing else reads that input and the op
+  // producing it does not read its own output in backward (a conv, a BN without a
+  // fused ReLU); that input's gradient is then d(y) itself, with no copy.
+  in_place_slot_.assign(Nn, -1);
+  for (size_t i = 0; i < Nn; ++i) {
+    if (!live_[i] || skip_[i] || !std::holds_alternative<graph::Add>(g_.nodes[i].op)) continue;
+    const Node& add = g_.nodes[i];
+    for (int slot : {0, 1}) {
+      const int a = add.inputs[slot], pa = g_.values[a].producer;
+      bool safe = pa >= 0 && (std::holds_alternative<graph::Conv2d>(g_.nodes[pa].op) ||
+                              (std::holds_alternative<graph::BatchNorm>(g_.nodes[pa].op) && fused_relu_[pa] < 0));
+      safe = safe && (slot == 0 || std::get<graph::Add>(add.op).scale == 1.f) && add.inputs[0] != add.inputs[1];
+      if (safe && g_.values[a].consumers.size() == 1 && !is_output(a) && !hidden[a]) {
+        share[add.output] = a;
+        in_place_slot_[i] = slot;
+        break;
+      }
     }
   }
   // A ReLU whose input has no other consumer, produced by an op whose backward does
@@ -763,15 +784,20 @@ void CpuProgram::compile_add(const Node& n, const graph::Add& add) {
   const int node = static_cast<int>(&n - g_.nodes.data());
   const int a = n.inputs[0], b = n.inputs[1], y = n.output;
   INCRES_CHECK(md_[a] == md_[b], "cpu backend: add of two layouts at ", n.name);
-  dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[a], md_[b], md_[y]);
+  // In place on the second input (unscaled): b + a, since oneDNN sums in place onto
+  // its first source.
+  const int slot = in_place_slot_[node];
+  const int s0 = slot == 1 ? b : a, s1 = slot == 1 ? a : b;
+  dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[s0], md_[s1], md_[y]);
   dnnl::primitive_attr at = attr();
   if (add.scale != 1.f) at.set_scales(DNNL_ARG_SRC_1, 0, {add.scale});  // y = a + scale * b
   dnnl::binary::primitive_desc pd(d, at, eng_);
-  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC_0, act_[a]}, {DNNL_ARG_SRC_1, act_[b]}, {DNNL_ARG_DST, act_[y]}}));
+  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC_0, act_[s0]}, {DNNL_ARG_SRC_1, act_[s1]}, {DNNL_ARG_DST, act_[y]}}));
   if (!training()) return;
-  // d(a) = d(y), d(b) = scale * d(y): written by a first contributor, added by a later one.
-  if (grad_[a]) add_scaled(node_bwd_[node], node, 0, grad_[y], 1.f);
-  if (grad_[b]) add_scaled(node_bwd_[node], node, 1, grad_[y], add.scale);
+  // d(a) = d(y), d(b) = scale * d(y): written by a first contributor, added by a later
+  // one. The input summed over in place has d(y) as its gradient already.
+  if (grad_[a] && slot != 0) add_scaled(node_bwd_[node], node, 0, grad_[y], 1.f);
+  if (grad_[b] && slot != 1) add_scaled(node_bwd_[node], node, 1, grad_[y], add.scale);
 }
 
 kernels::Blocked blocked(const memory::desc& md) {
