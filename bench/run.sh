@@ -23,7 +23,7 @@ export OMP_NUM_THREADS=$threads
 jsonl=bench/.cache/last-run.jsonl
 
 all_rows=(train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16 infer-inception_v3-b16
-          infer-resnet50-b1 memory-resnet50-b32)
+          infer-resnet50-b1 memory-resnet50-b32 loader-resnet20)
 args=("$@"); ((${#args[@]})) || args=("${all_rows[@]}")
 rows=()
 for arg in "${args[@]}"; do
@@ -66,6 +66,13 @@ row_spec() {
       inc=(build/incres bench "$m" --mode infer --batch "$b" --image "$image" "${flags[@]}" --iters "$it" --warmup "$wu" --json)
       peer=(node bench/ort_infer.mjs --model-file "${onnx_file[$1]}" --model "$m" --batch "$b" --image "$image"
             --iters "$it" --warmup "$wu" --threads "$threads") ;;
+    loader-resnet20)
+      # The loader keeping up: incres training on Fashion-MNIST (decoding, shuffling,
+      # normalising in its worker threads) against the same steps on synthetic data.
+      it=${ITERS:-150}
+      desc="train resnet20 b128 on Fashion-MNIST / synthetic data"; kind=thr; target=0.95
+      inc=(train_json build/incres train resnet20 --data fashion-mnist --batch 128 --iters "$it" --no-progress)
+      peer=(build/incres bench resnet20 --mode train --in-channels 1 --batch 128 --iters 20 --warmup 3 --json) ;;
     memory-resnet50-b32)
       desc="peak memory, train resnet50 b32 224x224"; kind=mem; target=1.0
       inc=(build/incres bench resnet50 --mode train --batch 32 --iters 2 --warmup 1 --json)
@@ -95,6 +102,13 @@ sys.exit(r)' "$kb_file" "$@")
   rm -f "$kb_file"
 }
 
+# train_json CMD...: runs `incres train`, prints its training images/s as a JSON line.
+train_json() {
+  local out
+  out=$("$@" 2>&1) || { echo "bench/run.sh: failed: $*" >&2; return 0; }
+  grep -o '[0-9.]* images/s' <<<"$out" | tail -n1 | awk '{print "{\"images_per_sec\":" $1 "}"}'
+}
+
 # record ROW ROUND ENGINE LINE: appends LINE to the JSONL file, tagged with the row,
 # the round and (unless LINE names it) the engine.
 record() {
@@ -114,7 +128,7 @@ key = {"thr": "images_per_sec", "lat": "median_ms", "mem": "max_rss_mb"}[kind]
 best = max if kind == "thr" else min
 inc = [l for l in lines if l["engine"] == "incres"]
 peer = [l for l in lines if l["engine"] != "incres"]
-name = "onnxruntime" if desc.startswith("infer") else "pytorch"
+name = "onnxruntime" if desc.startswith("infer") else "incres, synthetic" if row.startswith("loader") else "pytorch"
 unit = {"thr": "img/s", "lat": "ms", "mem": "MB"}[kind]
 i = best(inc, key=lambda l: l[key]) if inc else None
 p = best(peer, key=lambda l: l[key]) if peer else None
@@ -158,7 +172,8 @@ for row in "${rows[@]}"; do
       record "$row" "$r" pytorch "$(json_of "${peer[@]}")"
     else
       record "$row" "$r" incres "$(json_of "${inc[@]}")"
-      record "$row" "$r" "$([[ $row == train-* ]] && echo pytorch || echo onnxruntime)" "$(json_of "${peer[@]}")"
+      record "$row" "$r" "$(case $row in train-*) echo pytorch ;; loader-*) echo incres-synthetic ;; *) echo onnxruntime ;; esac)" \
+        "$(json_of "${peer[@]}")"
     fi
   done
   "$py" -c "$summarize" "$row" "$kind" "$desc" "$target" "$peak" <"$jsonl"
