@@ -1,14 +1,6 @@
-#!/usr/bin/env python3
-"""The CIFAR ResNets of incres, in PyTorch, timed the way `incres bench` times them:
-synthetic data, median of timed training steps (forward, cross-entropy, backward,
-SGD step), a fixed number of threads. Prints one JSON line.
-
-Run with Debian's Python (/usr/bin/python3, package python3-torch)."""
-import argparse
-import json
-import statistics
-import time
-
+"""The CIFAR ResNets of incres (resnet20/32/44/56/110, plain nets, shortcut A or B),
+in PyTorch: the models bench/pytorch_train.py times. Import with Debian's Python
+(/usr/bin/python3, package python3-torch)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,42 +57,3 @@ class CifarResNet(nn.Module):
 def build(name, **kw):
     depth = int(name.lstrip("resnetplain"))
     return CifarResNet((depth - 2) // 6, residual=name.startswith("resnet"), **kw)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model", help="resnet20 / resnet56 / plain20 / ...")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--in-channels", type=int, default=3)
-    ap.add_argument("--image", type=int, default=32)
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    model = build(a.model, in_channels=a.in_channels)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(a.batch, a.in_channels, a.image, a.image)
-    y = torch.randint(0, 10, (a.batch,))
-    model.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    for _ in range(a.warmup):
-        step()
-    times = []
-    for _ in range(a.iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    print(json.dumps({"model": a.model, "mode": "train", "batch": a.batch, "peer": f"pytorch {torch.__version__}",
-                      "threads": torch.get_num_threads(), "images_per_sec": a.batch / med, "median_ms": med * 1e3}))
-
-
-if __name__ == "__main__":
-    main()

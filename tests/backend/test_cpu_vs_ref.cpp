@@ -10,24 +10,16 @@
 
 #include "backend/dropout_mask.h"
 #include "backend/program.h"
+#include "support.h"
 #include "core/rng.h"
 #include "graph/builder.h"
 #include "models/models.h"
 
 using namespace incres;
 using graph::Builder;
+using testing_support::rel_err;
 
 namespace {
-
-// max |a - b| / max(max |b|, 1e-6): one number per tensor, scale-free.
-double rel_err(const float* a, const float* b, int64_t n) {
-  double diff = 0, ref = 1e-6;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
-    ref = std::max(ref, static_cast<double>(std::fabs(b[i])));
-  }
-  return diff / ref;
-}
 
 void compare(const graph::Graph& g, int64_t batch, double tol = 1e-4) {
   graph::ParamStore cpu_store(g), ref_store(g);

@@ -9,12 +9,14 @@
 #include <string>
 
 #include "backend/program.h"
+#include "support.h"
 #include "core/rng.h"
 #include "graph/builder.h"
 #include "models/models.h"
 
 using namespace incres;
 using graph::Builder;
+using testing_support::rel_err;
 
 namespace {
 
@@ -34,15 +36,6 @@ void randomise(const graph::Graph& g, graph::ParamStore& a, graph::ParamStore& b
   }
   a.changed();
   b.changed();
-}
-
-double rel_err(const float* a, const float* b, int64_t n) {
-  double diff = 0, ref = 1e-6;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
-    ref = std::max(ref, static_cast<double>(std::fabs(b[i])));
-  }
-  return diff / ref;
 }
 
 // Inference output of the cpu backend against the reference.
@@ -128,7 +121,9 @@ TEST(InferenceCompile, ResNet50HasBatchNormFoldedAndNoReorderBetweenConvs) {
   EXPECT_EQ(count(steps, "forward", "reorder"), 1);
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].phase != "forward") continue;
-    if (steps[i].kind == "reorder") EXPECT_TRUE(steps[i].node.empty()) << "a reorder inside the net, step " << i;
+    if (steps[i].kind == "reorder") {
+      EXPECT_TRUE(steps[i].node.empty()) << "a reorder inside the net, step " << i;
+    }
     EXPECT_EQ(steps[i].impl.find("ref"), std::string::npos) << steps[i].node << " runs " << steps[i].impl;
   }
 }

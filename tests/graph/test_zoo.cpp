@@ -17,14 +17,6 @@ using models::ModelConfig;
 using testing_support::contains;
 using testing_support::error_of;
 
-graph::Graph build(const std::string& name, ModelConfig cfg = {}) {
-  const ModelConfig& d = models::find_model(name).defaults;
-  cfg.classes = d.classes;
-  cfg.image = d.image;
-  cfg.shortcut = d.shortcut;
-  cfg.unit = d.unit;
-  return models::build_model(name, cfg);
-}
 graph::Graph build_default(const std::string& name) { return models::build_model(name, models::find_model(name).defaults); }
 
 TEST(Zoo, ImageNetResNetsCountLikeTorchvision) {

@@ -580,17 +580,22 @@ CpuProgram::Chain CpuProgram::conv_chain(int conv) const {
   return ch;
 }
 
+// A conv's strides and paddings as oneDNN takes them, from its input and output dims.
+struct ConvGeometry {
+  memory::dims strides, pad_l, pad_r;
+  ConvGeometry(const graph::Conv2d& c, const memory::dims& xd, const memory::dims& yd)
+      : strides{c.stride, c.stride},
+        pad_l{c.pad_h, c.pad_w},
+        // oneDNN wants both paddings; PyTorch's output size floor((H + 2p - R) / s) + 1
+        // can leave the right/bottom padding smaller than the left/top one.
+        pad_r{(yd[2] - 1) * c.stride + c.R - xd[2] - c.pad_h, (yd[3] - 1) * c.stride + c.S - xd[3] - c.pad_w} {}
+};
+
 void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
   if (!training()) return compile_conv_infer(n, c);
   const int x = n.inputs[0], y = n.output;
-  const auto& xd = md_[x].dims();
-  const auto& yd = md_[y].dims();
-  const int64_t K = c.K, C = xd[1];
-  // oneDNN wants both paddings; PyTorch's output size floor((H + 2p - R) / s) + 1 can
-  // leave the right/bottom padding smaller than the left/top one.
-  memory::dims strides{c.stride, c.stride}, pad_l{c.pad_h, c.pad_w};
-  memory::dims pad_r{(yd[2] - 1) * c.stride + c.R - xd[2] - c.pad_h,
-                     (yd[3] - 1) * c.stride + c.S - xd[3] - c.pad_w};
+  const int64_t K = c.K, C = md_[x].dims()[1];
+  const auto [strides, pad_l, pad_r] = ConvGeometry(c, md_[x].dims(), md_[y].dims());
   memory::desc w_any({K, C, c.R, c.S}, dt::f32, tag::any);
   memory::desc b_md({K}, dt::f32, tag::a);
   const auto algo = dnnl::algorithm::convolution_direct;
@@ -642,12 +647,8 @@ void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
   const int node = static_cast<int>(&n - g_.nodes.data());
   const Chain& ch = chain_[node];
   const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
-  const auto& xd = md_[x].dims();
-  const auto& yd = md_[y].dims();
-  const int64_t K = c.K, C = xd[1];
-  memory::dims strides{c.stride, c.stride}, pad_l{c.pad_h, c.pad_w};
-  memory::dims pad_r{(yd[2] - 1) * c.stride + c.R - xd[2] - c.pad_h,
-                     (yd[3] - 1) * c.stride + c.S - xd[3] - c.pad_w};
+  const int64_t K = c.K, C = md_[x].dims()[1];
+  const auto [strides, pad_l, pad_r] = ConvGeometry(c, md_[x].dims(), md_[y].dims());
   const bool bias = c.bias || ch.bn >= 0;
   memory::desc w_any({K, C, c.R, c.S}, dt::f32, tag::any);
   memory::desc b_md({K}, dt::f32, tag::a);
