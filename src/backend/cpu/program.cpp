@@ -179,7 +179,7 @@ class CpuProgram final : public Program {
   void compile_conv(const Node& n, const graph::Conv2d& c);
   void compile_conv_infer(const Node& n, const graph::Conv2d& c);
   void compile_batchnorm(const Node& n, const graph::BatchNorm& bn);
-  void compile_relu(const Node& n);
+  void compile_eltwise(const Node& n, dnnl::algorithm use_dst_algo);
   void compile_add(const Node& n, const graph::Add& a);
   void compile_shortcut_a(const Node& n, const graph::ShortcutA& s);
   void compile_avgpool(const Node& n);
@@ -187,7 +187,6 @@ class CpuProgram final : public Program {
   void compile_pool(const Node& n, const graph::Pool2d& p);
   void compile_concat(const Node& n);
   void compile_dropout(const Node& n, const graph::Dropout& d);
-  void compile_sigmoid(const Node& n);
   void compile_mul(const Node& n);
   void compile_scale_shift(const Node& n, const graph::ScaleShift& s);
 
@@ -476,7 +475,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
       using T = std::decay_t<decltype(op)>;
       if constexpr (std::is_same_v<T, graph::Conv2d>) compile_conv(n, op);
       else if constexpr (std::is_same_v<T, graph::BatchNorm>) compile_batchnorm(n, op);
-      else if constexpr (std::is_same_v<T, graph::Relu>) compile_relu(n);
+      else if constexpr (std::is_same_v<T, graph::Relu>) compile_eltwise(n, dnnl::algorithm::eltwise_relu_use_dst_for_bwd);
       else if constexpr (std::is_same_v<T, graph::Add>) compile_add(n, op);
       else if constexpr (std::is_same_v<T, graph::ShortcutA>) compile_shortcut_a(n, op);
       else if constexpr (std::is_same_v<T, graph::GlobalAvgPool>) compile_avgpool(n);
@@ -484,7 +483,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
       else if constexpr (std::is_same_v<T, graph::Pool2d>) compile_pool(n, op);
       else if constexpr (std::is_same_v<T, graph::Concat>) compile_concat(n);
       else if constexpr (std::is_same_v<T, graph::Dropout>) compile_dropout(n, op);
-      else if constexpr (std::is_same_v<T, graph::Sigmoid>) compile_sigmoid(n);
+      else if constexpr (std::is_same_v<T, graph::Sigmoid>) compile_eltwise(n, dnnl::algorithm::eltwise_logistic_use_dst_for_bwd);
       else if constexpr (std::is_same_v<T, graph::Mul>) compile_mul(n);
       else if constexpr (std::is_same_v<T, graph::ScaleShift>) compile_scale_shift(n, op);
       else static_assert(std::is_same_v<T, graph::Input>, "an op without a cpu implementation");
@@ -763,11 +762,11 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
   finish_contribution(bs, node, 0, dx);
 }
 
-void CpuProgram::compile_relu(const Node& n) {
+void CpuProgram::compile_eltwise(const Node& n, dnnl::algorithm algo) {
   const int node = static_cast<int>(&n - g_.nodes.data());
   const int x = n.inputs[0], y = n.output;
-  // The "use_dst" form lets backward read the output, so the ReLU can run in place.
-  const auto algo = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+  // The "use_dst" forms: backward reads the output (ReLU: d(x) = d(y) [y > 0];
+  // sigmoid: d(x) = d(y) y (1 - y)), so the op may overwrite its input (ReLUs do).
   const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
   dnnl::eltwise_forward::desc d(pk, algo, md_[x], 0.f, 0.f);
   dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
@@ -1012,24 +1011,6 @@ void CpuProgram::compile_dropout(const Node& n, const graph::Dropout& d) {
                               static_cast<const float*>(dy.get_data_handle()), X,
                               DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);
   }));
-}
-
-void CpuProgram::compile_sigmoid(const Node& n) {
-  const int node = static_cast<int>(&n - g_.nodes.data());
-  const int x = n.inputs[0], y = n.output;
-  // Backward from the output: d(x) = d(y) * y * (1 - y).
-  const auto algo = dnnl::algorithm::eltwise_logistic_use_dst_for_bwd;
-  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-  dnnl::eltwise_forward::desc d(pk, algo, md_[x], 0.f, 0.f);
-  dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
-  node_fwd_[node].push_back(step(pd, {{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_DST, act_[y]}}));
-  if (!training() || !grad_[x]) return;
-  dnnl::eltwise_backward::desc bd(algo, md_[y], md_[y], 0.f, 0.f);
-  dnnl::eltwise_backward::primitive_desc bpd(bd, attr(), eng_, pd);
-  auto& bs = node_bwd_[node];
-  memory dx = contribution(node, 0);
-  bs.push_back(step(bpd, {{DNNL_ARG_DST, act_[y]}, {DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_DIFF_SRC, dx}}));
-  finish_contribution(bs, node, 0, dx);
 }
 
 void CpuProgram::compile_mul(const Node& n) {
