@@ -357,3 +357,24 @@ TEST(CpuVsRef, BatchNormOnFlatValues) {
   x = b.relu(b.batchnorm(x, "fc_bn", graph::BatchNorm{1e-3f}));
   compare(b.finish(b.linear(x, 10, "out")), 8);
 }
+
+// Convs whose padding is as large as the map (Inception's 7x1 and 3x3 convs on the
+// 3x3 and 1x1 grids of small inputs): backward-weights runs oneDNN's gemm kernel on
+// nhwc copies there, not its reference loop.
+TEST(CpuVsRef, ConvPaddingAsLargeAsTheMap) {
+  compare(one_conv({16, 3, 3}, 16, 7, 1, 1, 3, 0, false), 4);
+  compare(one_conv({16, 3, 3}, 16, 1, 7, 1, 0, 3, true), 4);
+  compare(one_conv({16, 1, 1}, 24, 3, 3, 1, 1, 1, true), 4);
+  compare(one_conv({16, 2, 2}, 16, 3, 3, 1, 1, 1, false), 4);
+}
+
+TEST(CpuVsRef, SmallInceptionTrainsWithoutReferenceKernels) {
+  models::ModelConfig cfg = models::find_model("inception_v3").defaults;
+  cfg.image = 75;
+  cfg.aux = false;
+  cfg.width = 0.25;
+  graph::Graph g = models::build_model("inception_v3", cfg);
+  graph::ParamStore store(g);
+  auto p = backend::compile_cpu(g, store, {2, backend::Mode::train});
+  for (const auto& s : p->steps()) EXPECT_EQ(s.impl.find("ref"), std::string::npos) << s.phase << " " << s.node << " runs " << s.impl;
+}
