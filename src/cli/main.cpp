@@ -552,7 +552,7 @@ int main(int argc, char** argv) {
 
   app.add_subcommand("models", "list every architecture with its parameters and MACs");
 
-  auto* info = app.add_subcommand("info", "per-layer table of a model: output shape, parameters, MACs");
+  auto* info = app.add_subcommand("info", "per-layer table of a model: output shape, parameters, MACs; with --memory, its planned memory");
   std::string info_model;
   ModelFlags info_flags;
   info->add_option("model", info_model, "model name (see `incres models`)")->required();
