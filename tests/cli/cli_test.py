@@ -492,6 +492,28 @@ class ShortRun(unittest.TestCase):
             e = run("eval", f"{d}/last.safetensors")  # the full 10,000-image test set
             self.assertIn("accuracy", e.stdout)
 
+    def test_memory_plan_and_profile(self):
+        # `info --memory`: the plan, its lower bound and the sum without sharing, in MiB.
+        p = run("info", "resnet20", "--memory", "--batch", "16")
+        def mib(label):
+            line = next(l for l in p.stdout.splitlines() if label in l)
+            return float(line.split(label)[1].split()[0])
+        planned, live, unplanned = mib("workspaces"), mib("(no plan needs less)"), mib("without sharing by lifetime")
+        self.assertGreater(live, 0, p.stdout)
+        self.assertLessEqual(live, planned, p.stdout)
+        self.assertLess(planned, unplanned, p.stdout)
+        # `bench --profile`: every conv of resnet20 in the per-layer table's totals, and
+        # the steps' times adding up to no more than the measured iteration.
+        b = run("bench", "resnet20", "--batch", "8", "--iters", "2", "--warmup", "1", "--profile")
+        self.assertIn("by primitive kind:", b.stdout)
+        kinds = {" ".join(l.split()[:2]): float(l.split()[2]) for l in b.stdout.split("by primitive kind:")[1].splitlines()
+                 if l.strip()}
+        self.assertIn("forward convolution", kinds, b.stdout)
+        self.assertIn("backward convolution", kinds, b.stdout)
+        self.assertIn("layer3.2.conv2", b.stdout)
+        mean_ms = float(b.stdout.split("(mean ")[1].split(",")[0])
+        self.assertLessEqual(sum(kinds.values()), mean_ms * 1.01 + 0.1, b.stdout)
+
 
 if __name__ == "__main__":
     INCRES = os.path.abspath(sys.argv.pop(1))
