@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -248,12 +249,13 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
   for (float& v : dy) v = static_cast<float>(rng.normal() * 1e-3);
   // A training step as a training loop runs it: forward, backward, an SGD update
   // (momentum 0.9, weight decay 1e-4; the peers' benchmark scripts do the same).
-  train::Sgd sgd(g, store, {});
+  std::optional<train::Sgd> sgd;
+  if (train) sgd.emplace(g, store, train::SgdOptions{});
   auto run = [&] {
     program->forward(x.data());
     if (!train) return;
     program->backward(dy.data());
-    sgd.step(1e-3);
+    sgd->step(1e-3);
   };
   for (int i = 0; i < warmup; ++i) run();
   program->set_profiling(profile);

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "backend/loss.h"
+#include "backend/ref/ops.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -34,9 +35,7 @@ class CpuLoss final : public Loss {
 
   LossResult run(const float* logits, const int32_t* labels, int64_t n, float* dlogits, double scale) override {
     INCRES_CHECK(n >= 1 && n <= batch_, "loss: ", n, " rows for a loss planned for batch ", batch_);
-    for (int64_t i = 0; i < n; ++i)
-      INCRES_CHECK(labels[i] >= 0 && labels[i] < K_, "softmax cross-entropy: label of row ", i, " is ", labels[i],
-                   ", expected a class in [0, ", K_, "); check the dataset's labels against the model's class count");
+    ref::check_labels(labels, n, K_);
     src_.set_data_handle(const_cast<float*>(logits));
     // The C API with arguments prepared once: dnnl.hpp's execute() builds a vector per call.
     dnnl::error::wrap_c_api(dnnl_primitive_execute(prim_.get(), strm_.get(), 2, args_), "loss: logsoftmax");

@@ -176,6 +176,8 @@ class CpuProgram final : public Program {
   };
   Chain conv_chain(int conv) const;
   int sole_consumer(int v) const;
+  template <class T>
+  bool holds(int node) const { return node >= 0 && std::holds_alternative<T>(g_.nodes[node].op); }
 
   void compile_conv(const Node& n, const graph::Conv2d& c);
   void compile_conv_infer(const Node& n, const graph::Conv2d& c);
@@ -388,7 +390,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   std::vector<int> share(V, -1);
   if (!training()) {
     for (size_t i = 0; i < Nn; ++i) {
-      if (!live_[i] || !std::holds_alternative<graph::Conv2d>(g_.nodes[i].op)) continue;
+      if (!live_[i] || !holds<graph::Conv2d>(i)) continue;
       Chain ch = conv_chain(static_cast<int>(i));
       if (ch.out == g_.nodes[i].output) continue;
       chain_[i] = ch;
@@ -403,7 +405,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   }
   // BN followed by its only consumer, a ReLU, run as one primitive.
   for (size_t i = 0; i < Nn; ++i) {
-    if (!live_[i] || skip_[i] || !std::holds_alternative<graph::BatchNorm>(g_.nodes[i].op)) continue;
+    if (!live_[i] || skip_[i] || !holds<graph::BatchNorm>(i)) continue;
     const auto& cons = g_.values[g_.nodes[i].output].consumers;
     if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g_.nodes[cons[0]].op) &&
         !is_output(g_.nodes[i].output)) {
@@ -418,12 +420,12 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   // fused ReLU); that input's gradient is then d(y) itself, with no copy.
   in_place_slot_.assign(Nn, -1);
   for (size_t i = 0; i < Nn; ++i) {
-    if (!live_[i] || skip_[i] || !std::holds_alternative<graph::Add>(g_.nodes[i].op)) continue;
+    if (!live_[i] || skip_[i] || !holds<graph::Add>(i)) continue;
     const Node& add = g_.nodes[i];
     for (int slot : {0, 1}) {
       const int a = add.inputs[slot], pa = g_.values[a].producer;
-      bool safe = pa >= 0 && (std::holds_alternative<graph::Conv2d>(g_.nodes[pa].op) ||
-                              (std::holds_alternative<graph::BatchNorm>(g_.nodes[pa].op) && fused_relu_[pa] < 0));
+      bool safe = pa >= 0 && (holds<graph::Conv2d>(pa) ||
+                              (holds<graph::BatchNorm>(pa) && fused_relu_[pa] < 0));
       safe = safe && (slot == 0 || std::get<graph::Add>(add.op).scale == 1.f) && add.inputs[0] != add.inputs[1];
       if (safe && g_.values[a].consumers.size() == 1 && !is_output(a) && !hidden[a]) {
         share[add.output] = a;
@@ -436,10 +438,10 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   // not read its own output, runs in place.
   for (size_t v = 0; v < V; ++v) {
     const int p = g_.values[v].producer;
-    if (p < 0 || !live_[p] || skip_[p] || !std::holds_alternative<graph::Relu>(g_.nodes[p].op)) continue;
+    if (p < 0 || !live_[p] || skip_[p] || !holds<graph::Relu>(p)) continue;
     const int x = g_.nodes[p].inputs[0], px = g_.values[x].producer;
-    bool safe = px >= 0 && (std::holds_alternative<graph::Add>(g_.nodes[px].op) ||
-                            std::holds_alternative<graph::Conv2d>(g_.nodes[px].op));
+    bool safe = px >= 0 && (holds<graph::Add>(px) ||
+                            holds<graph::Conv2d>(px));
     if (safe && g_.values[x].consumers.size() == 1 && !is_output(x) && !hidden[x]) share[v] = x;
   }
 
@@ -546,18 +548,17 @@ int CpuProgram::sole_consumer(int v) const {
 }
 
 CpuProgram::Chain CpuProgram::conv_chain(int conv) const {
-  auto is = [&]<class T>(int node, T*) { return node >= 0 && std::holds_alternative<T>(g_.nodes[node].op); };
   Chain ch;
   int v = g_.nodes[conv].output, c = sole_consumer(v);
-  if (is(c, (graph::BatchNorm*)nullptr) && g_.values[v].shape.rank() == 3) {
+  if (holds<graph::BatchNorm>(c) && g_.values[v].shape.rank() == 3) {
     ch.bn = c;
     v = g_.nodes[c].output;
     c = sole_consumer(v);
   }
-  if (is(c, (graph::Relu*)nullptr)) {
+  if (holds<graph::Relu>(c)) {
     ch.relu = c;
     v = g_.nodes[c].output;
-  } else if (is(c, (graph::Add*)nullptr)) {
+  } else if (holds<graph::Add>(c)) {
     // The sum post-op adds the conv's result to what its destination holds: the conv
     // writes into the other input's buffer, which must be computed before the conv
     // runs and read by nothing after it but this add.
@@ -570,7 +571,7 @@ CpuProgram::Chain CpuProgram::conv_chain(int conv) const {
       ch.slot = slot;
       ch.other = other;
       v = add.output;
-      if (int r = sole_consumer(v); is(r, (graph::Relu*)nullptr)) {
+      if (int r = sole_consumer(v); holds<graph::Relu>(r)) {
         ch.post_relu = r;
         v = g_.nodes[r].output;
       }

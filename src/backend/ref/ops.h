@@ -527,6 +527,14 @@ void concat_backward(std::span<T* const> dxs, const T* dy, std::span<const int64
 }
 
 // ---------------------------------------------------------------------------------
+// Every label a class in [0, K); the message names the first row that is not. Both
+// backends' losses check with it.
+inline void check_labels(const int32_t* labels, int64_t n, int64_t K) {
+  for (int64_t i = 0; i < n; ++i)
+    INCRES_CHECK(labels[i] >= 0 && labels[i] < K, "softmax cross-entropy: label of row ", i, " is ", labels[i],
+                 ", expected a class in [0, ", K, "); check the dataset's labels against the model's class count");
+}
+
 // softmax cross-entropy with label smoothing (backend/loss.h has the definition), on
 // n rows of K logits. Returns the summed (not yet averaged) loss and the top-1 hits
 // (first maximum); writes d = g * (softmax - q) with g = scale / n when d is not null.
@@ -537,9 +545,7 @@ void softmax_cross_entropy(double* loss_sum, int64_t* correct, T* d, const T* lo
                            int64_t n, int64_t K, double eps, double scale) {
   INCRES_CHECK(n > 0 && K > 0, "softmax cross-entropy: needs rows and classes, got ", n, " x ", K);
   INCRES_CHECK(eps >= 0 && eps <= 1, "softmax cross-entropy: label smoothing must be in [0, 1], got ", eps);
-  for (int64_t i = 0; i < n; ++i)
-    INCRES_CHECK(labels[i] >= 0 && labels[i] < K, "softmax cross-entropy: label of row ", i, " is ", labels[i],
-                 ", expected a class in [0, ", K, "); check the dataset's labels against the model's class count");
+  check_labels(labels, n, K);
   const Acc off = eps / Acc(K);      // smoothing mass on every class
   const Acc on = 1.0 - eps + off;    // target of the labelled class
   const Acc g = scale / Acc(n);
