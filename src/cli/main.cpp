@@ -208,7 +208,7 @@ void print_profile(const graph::Graph& g, const backend::Program& p, int calls, 
     auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.node == node; });
     if (it == rows.end()) it = rows.insert(rows.end(), Row{node, s.op.empty() ? "-" : s.op, ""});
     (s.phase == "forward" ? it->fwd : s.phase == "backward" ? it->bwd : it->prep) += s.seconds;
-    if (s.kind == std::string("convolution") && it->impl.find(s.impl) == std::string::npos)
+    if ((s.kind == std::string("convolution") || s.kind == std::string("winograd")) && it->impl.find(s.impl) == std::string::npos)
       it->impl += (it->impl.empty() ? "" : ",") + s.impl;
     by_kind[s.phase + " " + s.kind] += s.seconds;
     total += s.seconds;
@@ -234,13 +234,14 @@ void print_profile(const graph::Graph& g, const backend::Program& p, int calls, 
 }
 
 int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& mode, int64_t batch,
-              int iters, int warmup, const std::string& backend, bool json, bool profile) {
+              int iters, int warmup, const std::string& backend, bool json, bool profile, bool winograd) {
   graph::Graph g = models::build_model(name, mf.config(name));
   graph::ParamStore store(g);
   store.init(g, 0);
   const bool train = mode == "train";
   auto t_compile = std::chrono::steady_clock::now();
-  auto program = backend::compile(backend, g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer});
+  auto program = backend::compile(backend, g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer,
+                                                      .winograd = winograd});
   double compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_compile).count();
   std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
   std::vector<float> dy(static_cast<size_t>(batch * g.output_shape().numel()));
@@ -708,6 +709,9 @@ int main(int argc, char** argv) {
   bool bn_profile = false;
   bn->add_flag("--profile", bn_profile, "time every step and print where the time goes, per layer and per primitive kind "
                "(cpu backend; the clock reads add a little)");
+  bool bn_direct = false;
+  bn->add_flag("--no-winograd", bn_direct, "inference: run every conv as oneDNN's direct conv (by default 3x3 stride-1 "
+               "convs with enough output tiles run as incres's Winograd F(4x4, 3x3))");
   bn_flags.add(bn);
 
   try {
@@ -720,7 +724,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("models")) return cmd_models();
     if (app.got_subcommand("info")) return cmd_info(info_model, info_flags, info_memory, info_mode, info_batch);
     if (app.got_subcommand("bench"))
-      return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json, bn_profile);
+      return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json, bn_profile, !bn_direct);
     if (app.got_subcommand("eval"))
       return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad);
     if (app.got_subcommand("predict"))

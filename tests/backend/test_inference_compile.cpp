@@ -106,15 +106,21 @@ TEST(InferenceCompile, WholeModelsMatchTheReference) {
 
 // The guard: resnet50's inference program, as compiled for 224x224. Every BN is
 // folded, every ReLU and residual sum is a post-op of a conv, and the only reorder
-// of the forward pass is the input's (plain NCHW into the blocked layout).
+// of the forward pass is the input's (plain NCHW into the blocked layout). The 3x3
+// stride-1 convs of layers 1-3 (3 + 3 + 5) run as Winograd at batch 1, layer 4's
+// (7x7: 4 tiles) as direct convs; without Winograd all 53 are oneDNN convs.
 TEST(InferenceCompile, ResNet50HasBatchNormFoldedAndNoReorderBetweenConvs) {
   const models::ModelConfig cfg = models::find_model("resnet50").defaults;  // 224x224, projection shortcuts
   ASSERT_EQ(cfg.image, 224);
   graph::Graph g = models::build_model("resnet50", cfg);
   graph::ParamStore store(g);
+  backend::Options direct{1, backend::Mode::infer};
+  direct.winograd = false;
+  EXPECT_EQ(count(backend::compile_cpu(g, store, direct)->steps(), "forward", "convolution"), 53);
   auto p = backend::compile_cpu(g, store, {1, backend::Mode::infer});
   const auto steps = p->steps();
-  EXPECT_EQ(count(steps, "forward", "convolution"), 53);
+  EXPECT_EQ(count(steps, "forward", "convolution"), 53 - 11);
+  EXPECT_EQ(count(steps, "forward", "winograd"), 11);
   EXPECT_EQ(count(steps, "forward", "batch_normalization"), 0);
   EXPECT_EQ(count(steps, "forward", "eltwise"), 0);
   EXPECT_EQ(count(steps, "forward", "binary"), 0);

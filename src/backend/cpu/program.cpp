@@ -34,6 +34,7 @@
 #include <unordered_map>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/winograd.h"
 #include "backend/memory_plan.h"
 #include "backend/outputs.h"
 #include "backend/program.h"
@@ -181,6 +182,13 @@ class CpuProgram final : public Program {
 
   void compile_conv(const Node& n, const graph::Conv2d& c);
   void compile_conv_infer(const Node& n, const graph::Conv2d& c);
+  bool winograd_pays(const Node& n, const graph::Conv2d& c) const;
+  void compile_conv_winograd(const Node& n, const graph::Conv2d& c);
+  // An inference conv's weights and bias in plain layout (K x C x R x S, K): the BN
+  // after it folded in by a prepare step, into a buffer of its own (`keep`) or the
+  // shared one a later prepare step reads; else the parameters themselves (no bias:
+  // a null memory).
+  std::pair<memory, memory> plain_weights(const Node& n, const graph::Conv2d& c, bool keep);
   void compile_batchnorm(const Node& n, const graph::BatchNorm& bn);
   void compile_eltwise(const Node& n, dnnl::algorithm use_dst_algo);
   void compile_add(const Node& n, const graph::Add& a);
@@ -657,7 +665,97 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
   }
 }
 
+std::pair<memory, memory> CpuProgram::plain_weights(const Node& n, const graph::Conv2d& c, bool keep) {
+  const Chain& ch = chain_[&n - g_.nodes.data()];
+  memory w_user = param(n.params[0], false), b_user = c.bias ? param(n.params[1], false) : memory();
+  if (ch.bn < 0) return {w_user, b_user};
+  const Node& bn_node = g_.nodes[ch.bn];
+  const float eps = std::get<graph::BatchNorm>(bn_node.op).eps;
+  memory folded = keep ? alloc(w_user.get_desc()) : fold_.make(w_user.get_desc(), eng_);
+  memory b = alloc(memory::desc({c.K}, dt::f32, tag::a));
+  memory gamma = param(bn_node.params[0], false), beta = param(bn_node.params[1], false);
+  memory mean = param(bn_node.params[2], false), var = param(bn_node.params[3], false);
+  const int64_t K = c.K, per_k = w_user.get_desc().dims()[1] * c.R * c.S;
+  auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
+  prep_.push_back(loop({folded, b}, [=]() {
+    kernels::fold_batchnorm(f(folded), f(b), f(w_user), b_user ? f(b_user) : nullptr, f(gamma), f(beta), f(mean),
+                            f(var), eps, K, per_k);
+  }));
+  return {folded, b};
+}
+
+// Winograd F(4x4, 3x3) where it beats oneDNN's direct conv (bench/winograd, batch 1
+// and 16: 1.5-3.5x): 3x3, stride 1, blocked layouts in and out, at least 64 input
+// channels and at least 16 output tiles. With fewer tiles (ResNet-50's 7x7 grid or
+// Inception's 8x8 at batch 1) the 36 matrix products are too thin to pay for reading
+// 4x the weights (0.3-0.5x there); with fewer channels the transforms, bound by
+// memory, cost as much as the products (Inception-v3's 32-channel Conv2d_2a / 2b:
+// 0.9-1.3x, varying from run to run).
+bool CpuProgram::winograd_pays(const Node& n, const graph::Conv2d& c) const {
+  if (!opt_.winograd || c.R != 3 || c.S != 3 || c.stride != 1) return false;
+  const int x = n.inputs[0], y = chain_[&n - g_.nodes.data()].out >= 0 ? chain_[&n - g_.nodes.data()].out : n.output;
+  const tag t = blocked_tag(channel_block());
+  if (md_[x] != memory::desc(md_[x].dims(), dt::f32, t) || md_[y] != memory::desc(md_[y].dims(), dt::f32, t))
+    return false;
+  const memory::dims yd = md_[y].dims();
+  return md_[x].dims()[1] >= 64 && opt_.batch * ((yd[2] + 3) / 4) * ((yd[3] + 3) / 4) >= 16;
+}
+
+void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c) {
+  namespace wg = winograd;
+  const int node = static_cast<int>(&n - g_.nodes.data());
+  const Chain& ch = chain_[node];
+  const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
+  const memory::dims xd = md_[x].dims(), yd = md_[y].dims();
+  const int64_t block = channel_block(), C = (xd[1] + block - 1) / block * block;
+  const int64_t K = (c.K + block - 1) / block * block;
+  const wg::Geometry g{opt_.batch, C, K, xd[2], xd[3], yd[2], yd[3], c.pad_h, c.pad_w, block};
+  // Tiles go through in chunks whose transformed input and output (36 x chunk x (C +
+  // K) floats) take ~6 MB: the sizes bench/winograd found fastest, at least 64 tiles
+  // (fewer make the products thin), split evenly (a short last chunk costs a full one).
+  const int64_t want = std::max<int64_t>(64, (6 << 20) / (wg::kPoints * (C + K) * 4));
+  const int64_t pieces = (g.tiles() + want - 1) / want, chunk = (g.tiles() + pieces - 1) / pieces;
+
+  auto [w, b] = plain_weights(n, c, false);
+  memory u = alloc(memory::desc({wg::kPoints, C, K}, dt::f32, tag::abc));
+  memory bias = alloc(memory::desc({K}, dt::f32, tag::a));
+  auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
+  const int64_t k_real = c.K, c_real = xd[1];
+  prep_.push_back(loop({u, bias}, [=]() {
+    wg::transform_weights(g, f(w), k_real, c_real, f(u));
+    for (int64_t k = 0; k < K; ++k) f(bias)[k] = b && k < k_real ? f(b)[k] : 0.f;
+  }));
+
+  memory v = alloc(memory::desc({wg::kPoints, chunk, C}, dt::f32, tag::abc));
+  memory m = alloc(memory::desc({wg::kPoints, chunk, K}, dt::f32, tag::abc));
+  dnnl::matmul::primitive_desc mpd(dnnl::matmul::desc(v.get_desc(), u.get_desc(), m.get_desc()), attr(), eng_);
+  Step mm = step(mpd, {{DNNL_ARG_SRC, v}, {DNNL_ARG_WEIGHTS, u}, {DNNL_ARG_DST, m}});
+  wg::Epilogue e;
+  e.relu = ch.relu >= 0;
+  if (ch.add >= 0) {  // as the sum post-op in compile_conv_infer
+    const float scale = std::get<graph::Add>(g_.nodes[ch.add].op).scale;
+    e.sum = ch.slot == 0 ? scale : 1.f;
+    e.scale = ch.slot == 0 ? 1.f : scale;
+  }
+  e.post_relu = ch.post_relu >= 0;
+  const memory src = act_[x], dst = act_[y];
+  Step s = loop({src, dst, v, m, u, bias}, [=, this]() mutable {
+    e.bias = f(bias);
+    for (int64_t first = 0; first < g.tiles(); first += chunk) {
+      const int64_t count = std::min(chunk, g.tiles() - first);
+      wg::transform_input(g, f(src), first, count, chunk, f(v));
+      run(mm);
+      wg::transform_output(g, f(m), first, count, chunk, e, f(dst));
+    }
+  });
+  s.kind = "winograd";
+  s.impl = "incres:avx2+" + mm.impl;
+  for (const memory& h : mm.held) s.held.push_back(h);
+  node_fwd_[node].push_back(std::move(s));
+}
+
 void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
+  if (winograd_pays(n, c)) return compile_conv_winograd(n, c);
   const int node = static_cast<int>(&n - g_.nodes.data());
   const Chain& ch = chain_[node];
   const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
@@ -690,35 +788,14 @@ void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
   dnnl::convolution_forward::primitive_desc fpd(fd, a, eng_);
 
   // The weights the conv reads, prepared when the store changes: folded with the BN
-  // (in a shared plain buffer, then reordered), or only reordered.
-  memory w_user = param(n.params[0], false), w = w_user, b;
-  if (ch.bn >= 0) {
-    const Node& bn_node = g_.nodes[ch.bn];
-    const float eps = std::get<graph::BatchNorm>(bn_node.op).eps;
-    const bool direct = fpd.weights_desc() == w_user.get_desc();
-    memory folded = direct ? alloc(w_user.get_desc()) : fold_.make(w_user.get_desc(), eng_);
-    b = alloc(b_md);
-    memory wu = w_user, bu = c.bias ? param(n.params[1], false) : memory();
-    memory gamma = param(bn_node.params[0], false), beta = param(bn_node.params[1], false);
-    memory mean = param(bn_node.params[2], false), var = param(bn_node.params[3], false);
-    const int64_t per_k = C * c.R * c.S;
-    auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
-    prep_.push_back(loop({folded, b}, [=]() {
-      kernels::fold_batchnorm(f(folded), f(b), f(wu), bu ? f(bu) : nullptr, f(gamma), f(beta), f(mean), f(var),
-                              eps, K, per_k);
-    }));
-    w = direct ? folded : alloc(fpd.weights_desc());
-    if (!direct) {
-      dnnl::reorder::primitive_desc rpd(eng_, folded.get_desc(), eng_, w.get_desc(), attr());
-      prep_.push_back(step(rpd, {{DNNL_ARG_FROM, folded}, {DNNL_ARG_TO, w}}));
-    }
-  } else {
-    if (fpd.weights_desc() != w_user.get_desc()) {
-      w = alloc(fpd.weights_desc());
-      dnnl::reorder::primitive_desc rpd(eng_, w_user.get_desc(), eng_, w.get_desc(), attr());
-      prep_.push_back(step(rpd, {{DNNL_ARG_FROM, w_user}, {DNNL_ARG_TO, w}}));
-    }
-    if (c.bias) b = param(n.params[1], false);
+  // and/or reordered to the conv's layout.
+  const memory::desc w_plain = param(n.params[0], false).get_desc();
+  auto [w, b] = plain_weights(n, c, fpd.weights_desc() == w_plain);
+  if (fpd.weights_desc() != w_plain) {
+    memory from = w;
+    w = alloc(fpd.weights_desc());
+    dnnl::reorder::primitive_desc rpd(eng_, from.get_desc(), eng_, w.get_desc(), attr());
+    prep_.push_back(step(rpd, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, w}}));
   }
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, act_[x]}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, act_[y]}};
   if (bias) args[DNNL_ARG_BIAS] = b;

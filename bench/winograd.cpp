@@ -1,0 +1,149 @@
+// incres's Winograd F(4x4, 3x3) convolution (backend/cpu/winograd.h) against oneDNN's
+// direct convolution on the stride-1 3x3 shapes of ResNet-50 and Inception-v3, on the
+// blocked layout both run on: time (best of 5), GFLOP/s counted as a direct conv's,
+// and the largest difference between the two outputs relative to the largest output.
+// Also times the tile chunk sizes the backend chooses between (--chunks).
+//   build/bench/winograd [--batch N] [--only TEXT] [--chunks 512,256,...]
+#include <dnnl.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/winograd.h"
+
+using namespace dnnl;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+namespace wg = incres::backend::winograd;
+
+namespace {
+
+struct Shape {
+  const char* where;
+  int64_t C, K, H, W, pad;
+};
+
+template <class F>
+double best_of(int n, F&& f) {
+  double best = 1e9;
+  for (int i = 0; i < n; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std::vector<int64_t>& chunks) {
+  const int64_t P = sh.H + 2 * sh.pad - 2, Q = sh.W + 2 * sh.pad - 2;
+  const double flops = 2.0 * N * sh.K * P * Q * sh.C * 9;
+  memory::desc src_md({N, sh.C, sh.H, sh.W}, dt::f32, tag::nChw8c), dst_md({N, sh.K, P, Q}, dt::f32, tag::nChw8c);
+  memory::desc w_plain({sh.K, sh.C, 3, 3}, dt::f32, tag::oihw);
+  convolution_forward::desc d(prop_kind::forward_inference, algorithm::convolution_direct, src_md,
+                              memory::desc({sh.K, sh.C, 3, 3}, dt::f32, tag::any), dst_md, {1, 1},
+                              {sh.pad, sh.pad}, {sh.pad, sh.pad});
+  convolution_forward::primitive_desc pd(d, eng);
+  memory x(src_md, eng), w(w_plain, eng), wb(pd.weights_desc(), eng), y(dst_md, eng), y2(dst_md, eng);
+  memory sp(pd.scratchpad_desc(), eng);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto fill = [&](memory& m) {
+    float* p = static_cast<float*>(m.get_data_handle());
+    for (size_t i = 0; i < m.get_desc().get_size() / 4; ++i) p[i] = normal(rng);
+  };
+  fill(x), fill(w);
+  reorder(w, wb).execute(s, w, wb);
+  convolution_forward conv(pd);
+  const double direct = best_of(5, [&] {
+    conv.execute(s, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, y}, {DNNL_ARG_SCRATCHPAD, sp}});
+    s.wait();
+  });
+  std::printf("%-34s %4ld->%-4ld %3ldx%-3ld  direct %s %8.2f ms %6.1f GF/s\n", sh.where, sh.C, sh.K, sh.H, sh.W,
+              pd.impl_info_str(), direct * 1e3, flops / direct / 1e9);
+
+  const wg::Geometry g{N, sh.C, sh.K, sh.H, sh.W, P, Q, sh.pad, sh.pad, 8};
+  std::vector<float> u(wg::kPoints * sh.C * sh.K);
+  wg::transform_weights(g, static_cast<float*>(w.get_data_handle()), sh.K, sh.C, u.data());
+  for (int64_t want : chunks) {
+    const int64_t pieces = (g.tiles() + want - 1) / want, chunk = (g.tiles() + pieces - 1) / pieces;
+    memory::desc v_md({wg::kPoints, chunk, sh.C}, dt::f32, tag::abc), u_md({wg::kPoints, sh.C, sh.K}, dt::f32, tag::abc);
+    memory::desc m_md({wg::kPoints, chunk, sh.K}, dt::f32, tag::abc);
+    matmul::primitive_desc mpd(matmul::desc(v_md, u_md, m_md), eng);
+    matmul mm(mpd);
+    memory v(v_md, eng), um(u_md, eng, u.data()), m(m_md, eng), msp(mpd.scratchpad_desc(), eng);
+    const auto* xp = static_cast<const float*>(x.get_data_handle());
+    auto* yp = static_cast<float*>(y2.get_data_handle());
+    double parts[3] = {0, 0, 0};
+    bool first_run = true;  // input transform, products, output transform: of the best run
+    using clock = std::chrono::steady_clock;
+    const double t = best_of(5, [&] {
+      double p[3] = {0, 0, 0};
+      for (int64_t first = 0; first < g.tiles(); first += chunk) {
+        const int64_t count = std::min(chunk, g.tiles() - first);
+        auto t0 = clock::now();
+        wg::transform_input(g, xp, first, count, chunk, static_cast<float*>(v.get_data_handle()));
+        auto t1 = clock::now();
+        mm.execute(s, {{DNNL_ARG_SRC, v}, {DNNL_ARG_WEIGHTS, um}, {DNNL_ARG_DST, m}, {DNNL_ARG_SCRATCHPAD, msp}});
+        s.wait();
+        auto t2 = clock::now();
+        wg::transform_output(g, static_cast<const float*>(m.get_data_handle()), first, count, chunk, {}, yp);
+        p[0] += std::chrono::duration<double>(t1 - t0).count();
+        p[1] += std::chrono::duration<double>(t2 - t1).count();
+        p[2] += std::chrono::duration<double>(clock::now() - t2).count();
+      }
+      if (p[0] + p[1] + p[2] < parts[0] + parts[1] + parts[2] || first_run) std::copy(p, p + 3, parts), first_run = false;
+    });
+    const auto* a = static_cast<const float*>(y.get_data_handle());
+    double err = 0, top = 0;
+    for (size_t i = 0; i < dst_md.get_size() / 4; ++i) {
+      err = std::max(err, double(std::fabs(a[i] - yp[i])));
+      top = std::max(top, double(std::fabs(a[i])));
+    }
+    std::printf("%58s winograd chunk %5ld  %8.2f ms %6.1f GF/s  %.2fx  err %.1e  (in %.2f, matmul %.2f, out %.2f ms)\n",
+                "", chunk, t * 1e3, flops / t / 1e9, direct / t, err / top, parts[0] * 1e3, parts[1] * 1e3, parts[2] * 1e3);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t N = 1;
+  std::vector<int64_t> chunks{1 << 30, 512, 256, 128, 64, 32};
+  std::string only;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--batch")) N = std::atol(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--chunks")) {
+      chunks.clear();
+      for (const char* p = argv[i + 1]; *p;) {
+        char* end;
+        chunks.push_back(std::strtol(p, &end, 10));
+        p = *end ? end + 1 : end;
+      }
+    }
+  }
+  engine eng(engine::kind::cpu, 0);
+  stream s(eng);
+  const Shape shapes[] = {
+      {"ResNet-50 layer1 3x3", 64, 64, 56, 56, 1},
+      {"ResNet-50 layer2 3x3", 128, 128, 28, 28, 1},
+      {"ResNet-50 layer3 3x3", 256, 256, 14, 14, 1},
+      {"ResNet-50 layer4 3x3", 512, 512, 7, 7, 1},
+      {"Inception-v3 Conv2d_2a_3x3", 32, 32, 149, 149, 0},
+      {"Inception-v3 Conv2d_2b_3x3", 32, 64, 147, 147, 1},
+      {"Inception-v3 Conv2d_4a_3x3", 80, 192, 73, 73, 0},
+      {"Inception-v3 Mixed_5b.branch3x3dbl_2", 64, 96, 35, 35, 1},
+      {"Inception-v3 Mixed_5b.branch3x3dbl_3", 96, 96, 35, 35, 1},
+      {"Inception-v3 Mixed_7b.branch3x3dbl_2", 448, 384, 8, 8, 1},
+  };
+  std::printf("batch %ld\n", N);
+  for (const Shape& sh : shapes)
+    if (std::string(sh.where).find(only) != std::string::npos) compare(eng, s, sh, N, chunks);
+  return 0;
+}

@@ -1,0 +1,57 @@
+// Winograd convolution F(4x4, 3x3) for inference (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016): a 3x3, stride-1 conv computes each 4x4 tile
+// of its output from a 6x6 tile of its input with 36 multiplications per (input,
+// output) channel pair instead of 144. The work splits into three parts:
+//   U = G g G^T     per (c, k): the weights, once per prepared version (double);
+//   V = B^T d B     per input tile and channel (transform_input);
+//   M[xi] = V[xi] U[xi]  for each of the 36 tile positions xi: 36 matrix products
+//                   of (tiles x C) by (C x K), which oneDNN's matmul runs;
+//   Y = A^T M A     per output tile and channel, then bias, ReLU and the residual
+//                   sum (transform_output).
+// oneDNN 2.6 has Winograd only for AVX-512; this file is ours, on AVX2 (8 floats a
+// vector), on the blocked activation layouts the backend uses (nChw8c, nChw16c).
+//
+// Accuracy: the transforms scale values by up to 5x5 (B) and 8x8 (A), so results
+// differ from a direct conv by ~1e-6 to 1e-5 relative (measured in
+// tests/backend/test_winograd.cpp), the usual price of F(4x4, 3x3).
+#pragma once
+#include <cstdint>
+
+namespace incres::backend::winograd {
+
+inline constexpr int64_t kTile = 4;        // output tile side
+inline constexpr int64_t kInTile = 6;      // input tile side: kTile + 3 - 1
+inline constexpr int64_t kPoints = 36;     // kInTile * kInTile
+
+// A 3x3 stride-1 conv: input N x C x H x W, output N x K x P x Q, padding pad_h /
+// pad_w on the top / left (the bottom / right padding is whatever P and Q imply).
+// Both values are blocked (block 8 or 16), C and K padded to the block.
+struct Geometry {
+  int64_t N, C, K, H, W, P, Q, pad_h, pad_w, block;
+  int64_t tiles_h() const { return (P + kTile - 1) / kTile; }
+  int64_t tiles_w() const { return (Q + kTile - 1) / kTile; }
+  int64_t tiles() const { return N * tiles_h() * tiles_w(); }
+};
+
+// u (kPoints x C x K, row-major per point) from the plain K x C x 3 x 3 weights of
+// k_real output and c_real input channels; the padding channels get zeros.
+void transform_weights(const Geometry& g, const float* kcrs, int64_t k_real, int64_t c_real, float* u);
+
+// v (kPoints x chunk x C) for tiles [first, first + count) of the input, count <=
+// chunk; tile t is (n, th, tw) in row-major order.
+void transform_input(const Geometry& g, const float* src, int64_t first, int64_t count, int64_t chunk, float* v);
+
+// What the conv's output goes through after A^T M A: y = relu?(y + bias); y = scale * y
+// + sum * (what dst holds); y = post_relu?(y). bias is K long (padded), or null.
+struct Epilogue {
+  const float* bias = nullptr;
+  bool relu = false;
+  float scale = 1.f, sum = 0.f;
+  bool post_relu = false;
+};
+
+// dst's tiles [first, first + count) from m (kPoints x chunk x K).
+void transform_output(const Geometry& g, const float* m, int64_t first, int64_t count, int64_t chunk,
+                      const Epilogue& e, float* dst);
+
+}  // namespace incres::backend::winograd

@@ -1,0 +1,171 @@
+// Winograd F(4x4, 3x3) (backend/cpu/winograd.h): the three transforms with a plain
+// matrix product between them against a direct conv in double, on shapes that leave
+// partial tiles, padded channels and a short last chunk, with every epilogue; then
+// the inference programs that use it against the reference backend.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/winograd.h"
+#include "backend/program.h"
+#include "core/rng.h"
+#include "graph/builder.h"
+#include "support.h"
+
+using namespace incres;
+namespace wg = backend::winograd;
+using testing_support::rel_err;
+
+namespace {
+
+struct Case {
+  int64_t N, C, K, H, W, pad, block;  // C, K: the real channel counts
+  wg::Epilogue e;
+  bool with_bias;
+  int64_t chunk;
+};
+
+int64_t padded(int64_t c, int64_t block) { return (c + block - 1) / block * block; }
+
+// Element (n, c, h, w) of a blocked value with Cb (padded) channels.
+int64_t at(int64_t n, int64_t c, int64_t h, int64_t w, int64_t Cb, int64_t H, int64_t W, int64_t block) {
+  return (((n * (Cb / block) + c / block) * H + h) * W + w) * block + c % block;
+}
+
+// The conv through the transforms; returns the error relative to the largest output.
+double winograd_error(const Case& t) {
+  const int64_t C = padded(t.C, t.block), K = padded(t.K, t.block);
+  const int64_t P = t.H + 2 * t.pad - 2, Q = t.W + 2 * t.pad - 2;
+  const wg::Geometry g{t.N, C, K, t.H, t.W, P, Q, t.pad, t.pad, t.block};
+  Rng rng(7);
+  std::vector<float> x(t.N * C * t.H * t.W, 0.f), w(t.K * t.C * 9), bias(K, 0.f);
+  for (int64_t n = 0; n < t.N; ++n)  // the padding channels stay zero, as oneDNN leaves them
+    for (int64_t c = 0; c < t.C; ++c)
+      for (int64_t h = 0; h < t.H; ++h)
+        for (int64_t v = 0; v < t.W; ++v) x[at(n, c, h, v, C, t.H, t.W, t.block)] = static_cast<float>(rng.normal());
+  for (float& v : w) v = static_cast<float>(rng.normal());
+  for (int64_t k = 0; k < t.K; ++k) bias[k] = t.with_bias ? static_cast<float>(rng.normal()) : 0.f;
+  std::vector<float> before(t.N * K * P * Q, 0.f);  // what dst holds before: the residual
+  for (int64_t n = 0; n < t.N; ++n)
+    for (int64_t k = 0; k < t.K; ++k)
+      for (int64_t i = 0; i < P * Q; ++i) before[at(n, k, i / Q, i % Q, K, P, Q, t.block)] = static_cast<float>(rng.normal());
+
+  // Direct, in double.
+  std::vector<float> want(before.size(), 0.f);
+  for (int64_t n = 0; n < t.N; ++n)
+    for (int64_t k = 0; k < t.K; ++k)
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t q = 0; q < Q; ++q) {
+          double s = t.with_bias ? bias[k] : 0.0;
+          for (int64_t c = 0; c < t.C; ++c)
+            for (int64_t r = 0; r < 3; ++r)
+              for (int64_t u = 0; u < 3; ++u) {
+                const int64_t h = p + r - t.pad, v = q + u - t.pad;
+                if (h >= 0 && h < t.H && v >= 0 && v < t.W)
+                  s += double(w[((k * t.C + c) * 3 + r) * 3 + u]) * x[at(n, c, h, v, C, t.H, t.W, t.block)];
+              }
+          if (t.e.relu) s = std::max(s, 0.0);
+          const int64_t o = at(n, k, p, q, K, P, Q, t.block);
+          s = t.e.scale * s + t.e.sum * before[o];
+          if (t.e.post_relu) s = std::max(s, 0.0);
+          want[o] = static_cast<float>(s);
+        }
+
+  std::vector<float> u(wg::kPoints * C * K), v(wg::kPoints * t.chunk * C), m(wg::kPoints * t.chunk * K);
+  wg::transform_weights(g, w.data(), t.K, t.C, u.data());
+  std::vector<float> got = before;
+  wg::Epilogue e = t.e;
+  e.bias = t.with_bias ? bias.data() : nullptr;
+  for (int64_t first = 0; first < g.tiles(); first += t.chunk) {
+    const int64_t count = std::min(t.chunk, g.tiles() - first);
+    wg::transform_input(g, x.data(), first, count, t.chunk, v.data());
+    for (int64_t xi = 0; xi < wg::kPoints; ++xi)  // the 36 products, as oneDNN's matmul does them
+      for (int64_t i = 0; i < t.chunk; ++i)
+        for (int64_t k = 0; k < K; ++k) {
+          float s = 0.f;
+          for (int64_t c = 0; c < C; ++c) s += v[(xi * t.chunk + i) * C + c] * u[(xi * C + c) * K + k];
+          m[(xi * t.chunk + i) * K + k] = s;
+        }
+    wg::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
+  }
+  return rel_err(got.data(), want.data(), static_cast<int64_t>(want.size()));
+}
+
+}  // namespace
+
+TEST(Winograd, TransformsMatchADirectConv) {
+  wg::Epilogue plain, relu, residual, scaled;
+  relu.relu = true;
+  residual.sum = 1.f, residual.post_relu = true;  // relu(conv + bias + x): ResNet
+  scaled.scale = 0.17f, scaled.sum = 1.f;         // x + 0.17 conv: Inception-ResNet
+  const Case cases[] = {
+      {1, 8, 8, 8, 8, 1, 8, plain, false, 4},          // whole tiles
+      {2, 5, 11, 9, 13, 1, 8, relu, true, 7},          // padded channels, partial tiles, short last chunk
+      {1, 16, 24, 10, 7, 0, 8, residual, true, 100},   // no padding (Inception's valid convs)
+      {3, 20, 8, 6, 6, 1, 16, scaled, true, 5},        // block 16 (AVX-512 layouts)
+      {1, 3, 3, 3, 3, 1, 8, residual, false, 1},       // a map smaller than a tile
+  };
+  for (const Case& c : cases)
+    EXPECT_LT(winograd_error(c), 2e-5) << c.N << "x" << c.C << "->" << c.K << " " << c.H << "x" << c.W
+                                       << " pad " << c.pad << " block " << c.block;
+}
+
+namespace {
+
+// The inference program against the reference; `winograd` counts the steps that ran
+// as Winograd.
+double program_error(const graph::Graph& g, int64_t batch, bool use_winograd, int& winograd) {
+  graph::ParamStore cpu_store(g), ref_store(g);
+  cpu_store.init(g, 3);
+  for (size_t i = 0; i < g.params.size(); ++i) {  // BN statistics that fold into something
+    const graph::Role role = g.params[i].role;
+    Rng r(40 + i);
+    float* v = cpu_store.values[i].data<float>();
+    for (int64_t j = 0; j < cpu_store.values[i].numel(); ++j) {
+      if (role == graph::Role::running_var || role == graph::Role::bn_gamma) v[j] = static_cast<float>(0.5 + r.uniform());
+      else if (role == graph::Role::running_mean || role == graph::Role::bn_beta) v[j] = static_cast<float>(0.1 * r.normal());
+    }
+    ref_store.values[i] = cpu_store.values[i].clone();
+  }
+  cpu_store.changed();
+  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
+  Rng rng(9);
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  backend::Options opt{batch, backend::Mode::infer};
+  opt.winograd = use_winograd;
+  auto cpu = backend::compile_cpu(g, cpu_store, opt);
+  auto ref = backend::compile_ref(g, ref_store, {batch, backend::Mode::infer});
+  cpu->forward(x.data());
+  ref->forward(x.data());
+  winograd = 0;
+  for (const auto& s : cpu->steps()) winograd += s.kind == "winograd";
+  return rel_err(cpu->output(), ref->output(), batch * g.output_shape().numel());
+}
+
+}  // namespace
+
+TEST(Winograd, ProgramsMatchTheReference) {
+  graph::Builder b(Shape{64, 17, 15});
+  int x = b.relu(b.batchnorm(b.conv(b.input(), 64, 3, 1, 1, "c0"), "bn0"));       // BN + ReLU
+  int y = b.relu(b.batchnorm(b.conv(x, 64, 3, 1, 1, "c1"), "bn1"));
+  y = b.relu(b.add(b.batchnorm(b.conv(y, 64, 3, 1, 1, "c2"), "bn2"), x));         // the residual sum
+  int s = b.add(b.conv(y, 64, 1, 1, 0, "proj"), b.conv(y, 64, 3, 1, 1, "c3"), 0.2f);  // scaled, conv second
+  int z = b.conv(y, graph::Conv2d{40, 3, 3, 1, 0, 0, true}, "valid");              // no padding, a bias: 15x13
+  int t = b.max_pool(b.conv(s, 32, 1, 1, 0, "squeeze"), 3, 1, 0);
+  int u = b.conv(t, 64, 3, 1, 1, "thin");                                          // 32 input channels
+  graph::Graph g = b.finish(b.conv(b.concat({z, u}), 16, 3, 2, 1, "strided"));
+  int used = 0;
+  EXPECT_LT(program_error(g, 2, true, used), 1e-5);
+  EXPECT_EQ(used, 5) << "c0, c1, c2, c3 and valid; not the 1x1s, the 32-channel or the stride-2 conv";
+  EXPECT_LT(program_error(g, 2, false, used), 1e-5);
+  EXPECT_EQ(used, 0) << "Options::winograd = false";
+
+  // Below 16 output tiles the direct conv runs: a 7x7 map has 4 tiles an image.
+  graph::Builder small(Shape{64, 7, 7});
+  graph::Graph h = small.finish(small.relu(small.conv(small.input(), 64, 3, 1, 1, "c")));
+  EXPECT_LT(program_error(h, 3, true, used), 1e-5);
+  EXPECT_EQ(used, 0) << "12 tiles";
+  EXPECT_LT(program_error(h, 4, true, used), 1e-5);
+  EXPECT_EQ(used, 1) << "16 tiles";
+}
