@@ -1,7 +1,8 @@
-// Winograd F(4x4, 3x3) (backend/cpu/winograd.h): the three transforms with a plain
-// matrix product between them against a direct conv in double, on shapes that leave
-// partial tiles, padded channels and a short last chunk, with every epilogue; then
-// the inference programs that use it against the reference backend.
+// Winograd F(4x4, 3x3) and F(m, r) along one axis (backend/cpu/winograd.h): the three
+// transforms with a plain matrix product between them against a direct conv in
+// double, on shapes that leave partial tiles, padded channels and a short last chunk,
+// with every epilogue; then the inference programs that use them against the
+// reference backend.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -24,6 +25,7 @@ struct Case {
   wg::Epilogue e;
   bool with_bias;
   int64_t chunk;
+  int R = 3, S = 3, m = 4;  // 1 x r / r x 1: F(m, r) along the long side; pad on that side only
 };
 
 int64_t padded(int64_t c, int64_t block) { return (c + block - 1) / block * block; }
@@ -36,10 +38,14 @@ int64_t at(int64_t n, int64_t c, int64_t h, int64_t w, int64_t Cb, int64_t H, in
 // The conv through the transforms; returns the error relative to the largest output.
 double winograd_error(const Case& t) {
   const int64_t C = padded(t.C, t.block), K = padded(t.K, t.block);
-  const int64_t P = t.H + 2 * t.pad - 2, Q = t.W + 2 * t.pad - 2;
-  const wg::Geometry g{t.N, C, K, t.H, t.W, P, Q, t.pad, t.pad, t.block};
+  const bool square = t.R == t.S;
+  const int64_t pad_h = t.R > 1 ? t.pad : 0, pad_w = t.S > 1 ? t.pad : 0;
+  const int64_t P = t.H + 2 * pad_h - t.R + 1, Q = t.W + 2 * pad_w - t.S + 1;
+  const wg::Geometry g{t.N, C, K, t.H, t.W, P, Q, pad_h, pad_w, t.block};
+  const wg::Line line{g, square ? wg::Filter1d{} : wg::filter_1d(t.m, std::max(t.R, t.S)), t.S > 1};
+  const int64_t points = square ? wg::kPoints : line.f.alpha, tiles = square ? g.tiles() : line.tiles();
   Rng rng(7);
-  std::vector<float> x(t.N * C * t.H * t.W, 0.f), w(t.K * t.C * 9), bias(K, 0.f);
+  std::vector<float> x(t.N * C * t.H * t.W, 0.f), w(t.K * t.C * t.R * t.S), bias(K, 0.f);
   for (int64_t n = 0; n < t.N; ++n)  // the padding channels stay zero, as oneDNN leaves them
     for (int64_t c = 0; c < t.C; ++c)
       for (int64_t h = 0; h < t.H; ++h)
@@ -59,11 +65,11 @@ double winograd_error(const Case& t) {
         for (int64_t q = 0; q < Q; ++q) {
           double s = t.with_bias ? bias[k] : 0.0;
           for (int64_t c = 0; c < t.C; ++c)
-            for (int64_t r = 0; r < 3; ++r)
-              for (int64_t u = 0; u < 3; ++u) {
-                const int64_t h = p + r - t.pad, v = q + u - t.pad;
+            for (int64_t r = 0; r < t.R; ++r)
+              for (int64_t u = 0; u < t.S; ++u) {
+                const int64_t h = p + r - pad_h, v = q + u - pad_w;
                 if (h >= 0 && h < t.H && v >= 0 && v < t.W)
-                  s += double(w[((k * t.C + c) * 3 + r) * 3 + u]) * x[at(n, c, h, v, C, t.H, t.W, t.block)];
+                  s += double(w[((k * t.C + c) * t.R + r) * t.S + u]) * x[at(n, c, h, v, C, t.H, t.W, t.block)];
               }
           if (t.e.relu) s = std::max(s, 0.0);
           const int64_t o = at(n, k, p, q, K, P, Q, t.block);
@@ -72,22 +78,25 @@ double winograd_error(const Case& t) {
           want[o] = static_cast<float>(s);
         }
 
-  std::vector<float> u(wg::kPoints * C * K), v(wg::kPoints * t.chunk * C), m(wg::kPoints * t.chunk * K);
-  wg::transform_weights(g, w.data(), t.K, t.C, u.data());
+  std::vector<float> u(points * C * K), v(points * t.chunk * C), m(points * t.chunk * K);
+  if (square) wg::transform_weights(g, w.data(), t.K, t.C, u.data());
+  else wg::transform_weights(line, w.data(), t.K, t.C, u.data());
   std::vector<float> got = before;
   wg::Epilogue e = t.e;
   e.bias = t.with_bias ? bias.data() : nullptr;
-  for (int64_t first = 0; first < g.tiles(); first += t.chunk) {
-    const int64_t count = std::min(t.chunk, g.tiles() - first);
-    wg::transform_input(g, x.data(), first, count, t.chunk, v.data());
-    for (int64_t xi = 0; xi < wg::kPoints; ++xi)  // the 36 products, as oneDNN's matmul does them
+  for (int64_t first = 0; first < tiles; first += t.chunk) {
+    const int64_t count = std::min(t.chunk, tiles - first);
+    if (square) wg::transform_input(g, x.data(), first, count, t.chunk, v.data());
+    else wg::transform_input(line, x.data(), first, count, t.chunk, v.data());
+    for (int64_t xi = 0; xi < points; ++xi)  // the products, as oneDNN's matmul does them
       for (int64_t i = 0; i < t.chunk; ++i)
         for (int64_t k = 0; k < K; ++k) {
           float s = 0.f;
           for (int64_t c = 0; c < C; ++c) s += v[(xi * t.chunk + i) * C + c] * u[(xi * C + c) * K + k];
           m[(xi * t.chunk + i) * K + k] = s;
         }
-    wg::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
+    if (square) wg::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
+    else wg::transform_output(line, m.data(), first, count, t.chunk, e, got.data());
   }
   return rel_err(got.data(), want.data(), static_cast<int64_t>(want.size()));
 }
@@ -109,6 +118,19 @@ TEST(Winograd, TransformsMatchADirectConv) {
   for (const Case& c : cases)
     EXPECT_LT(winograd_error(c), 2e-5) << c.N << "x" << c.C << "->" << c.K << " " << c.H << "x" << c.W
                                        << " pad " << c.pad << " block " << c.block;
+  // Along one axis: Inception's 1x3 / 3x1 (F(4, 3)) and 1x7 / 7x1 (F(4, 7), and the
+  // F(2, 7) / F(3, 7) the transforms also support).
+  const Case lines[] = {
+      {2, 8, 16, 8, 8, 1, 8, relu, true, 9, 1, 3, 4},
+      {1, 13, 8, 9, 6, 1, 8, residual, true, 5, 3, 1, 4},
+      {2, 16, 8, 17, 17, 3, 8, plain, true, 23, 1, 7, 4},
+      {1, 8, 24, 17, 11, 3, 16, scaled, false, 40, 7, 1, 4},
+      {1, 8, 8, 10, 9, 3, 8, relu, true, 7, 1, 7, 2},
+      {1, 8, 8, 10, 9, 3, 8, residual, true, 7, 7, 1, 3},
+      {1, 8, 8, 5, 4, 0, 8, plain, false, 3, 1, 3, 4},  // no padding: a 2-wide output
+  };
+  for (const Case& c : lines)
+    EXPECT_LT(winograd_error(c), 5e-5) << c.R << "x" << c.S << " F(" << c.m << ") " << c.H << "x" << c.W;
 }
 
 namespace {
@@ -154,10 +176,15 @@ TEST(Winograd, ProgramsMatchTheReference) {
   int z = b.conv(y, graph::Conv2d{40, 3, 3, 1, 0, 0, true}, "valid");              // no padding, a bias: 15x13
   int t = b.max_pool(b.conv(s, 32, 1, 1, 0, "squeeze"), 3, 1, 0);
   int u = b.conv(t, 64, 3, 1, 1, "thin");                                          // 32 input channels
-  graph::Graph g = b.finish(b.conv(b.concat({z, u}), 16, 3, 2, 1, "strided"));
+  int cat = b.concat({z, u});                                                      // 104 channels, 15x13
+  int l1 = b.relu(b.batchnorm(b.conv(cat, graph::Conv2d{64, 1, 7, 1, 0, 3}, "1x7"), "bn3"));
+  int l2 = b.relu(b.batchnorm(b.conv(l1, graph::Conv2d{64, 7, 1, 1, 3, 0}, "7x1"), "bn4"));
+  int l3 = b.conv(l2, graph::Conv2d{64, 1, 3, 1, 0, 1}, "1x3");
+  int l4 = b.conv(l2, graph::Conv2d{64, 3, 1, 1, 1, 0}, "3x1");
+  graph::Graph g = b.finish(b.conv(b.concat({l3, l4}), 16, 3, 2, 1, "strided"));
   int used = 0;
-  EXPECT_LT(program_error(g, 2, true, used), 1e-5);
-  EXPECT_EQ(used, 5) << "c0, c1, c2, c3 and valid; not the 1x1s, the 32-channel or the stride-2 conv";
+  EXPECT_LT(program_error(g, 2, true, used), 3e-5);
+  EXPECT_EQ(used, 9) << "c0-c3, valid, 1x7, 7x1, 1x3, 3x1; not the 1x1s, the 32-channel or the stride-2 conv";
   EXPECT_LT(program_error(g, 2, false, used), 1e-5);
   EXPECT_EQ(used, 0) << "Options::winograd = false";
 

@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -182,8 +183,15 @@ class CpuProgram final : public Program {
 
   void compile_conv(const Node& n, const graph::Conv2d& c);
   void compile_conv_infer(const Node& n, const graph::Conv2d& c);
-  bool winograd_pays(const Node& n, const graph::Conv2d& c) const;
-  void compile_conv_winograd(const Node& n, const graph::Conv2d& c);
+  // A conv that runs as Winograd (backend/cpu/winograd.h): its geometry, the line
+  // transform for 1 x r / r x 1 kernels, the products and tiles it takes.
+  struct WinogradPlan {
+    winograd::Geometry g;
+    std::optional<winograd::Line> line;
+    int64_t points = 0, tiles = 0;
+  };
+  std::optional<WinogradPlan> winograd_plan(const Node& n, const graph::Conv2d& c) const;
+  void compile_conv_winograd(const Node& n, const graph::Conv2d& c, const WinogradPlan& plan);
   // An inference conv's weights and bias in plain layout (K x C x R x S, K): the BN
   // after it folded in by a prepare step, into a buffer of its own (`keep`) or the
   // shared one a later prepare step reads; else the parameters themselves (no bias:
@@ -684,50 +692,64 @@ std::pair<memory, memory> CpuProgram::plain_weights(const Node& n, const graph::
   return {folded, b};
 }
 
-// Winograd F(4x4, 3x3) where it beats oneDNN's direct conv (bench/winograd, batch 1
-// and 16: 1.5-3.5x): 3x3, stride 1, blocked layouts in and out, at least 64 input
-// channels and at least 16 output tiles. With fewer tiles (ResNet-50's 7x7 grid or
-// Inception's 8x8 at batch 1) the 36 matrix products are too thin to pay for reading
-// 4x the weights (0.3-0.5x there); with fewer channels the transforms, bound by
-// memory, cost as much as the products (Inception-v3's 32-channel Conv2d_2a / 2b:
-// 0.9-1.3x, varying from run to run).
-bool CpuProgram::winograd_pays(const Node& n, const graph::Conv2d& c) const {
-  if (!opt_.winograd || c.R != 3 || c.S != 3 || c.stride != 1) return false;
+// Winograd where it beats oneDNN's direct conv (bench/winograd, batch 1 and 16): 3x3
+// convs as F(4x4, 3x3) (1.5-3.5x), 1x3 / 3x1 as F(4, 3) along their axis (1.5-2.6x),
+// 1x7 / 7x1 as F(4, 7) (1.4-2x); stride 1, blocked layouts in and out, at least 64
+// input channels and at least 16 output tiles. With fewer tiles (ResNet-50's 7x7 grid
+// or Inception's 8x8 at batch 1) the products are too thin to pay for reading 4x the
+// weights (0.3-0.5x there); with fewer channels the transforms, bound by memory, cost
+// as much as the products (Inception-v3's 32-channel Conv2d_2a / 2b: 0.9-1.3x,
+// varying from run to run).
+std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n, const graph::Conv2d& c) const {
+  const bool square = c.R == 3 && c.S == 3;
+  const bool line = (c.R == 1 && (c.S == 3 || c.S == 7)) || (c.S == 1 && (c.R == 3 || c.R == 7));
+  if (!opt_.winograd || !(square || line) || c.stride != 1) return std::nullopt;
   const int x = n.inputs[0], y = chain_[&n - g_.nodes.data()].out >= 0 ? chain_[&n - g_.nodes.data()].out : n.output;
-  const tag t = blocked_tag(channel_block());
+  const int64_t block = channel_block();
+  const tag t = blocked_tag(block);
   if (md_[x] != memory::desc(md_[x].dims(), dt::f32, t) || md_[y] != memory::desc(md_[y].dims(), dt::f32, t))
-    return false;
-  const memory::dims yd = md_[y].dims();
-  return md_[x].dims()[1] >= 64 && opt_.batch * ((yd[2] + 3) / 4) * ((yd[3] + 3) / 4) >= 16;
+    return std::nullopt;
+  const memory::dims xd = md_[x].dims(), yd = md_[y].dims();
+  WinogradPlan plan;
+  plan.g = winograd::Geometry{opt_.batch, xd[1], yd[1], xd[2], xd[3], yd[2], yd[3], c.pad_h, c.pad_w, block};
+  if (line) {
+    const int r = std::max(c.R, c.S);
+    plan.line = winograd::Line{plan.g, winograd::filter_1d(4, r), c.S > 1};
+  }
+  plan.points = line ? plan.line->f.alpha : winograd::kPoints;
+  plan.tiles = line ? plan.line->tiles() : plan.g.tiles();
+  if (xd[1] < 64 || plan.tiles < 16) return std::nullopt;
+  return plan;
 }
 
-void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c) {
+void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, const WinogradPlan& plan) {
   namespace wg = winograd;
   const int node = static_cast<int>(&n - g_.nodes.data());
   const Chain& ch = chain_[node];
   const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
-  const memory::dims xd = md_[x].dims(), yd = md_[y].dims();
-  const int64_t block = channel_block(), C = (xd[1] + block - 1) / block * block;
-  const int64_t K = (c.K + block - 1) / block * block;
-  const wg::Geometry g{opt_.batch, C, K, xd[2], xd[3], yd[2], yd[3], c.pad_h, c.pad_w, block};
-  // Tiles go through in chunks whose transformed input and output (36 x chunk x (C +
-  // K) floats) take ~6 MB: the sizes bench/winograd found fastest, at least 64 tiles
-  // (fewer make the products thin), split evenly (a short last chunk costs a full one).
-  const int64_t want = std::max<int64_t>(64, (6 << 20) / (wg::kPoints * (C + K) * 4));
-  const int64_t pieces = (g.tiles() + want - 1) / want, chunk = (g.tiles() + pieces - 1) / pieces;
+  const wg::Geometry& g = plan.g;
+  const std::optional<wg::Line>& line = plan.line;
+  const int64_t C = g.C, K = g.K, points = plan.points, tiles = plan.tiles;
+  // Tiles go through in chunks whose transformed input and output (points x chunk x
+  // (C + K) floats) take ~6 MB: the sizes bench/winograd found fastest, at least 64
+  // tiles (fewer make the products thin), split evenly (a short last chunk costs a
+  // full one).
+  const int64_t want = std::max<int64_t>(64, (6 << 20) / (points * (C + K) * 4));
+  const int64_t pieces = (tiles + want - 1) / want, chunk = (tiles + pieces - 1) / pieces;
 
   auto [w, b] = plain_weights(n, c, false);
-  memory u = alloc(memory::desc({wg::kPoints, C, K}, dt::f32, tag::abc));
+  memory u = alloc(memory::desc({points, C, K}, dt::f32, tag::abc));
   memory bias = alloc(memory::desc({K}, dt::f32, tag::a));
   auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
-  const int64_t k_real = c.K, c_real = xd[1];
+  const int64_t k_real = c.K;
   prep_.push_back(loop({u, bias}, [=]() {
-    wg::transform_weights(g, f(w), k_real, c_real, f(u));
-    for (int64_t k = 0; k < K; ++k) f(bias)[k] = b && k < k_real ? f(b)[k] : 0.f;
+    if (line) wg::transform_weights(*line, f(w), k_real, C, f(u));
+    else wg::transform_weights(g, f(w), k_real, C, f(u));
+    for (int64_t k = 0; k < K; ++k) f(bias)[k] = b ? f(b)[k] : 0.f;
   }));
 
-  memory v = alloc(memory::desc({wg::kPoints, chunk, C}, dt::f32, tag::abc));
-  memory m = alloc(memory::desc({wg::kPoints, chunk, K}, dt::f32, tag::abc));
+  memory v = alloc(memory::desc({points, chunk, C}, dt::f32, tag::abc));
+  memory m = alloc(memory::desc({points, chunk, K}, dt::f32, tag::abc));
   dnnl::matmul::primitive_desc mpd(dnnl::matmul::desc(v.get_desc(), u.get_desc(), m.get_desc()), attr(), eng_);
   Step mm = step(mpd, {{DNNL_ARG_SRC, v}, {DNNL_ARG_WEIGHTS, u}, {DNNL_ARG_DST, m}});
   wg::Epilogue e;
@@ -741,21 +763,23 @@ void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c) {
   const memory src = act_[x], dst = act_[y];
   Step s = loop({src, dst, v, m, u, bias}, [=, this]() mutable {
     e.bias = f(bias);
-    for (int64_t first = 0; first < g.tiles(); first += chunk) {
-      const int64_t count = std::min(chunk, g.tiles() - first);
-      wg::transform_input(g, f(src), first, count, chunk, f(v));
+    for (int64_t first = 0; first < tiles; first += chunk) {
+      const int64_t count = std::min(chunk, tiles - first);
+      if (line) wg::transform_input(*line, f(src), first, count, chunk, f(v));
+      else wg::transform_input(g, f(src), first, count, chunk, f(v));
       run(mm);
-      wg::transform_output(g, f(m), first, count, chunk, e, f(dst));
+      if (line) wg::transform_output(*line, f(m), first, count, chunk, e, f(dst));
+      else wg::transform_output(g, f(m), first, count, chunk, e, f(dst));
     }
   });
   s.kind = "winograd";
-  s.impl = "incres:avx2+" + mm.impl;
+  s.impl = std::string(line ? "F(4," + std::to_string(line->f.r) + ")" : "F(4x4,3x3)") + ":avx2+" + mm.impl;
   for (const memory& h : mm.held) s.held.push_back(h);
   node_fwd_[node].push_back(std::move(s));
 }
 
 void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
-  if (winograd_pays(n, c)) return compile_conv_winograd(n, c);
+  if (auto plan = winograd_plan(n, c)) return compile_conv_winograd(n, c, *plan);
   const int node = static_cast<int>(&n - g_.nodes.data());
   const Chain& ch = chain_[node];
   const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;

@@ -2,6 +2,11 @@
 
 #include <immintrin.h>
 
+#include <cmath>
+#include <iterator>
+
+#include "core/error.h"
+
 namespace incres::backend::winograd {
 
 namespace {
@@ -47,6 +52,17 @@ inline void output_1d(const vec* m, vec* o, int stride) {
   o[stride] = _mm256_fmadd_ps(_mm256_set1_ps(2.f), d, s);
   o[2 * stride] = _mm256_fmadd_ps(_mm256_set1_ps(4.f), b, a);
   o[3 * stride] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.f), d, s), m5);
+}
+
+// out = the epilogue of y (see Epilogue); out holds the residual before.
+inline void finish(vec y, vec bias, const Epilogue& e, float* out) {
+  const vec zero = _mm256_setzero_ps();
+  vec o = _mm256_add_ps(y, bias);
+  if (e.relu) o = _mm256_max_ps(o, zero);
+  if (e.sum != 0.f) o = _mm256_fmadd_ps(_mm256_set1_ps(e.sum), _mm256_loadu_ps(out), _mm256_mul_ps(_mm256_set1_ps(e.scale), o));
+  else if (e.scale != 1.f) o = _mm256_mul_ps(_mm256_set1_ps(e.scale), o);
+  if (e.post_relu) o = _mm256_max_ps(o, zero);
+  _mm256_storeu_ps(out, o);
 }
 
 // Where channel c of image n starts in a blocked value of C channels and H x W.
@@ -105,7 +121,6 @@ void transform_output(const Geometry& g, const float* m, int64_t first, int64_t 
                       const Epilogue& e, float* dst) {
   const int64_t groups = g.K / kLanes, tw = g.tiles_w(), per_image = g.tiles_h() * tw;
   const int64_t point_stride = chunk * g.K;
-  const vec zero = _mm256_setzero_ps(), scale = _mm256_set1_ps(e.scale), sum = _mm256_set1_ps(e.sum);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t i = 0; i < count; ++i)
     for (int64_t grp = 0; grp < groups; ++grp) {
@@ -117,19 +132,171 @@ void transform_output(const Geometry& g, const float* m, int64_t first, int64_t 
         for (int b = 0; b < 6; ++b) x[a][b] = _mm256_loadu_ps(in + (a * 6 + b) * point_stride);
       for (int b = 0; b < 6; ++b) output_1d(&x[0][b], &s[0][b], 6);  // columns: A^T m
       for (int a = 0; a < 4; ++a) output_1d(&s[a][0], &y[a][0], 1);  // rows: (A^T m) A
-      const vec bias = e.bias ? _mm256_loadu_ps(e.bias + k) : zero;
+      const vec bias = e.bias ? _mm256_loadu_ps(e.bias + k) : _mm256_setzero_ps();
       float* base = dst + plane(n, k, g.K, g.P, g.Q, g.block);
       for (int a = 0; a < 4 && p0 + a < g.P; ++a)
         for (int b = 0; b < 4 && q0 + b < g.Q; ++b) {
-          float* out = base + ((p0 + a) * g.Q + q0 + b) * g.block;
-          vec o = _mm256_add_ps(y[a][b], bias);
-          if (e.relu) o = _mm256_max_ps(o, zero);
-          if (e.sum != 0.f) o = _mm256_fmadd_ps(sum, _mm256_loadu_ps(out), _mm256_mul_ps(scale, o));
-          else if (e.scale != 1.f) o = _mm256_mul_ps(scale, o);
-          if (e.post_relu) o = _mm256_max_ps(o, zero);
-          _mm256_storeu_ps(out, o);
+          finish(y[a][b], bias, e, base + ((p0 + a) * g.Q + q0 + b) * g.block);
         }
     }
+}
+
+Filter1d filter_1d(int m, int r) {
+  Filter1d f;
+  f.m = m, f.r = r, f.alpha = m + r - 1;
+  const int n = f.alpha - 1;  // finite points
+  static constexpr double kPointsInOrder[] = {0, 1, -1, 2, -2, 0.5, -0.5, 3, -3, 1.0 / 3, -1.0 / 3, 4, -4};
+  INCRES_CHECK(n <= static_cast<int>(std::size(kPointsInOrder)), "winograd: F(", m, ", ", r, ") needs too many points");
+  const double* p = kPointsInOrder;
+  f.at.assign(m * f.alpha, 0.f);
+  f.bt.assign(f.alpha * f.alpha, 0.f);
+  f.g.assign(f.alpha * r, 0.0);
+  // A^T: the outputs from the products, y[i] = sum_j p_j^i M[j] (+ M[inf] for the last).
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) f.at[i * f.alpha + j] = static_cast<float>(std::pow(p[j], i));
+    f.at[i * f.alpha + n] = i == m - 1 ? 1.f : 0.f;
+  }
+  // B^T row j: the coefficients of prod_{l != j} (x - p_l); the last row those of
+  // prod_l (x - p_l). G row j: p_j^k / prod_{l != j} (p_j - p_l); the last row picks
+  // the filter's last tap.
+  auto coefficients = [&](int skip) {
+    std::vector<double> c{1.0};  // of the product so far, lowest degree first
+    for (int l = 0; l < n; ++l) {
+      if (l == skip) continue;
+      std::vector<double> next(c.size() + 1, 0.0);
+      for (size_t d = 0; d < c.size(); ++d) next[d + 1] += c[d], next[d] -= p[l] * c[d];
+      c = next;
+    }
+    return c;
+  };
+  for (int j = 0; j <= n; ++j) {
+    const std::vector<double> c = coefficients(j < n ? j : -1);
+    for (size_t d = 0; d < c.size(); ++d) f.bt[j * f.alpha + d] = static_cast<float>(c[d]);
+  }
+  for (int j = 0; j < n; ++j) {
+    double denominator = 1.0;
+    for (int l = 0; l < n; ++l)
+      if (l != j) denominator *= p[j] - p[l];
+    for (int k = 0; k < r; ++k) f.g[j * r + k] = std::pow(p[j], k) / denominator;
+  }
+  f.g[n * r + r - 1] = 1.0;
+  return f;
+}
+
+void transform_weights(const Line& l, const float* kcrs, int64_t k_real, int64_t c_real, float* u) {
+  const Geometry& g = l.g;
+  const int64_t CK = g.C * g.K, alpha = l.f.alpha, r = l.f.r;
+  for (int64_t i = 0; i < alpha * CK; ++i) u[i] = 0.f;
+  for (int64_t k = 0; k < k_real; ++k)
+    for (int64_t c = 0; c < c_real; ++c) {
+      const float* w = kcrs + (k * c_real + c) * r;  // R x S with one of them 1: r taps in a row
+      for (int64_t j = 0; j < alpha; ++j) {
+        double x = 0;
+        for (int64_t t = 0; t < r; ++t) x += l.f.g[j * r + t] * w[t];
+        u[j * CK + c * g.K + k] = static_cast<float>(x);
+      }
+    }
+}
+
+namespace {
+
+// Tile t of a line conv: its image, and the first output (p, q) of its m along the axis.
+struct LineTile {
+  int64_t n, p, q;
+};
+LineTile line_tile(const Line& l, int64_t t) {
+  const Geometry& g = l.g;
+  if (l.along_w) {
+    const int64_t tq = (g.Q + l.f.m - 1) / l.f.m, per_image = g.P * tq, r = t % per_image;
+    return {t / per_image, r / tq, r % tq * l.f.m};
+  }
+  const int64_t tp = (g.P + l.f.m - 1) / l.f.m, per_image = tp * g.Q, r = t % per_image;
+  return {t / per_image, r / g.Q * l.f.m, r % g.Q};
+}
+
+}  // namespace
+
+namespace {
+
+// The line transforms with their sizes fixed at compile time (fully unrolled; the
+// coefficients broadcast once per call): ALPHA inputs, M outputs a tile.
+template <int ALPHA>
+void line_input(const Line& l, const float* src, int64_t first, int64_t count, int64_t chunk, float* v) {
+  const Geometry& g = l.g;
+  vec bt[ALPHA][ALPHA];
+  for (int a = 0; a < ALPHA; ++a)
+    for (int j = 0; j < ALPHA; ++j) bt[a][j] = _mm256_set1_ps(l.f.bt[a * ALPHA + j]);
+  const int64_t groups = g.C / kLanes, point_stride = chunk * g.C;
+  const int64_t step = l.along_w ? g.block : g.W * g.block, extent = l.along_w ? g.W : g.H;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t i = 0; i < count; ++i)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const LineTile t = line_tile(l, first + i);
+      const int64_t c = grp * kLanes, h = t.p - g.pad_h, w = t.q - g.pad_w;
+      const int64_t start = l.along_w ? w : h;  // the first input along the axis
+      const bool across = l.along_w ? h >= 0 && h < g.H : w >= 0 && w < g.W;
+      const float* base = src + plane(t.n, c, g.C, g.H, g.W, g.block) + (h * g.W + w) * g.block;
+      vec d[ALPHA];
+      for (int j = 0; j < ALPHA; ++j)
+        d[j] = across && start + j >= 0 && start + j < extent ? _mm256_loadu_ps(base + j * step) : _mm256_setzero_ps();
+      float* out = v + i * g.C + c;
+      for (int a = 0; a < ALPHA; ++a) {
+        vec x = _mm256_mul_ps(bt[a][0], d[0]);
+        for (int j = 1; j < ALPHA; ++j) x = _mm256_fmadd_ps(bt[a][j], d[j], x);
+        _mm256_storeu_ps(out + a * point_stride, x);
+      }
+    }
+}
+
+template <int ALPHA, int M>
+void line_output(const Line& l, const float* m, int64_t first, int64_t count, int64_t chunk, const Epilogue& e,
+                 float* dst) {
+  const Geometry& g = l.g;
+  vec at[M][ALPHA];
+  for (int a = 0; a < M; ++a)
+    for (int j = 0; j < ALPHA; ++j) at[a][j] = _mm256_set1_ps(l.f.at[a * ALPHA + j]);
+  const int64_t groups = g.K / kLanes, point_stride = chunk * g.K;
+  const int64_t step = l.along_w ? g.block : g.Q * g.block, extent = l.along_w ? g.Q : g.P;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t i = 0; i < count; ++i)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const LineTile t = line_tile(l, first + i);
+      const int64_t k = grp * kLanes, start = l.along_w ? t.q : t.p;
+      vec x[ALPHA];
+      for (int j = 0; j < ALPHA; ++j) x[j] = _mm256_loadu_ps(m + j * point_stride + i * g.K + k);
+      const vec bias = e.bias ? _mm256_loadu_ps(e.bias + k) : _mm256_setzero_ps();
+      float* base = dst + plane(t.n, k, g.K, g.P, g.Q, g.block) + (t.p * g.Q + t.q) * g.block;
+      for (int a = 0; a < M && start + a < extent; ++a) {
+        vec y = _mm256_mul_ps(at[a][0], x[0]);
+        for (int j = 1; j < ALPHA; ++j) y = _mm256_fmadd_ps(at[a][j], x[j], y);
+        finish(y, bias, e, base + a * step);
+      }
+    }
+}
+
+}  // namespace
+
+// The (m, r) the backend uses: F(4, 3), F(2, 7), F(3, 7) and F(4, 7).
+void transform_input(const Line& l, const float* src, int64_t first, int64_t count, int64_t chunk, float* v) {
+  switch (l.f.alpha) {
+    case 6: return line_input<6>(l, src, first, count, chunk, v);
+    case 8: return line_input<8>(l, src, first, count, chunk, v);
+    case 9: return line_input<9>(l, src, first, count, chunk, v);
+    case 10: return line_input<10>(l, src, first, count, chunk, v);
+  }
+  INCRES_CHECK(false, "winograd: no line transform for tiles of ", l.f.alpha, " inputs");
+}
+
+void transform_output(const Line& l, const float* m, int64_t first, int64_t count, int64_t chunk, const Epilogue& e,
+                      float* dst) {
+  const int key = l.f.alpha * 100 + l.f.m;
+  switch (key) {
+    case 604: return line_output<6, 4>(l, m, first, count, chunk, e, dst);
+    case 802: return line_output<8, 2>(l, m, first, count, chunk, e, dst);
+    case 903: return line_output<9, 3>(l, m, first, count, chunk, e, dst);
+    case 1004: return line_output<10, 4>(l, m, first, count, chunk, e, dst);
+  }
+  INCRES_CHECK(false, "winograd: no line transform F(", l.f.m, ", ", l.f.r, ")");
 }
 
 }  // namespace incres::backend::winograd

@@ -1,7 +1,7 @@
-// Winograd convolution F(4x4, 3x3) for inference (Lavin & Gray, "Fast Algorithms for
-// Convolutional Neural Networks", 2016): a 3x3, stride-1 conv computes each 4x4 tile
-// of its output from a 6x6 tile of its input with 36 multiplications per (input,
-// output) channel pair instead of 144. The work splits into three parts:
+// Winograd convolutions for inference (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016). F(4x4, 3x3): a 3x3, stride-1 conv computes
+// each 4x4 tile of its output from a 6x6 tile of its input with 36 multiplications
+// per (input, output) channel pair instead of 144. The work splits into three parts:
 //   U = G g G^T     per (c, k): the weights, once per prepared version (double);
 //   V = B^T d B     per input tile and channel (transform_input);
 //   M[xi] = V[xi] U[xi]  for each of the 36 tile positions xi: 36 matrix products
@@ -11,11 +11,15 @@
 // oneDNN 2.6 has Winograd only for AVX-512; this file is ours, on AVX2 (8 floats a
 // vector), on the blocked activation layouts the backend uses (nChw8c, nChw16c).
 //
+// F(m, r) along one axis does the same for Inception's 1 x r and r x 1 convs: m
+// outputs from m + r - 1 inputs with m + r - 1 multiplications instead of m * r.
+//
 // Accuracy: the transforms scale values by up to 5x5 (B) and 8x8 (A), so results
 // differ from a direct conv by ~1e-6 to 1e-5 relative (measured in
 // tests/backend/test_winograd.cpp), the usual price of F(4x4, 3x3).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace incres::backend::winograd {
 
@@ -53,5 +57,32 @@ struct Epilogue {
 // dst's tiles [first, first + count) from m (kPoints x chunk x K).
 void transform_output(const Geometry& g, const float* m, int64_t first, int64_t count, int64_t chunk,
                       const Epilogue& e, float* dst);
+
+// F(m, r) in one dimension, built by Toom-Cook from the points 0, 1, -1, 2, -2, 1/2,
+// -1/2, 3, -3, ... (as many as alpha - 1 needs) and infinity: y = A^T [(G g) . (B^T d)]
+// is the correlation y[i] = sum_k g[k] d[i + k], i < m.
+struct Filter1d {
+  int m = 0, r = 0, alpha = 0;
+  std::vector<float> at, bt;  // A^T (m x alpha), B^T (alpha x alpha), row-major
+  std::vector<double> g;      // G (alpha x r)
+};
+Filter1d filter_1d(int m, int r);
+
+// A 1 x r (along W) or r x 1 (along H) conv, stride 1, in tiles of f.m outputs: the
+// same Geometry, with the kernel's extent along the tiled axis in f.r.
+struct Line {
+  Geometry g;
+  Filter1d f;
+  bool along_w;  // 1 x r: tiles run along W
+  int64_t tiles() const {
+    return along_w ? g.N * g.P * ((g.Q + f.m - 1) / f.m) : g.N * ((g.P + f.m - 1) / f.m) * g.Q;
+  }
+};
+// u (alpha x C x K) from the plain K x C x R x S weights.
+void transform_weights(const Line& l, const float* kcrs, int64_t k_real, int64_t c_real, float* u);
+// v (alpha x chunk x C); m (alpha x chunk x K) into dst, as for the 3x3 case.
+void transform_input(const Line& l, const float* src, int64_t first, int64_t count, int64_t chunk, float* v);
+void transform_output(const Line& l, const float* m, int64_t first, int64_t count, int64_t chunk, const Epilogue& e,
+                      float* dst);
 
 }  // namespace incres::backend::winograd
