@@ -162,7 +162,7 @@ bf16=$("$py" -c 'import json, sys; j = json.loads(sys.argv[1]); g, i = j.get("bf
 print(f"{g} GFLOP/s ({i})" if g else "none: oneDNN has no bf16 matmul or convolution for this CPU, so the bf16 rows cannot run here")' "$peak_line")
 echo "bf16 peak (oneDNN bf16 matmul 2048^3): $bf16"
 echo
-echo "| workload | incres | peer | ratio incres/peer | target | | incres GFLOP/s | of peak |"
+echo "| workload | incres | peer | ratio incres/peer | target | | incres GFLOP/s* | of peak |"
 echo "|---|---|---|---|---|---|---|---|"
 for row in "${rows[@]}"; do
   row_spec "$row"
@@ -179,6 +179,8 @@ for row in "${rows[@]}"; do
   "$py" -c "$summarize" "$row" "$kind" "$desc" "$target" "$peak" <"$jsonl"
 done
 echo
+echo "* a direct convolution's FLOPs over the time taken: inference runs its Winograd convolutions with fewer" \
+     "multiplications, so its figure can pass the matmul peak"
 echo "peers: $("$py" -c 'import json, sys
 print(", ".join(sorted({l["peer"] for l in map(json.loads, sys.stdin) if "peer" in l and l["engine"] != "incres"})))' <"$jsonl");" \
      "raw results: $jsonl"
