@@ -149,7 +149,10 @@ print(f"| {desc} | {cell(i)} | {name} {cell(p)} | {ratio} | {bar} | {verdict} | 
 mkdir -p bench/.cache
 for row in "${rows[@]}"; do row_spec "$row"; done  # the ONNX exports (cached), before the table
 : >"$jsonl"
-peak_line=$(build/bench/peak_matmul)
+# The peak: the best of three measurements (each the best of 12 products); one alone
+# can land on a disturbed second of this shared machine (seen: 84 against 140).
+peak_line=$(for i in 1 2 3; do build/bench/peak_matmul; done |
+  "$py" -c 'import json, sys; print(json.dumps(max(map(json.loads, sys.stdin), key=lambda j: j["gflops"])))')
 record peak 0 peak_matmul "$peak_line"
 peak=$("$py" -c 'import json, sys; print(json.loads(sys.argv[1])["gflops"])' "$peak_line")
 if grep -q avx512f /proc/cpuinfo; then isa=avx512f; elif grep -q avx2 /proc/cpuinfo; then isa="avx2, no avx512f"

@@ -385,8 +385,15 @@ struct EvalData {
   }
 };
 
+// Inference programs run stride-1 3x3, 1x3 / 3x1 and 1x7 / 7x1 convs as Winograd where
+// it pays (backend/cpu/winograd.h); the flag that turns it off, in eval, predict and bench.
+constexpr const char* kNoWinogradHelp =
+    "run every convolution as oneDNN's direct conv (by default the 3x3, 1x3/3x1 and 1x7/7x1 convs with enough "
+    "channels and output tiles run as incres's Winograd convolutions: faster, within ~3e-5 relative)";
+
 int cmd_eval(const std::string& path, const std::string& weights, const std::string& model, const ModelFlags& mf,
-             const CLI::App* ev, std::string data_spec, int64_t batch, int workers, bool raw_weights, bool skip_bad) {
+             const CLI::App* ev, std::string data_spec, int64_t batch, int workers, bool raw_weights, bool skip_bad,
+             bool winograd) {
   LoadedModel m;
   if (!weights.empty()) {
     INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
@@ -418,7 +425,8 @@ int cmd_eval(const std::string& path, const std::string& weights, const std::str
   if (weights.empty()) m.load_checkpoint(path, raw_weights);
   else m.load_weights(weights);
   d.open(m.mc.image, batch, workers, skip_bad);
-  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer});
+  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer,
+                                                             .winograd = winograd});
   train::EvalResult r = train::evaluate(*program, *d.loader, m.mc.classes);
   std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
               m.name.c_str(), m.ema ? " (moving average of the weights)" : "", d.source.c_str(),
@@ -433,7 +441,7 @@ int cmd_eval(const std::string& path, const std::string& weights, const std::str
 // checkpoint's recorded one (ImageNet's for image folders), ImageNet's for --weights.
 int cmd_predict(const std::vector<std::string>& images, const std::string& model, const std::string& weights,
                 const std::string& checkpoint, const std::string& labels, int top, const ModelFlags& mf,
-                const CLI::App* pr, bool raw_weights) {
+                const CLI::App* pr, bool raw_weights, bool winograd) {
   INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
                "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
   LoadedModel m;
@@ -475,7 +483,8 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
   m.build();
   if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
   else m.load_weights(weights);
-  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer});
+  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer,
+                                                             .winograd = winograd});
   const int k = static_cast<int>(std::min<int64_t>(top, K));
   int failed = 0;
   for (const std::string& path : images) {
@@ -673,6 +682,8 @@ int main(int argc, char** argv) {
   bool ev_raw = false;
   ev->add_flag("--raw-weights", ev_raw,
                "evaluate the trained weights even when the checkpoint holds a moving average of them (--ema)");
+  bool ev_direct = false;
+  ev->add_flag("--no-winograd", ev_direct, kNoWinogradHelp);
 
   auto* pr = app.add_subcommand("predict", "the top classes of images, with their probabilities");
   std::vector<std::string> pr_images;
@@ -690,6 +701,8 @@ int main(int argc, char** argv) {
                  "class folders, else the class index)");
   pr->add_option("--top", pr_top, "how many classes to print per image")->capture_default_str()->check(CLI::Range(1, 1000000));
   pr->add_flag("--raw-weights", pr_raw, "with --checkpoint: the trained weights, not their moving average");
+  bool pr_direct = false;
+  pr->add_flag("--no-winograd", pr_direct, kNoWinogradHelp);
   pr_flags.add(pr);
 
   auto* bn = app.add_subcommand("bench", "time training steps or inference on synthetic data");
@@ -710,8 +723,7 @@ int main(int argc, char** argv) {
   bn->add_flag("--profile", bn_profile, "time every step and print where the time goes, per layer and per primitive kind "
                "(cpu backend; the clock reads add a little)");
   bool bn_direct = false;
-  bn->add_flag("--no-winograd", bn_direct, "inference: run every conv as oneDNN's direct conv (by default 3x3 stride-1 "
-               "convs with enough output tiles run as incres's Winograd F(4x4, 3x3))");
+  bn->add_flag("--no-winograd", bn_direct, std::string("inference: ") + kNoWinogradHelp);
   bn_flags.add(bn);
 
   try {
@@ -726,9 +738,9 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("bench"))
       return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json, bn_profile, !bn_direct);
     if (app.got_subcommand("eval"))
-      return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad);
+      return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad, !ev_direct);
     if (app.got_subcommand("predict"))
-      return cmd_predict(pr_images, pr_model, pr_weights, pr_checkpoint, pr_labels, pr_top, pr_flags, pr, pr_raw);
+      return cmd_predict(pr_images, pr_model, pr_weights, pr_checkpoint, pr_labels, pr_top, pr_flags, pr, pr_raw, !pr_direct);
     if (app.got_subcommand("train")) {
       tc.augment = !no_augment;
       tc.progress = !no_progress;

@@ -7,6 +7,8 @@
 //      conv writes on top of the shortcut's buffer) and the ReLU after it; other
 //      BatchNorms take a following ReLU (oneDNN's fuse_norm_relu, the ReLU mask in a
 //      workspace for training); other ReLUs run in place on their input;
+//      inference runs the 3x3, 1x3 / 3x1 and 1x7 / 7x1 convs where it pays as our own
+//      Winograd (backend/cpu/winograd.h: transforms, oneDNN's matmul, transforms);
 //   3. creates every primitive once, with backward descriptors hinted by the forward
 //      ones, and one shared scratchpad sized to the largest need;
 //   4. plans memory by lifetime: every activation, gradient and workspace buffer is

@@ -16,7 +16,8 @@
 //
 // Accuracy: the transforms scale values by up to 5x5 (B) and 8x8 (A), so results
 // differ from a direct conv by ~1e-6 to 1e-5 relative (measured in
-// tests/backend/test_winograd.cpp), the usual price of F(4x4, 3x3).
+// tests/backend/test_winograd.cpp and bench/winograd), the usual price of F(4x4,
+// 3x3); F(4, 7), whose points reach +-3, by up to ~3e-5.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -27,9 +28,10 @@ inline constexpr int64_t kTile = 4;        // output tile side
 inline constexpr int64_t kInTile = 6;      // input tile side: kTile + 3 - 1
 inline constexpr int64_t kPoints = 36;     // kInTile * kInTile
 
-// A 3x3 stride-1 conv: input N x C x H x W, output N x K x P x Q, padding pad_h /
-// pad_w on the top / left (the bottom / right padding is whatever P and Q imply).
-// Both values are blocked (block 8 or 16), C and K padded to the block.
+// A stride-1 conv: input N x C x H x W, output N x K x P x Q, padding pad_h / pad_w
+// on the top / left (the bottom / right padding is whatever P and Q imply). Both
+// values are blocked (block 8 or 16), C and K padded to the block. The tiles are
+// those of F(4x4, 3x3); Line below tiles one axis.
 struct Geometry {
   int64_t N, C, K, H, W, P, Q, pad_h, pad_w, block;
   int64_t tiles_h() const { return (P + kTile - 1) / kTile; }
