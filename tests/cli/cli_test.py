@@ -513,6 +513,14 @@ class ShortRun(unittest.TestCase):
         self.assertIn("layer3.2.conv2", b.stdout)
         mean_ms = float(b.stdout.split("(mean ")[1].split(",")[0])
         self.assertLessEqual(sum(kinds.values()), mean_ms * 1.01 + 0.1, b.stdout)
+        # Inference: resnet20's 64-channel 3x3 convs (8x8, 4 tiles an image) run as
+        # Winograd at batch 4, unless --no-winograd.
+        w = run("bench", "resnet20", "--mode", "infer", "--batch", "4", "--iters", "1", "--warmup", "0", "--profile")
+        self.assertIn("forward winograd", w.stdout)
+        self.assertIn("F(4x4,3x3)", w.stdout)
+        d = run("bench", "resnet20", "--mode", "infer", "--batch", "4", "--iters", "1", "--warmup", "0", "--profile",
+                "--no-winograd")
+        self.assertNotIn("winograd", d.stdout)
 
 
 if __name__ == "__main__":
