@@ -2,15 +2,15 @@
 // and of torchvision's ImageFolder) and a loader that decodes them on the fly into
 // the same Batch the in-memory Loader produces.
 #pragma once
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/shape.h"
+#include "data/batch_ring.h"
 #include "data/image.h"
 #include "data/loader.h"
 
@@ -124,7 +124,6 @@ class ImageFolderLoader : public BatchSource {
   std::vector<std::string> bad_files() const;  // sorted
 
  private:
-  void worker_loop();
   void fill(Batch& b, int64_t epoch, int64_t index) const;
   int32_t fill_sample(float* out, int64_t epoch, int64_t position) const;
   bool known_bad(int64_t sample) const;
@@ -136,27 +135,13 @@ class ImageFolderLoader : public BatchSource {
   int64_t size_ = 0;                    // output side
   int64_t batches_ = 0;
   std::vector<int64_t> order_;          // epoch position -> file index
-  std::vector<Batch> slots_;            // batch b lives in slots_[b % slots_.size()]
-  std::vector<int64_t> ready_;          // per slot: the batch index filled in it, or -1
 
   mutable std::mutex bad_mu_;           // guards bad_
   mutable std::map<int64_t, std::string> bad_;  // file index -> first error
 
-  // The ring, as in Loader (loader.cpp explains the protocol); guarded by mu_.
-  std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
-  bool stopping_ = false;
-  bool active_ = false;
-  uint64_t generation_ = 0;
-  int64_t epoch_ = 0;
-  int64_t next_claim_ = 0;
-  int64_t released_ = 0;
-  int64_t next_out_ = 0;
-  int in_flight_ = 0;
-  int64_t error_batch_ = -1;
-  std::string error_;
-  std::vector<std::thread> threads_;
+  // Last, so that it is destroyed first: its workers stop before what they read goes.
+  // Built once the options are checked.
+  std::optional<BatchRing> ring_;
 };
 
 }  // namespace incres::data

@@ -1,9 +1,5 @@
-// ImageFolderLoader: the ring of preallocated batches of Loader (loader.cpp describes
-// the protocol: batch b lives in slot b % S and is claimed by a worker only once
-// next() has given back batch b - S), filled by decoding files on the fly.
-//
-// The ring is a copy of Loader's; when the trainer takes either loader through one
-// interface, both should share it (see the report of the image-folder issue).
+// ImageFolderLoader: fills the batches of a BatchRing (batch_ring.h) by decoding files
+// on the fly, on the ring's workers.
 #include <algorithm>
 #include <numeric>
 
@@ -38,25 +34,14 @@ ImageFolderLoader::ImageFolderLoader(const ImageFolder& folder, ImageLoaderOptio
                o.batch, (o.drop_last ? " with drop_last" : ""), "; lower the batch size");
 
   order_.resize(static_cast<size_t>(n));
-  slots_.resize(static_cast<size_t>(o.prefetch));
-  for (Batch& b : slots_) {
-    b.images = Tensor(Shape{o.batch, 3, size_, size_});
-    b.labels.reserve(static_cast<size_t>(o.batch));
-  }
-  ready_.assign(slots_.size(), -1);
-  for (int i = 0; i < o.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+  ring_.emplace(
+      o.prefetch, Shape{o.batch, 3, size_, size_}, o.workers, batches_,
+      [this](int64_t epoch) { compute_order(epoch); },
+      [this](Batch& out, int64_t epoch, int64_t index) { fill(out, epoch, index); }, "ImageFolderLoader",
+      "image loader");
 }
 
-ImageFolderLoader::~ImageFolderLoader() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = true;
-    ++generation_;
-  }
-  work_cv_.notify_all();
-  done_cv_.notify_all();
-  for (auto& t : threads_) t.join();
-}
+ImageFolderLoader::~ImageFolderLoader() = default;  // ring_ goes first and joins its workers
 
 void ImageFolderLoader::compute_order(int64_t epoch) {
   std::iota(order_.begin(), order_.end(), int64_t{0});
@@ -67,83 +52,9 @@ void ImageFolderLoader::compute_order(int64_t epoch) {
   for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
 }
 
-void ImageFolderLoader::start_epoch(int64_t epoch, int64_t first_batch) {
-  INCRES_CHECK(epoch >= 0, "ImageFolderLoader::start_epoch: epoch is ", epoch, ", expected >= 0");
-  INCRES_CHECK(first_batch >= 0 && first_batch <= batches_, "ImageFolderLoader::start_epoch: first_batch is ",
-               first_batch, ", expected 0..", batches_, " (batches per epoch)");
-  std::unique_lock lk(mu_);
-  ++generation_;
-  active_ = false;
-  done_cv_.wait(lk, [&] { return in_flight_ == 0; });
-  compute_order(epoch);
-  epoch_ = epoch;
-  next_claim_ = released_ = next_out_ = first_batch;
-  std::fill(ready_.begin(), ready_.end(), -1);
-  error_batch_ = -1;
-  error_.clear();
-  active_ = true;
-  lk.unlock();
-  work_cv_.notify_all();
-}
+void ImageFolderLoader::start_epoch(int64_t epoch, int64_t first_batch) { ring_->start_epoch(epoch, first_batch); }
 
-const Batch* ImageFolderLoader::next() {
-  std::unique_lock lk(mu_);
-  INCRES_CHECK(active_, "ImageFolderLoader::next called before start_epoch");
-  released_ = next_out_;
-  work_cv_.notify_all();
-  if (next_out_ >= batches_) return nullptr;
-  const int64_t b = next_out_;
-  const size_t slot = static_cast<size_t>(b) % slots_.size();
-  if (threads_.empty() && ready_[slot] != b && error_batch_ != b) {
-    try {
-      fill(slots_[slot], epoch_, b);
-      ready_[slot] = b;
-    } catch (const std::exception& e) {
-      error_batch_ = b;
-      error_ = e.what();
-    }
-  }
-  done_cv_.wait(lk, [&] { return ready_[slot] == b || (error_batch_ >= 0 && error_batch_ <= b); });
-  if (ready_[slot] != b) fail("image loader: batch ", error_batch_, " of epoch ", epoch_, " failed: ", error_);
-  ++next_out_;
-  return &slots_[slot];
-}
-
-void ImageFolderLoader::worker_loop() {
-  std::unique_lock lk(mu_);
-  for (;;) {
-    work_cv_.wait(lk, [&] {
-      return stopping_ ||
-             (active_ && next_claim_ < batches_ && next_claim_ < released_ + static_cast<int64_t>(slots_.size()));
-    });
-    if (stopping_) return;
-    const int64_t b = next_claim_++;
-    const uint64_t gen = generation_;
-    const int64_t epoch = epoch_;
-    ++in_flight_;
-    lk.unlock();
-    std::string err;
-    try {
-      fill(slots_[static_cast<size_t>(b) % slots_.size()], epoch, b);
-    } catch (const std::exception& e) {
-      err = e.what();
-      if (err.empty()) err = "exception without a message";
-    } catch (...) {
-      err = "unknown exception";
-    }
-    lk.lock();
-    --in_flight_;
-    if (gen == generation_) {
-      if (err.empty())
-        ready_[static_cast<size_t>(b) % slots_.size()] = b;
-      else if (error_batch_ < 0 || b < error_batch_) {
-        error_batch_ = b;
-        error_ = err;
-      }
-    }
-    done_cv_.notify_all();
-  }
-}
+const Batch* ImageFolderLoader::next() { return ring_->next(); }
 
 void ImageFolderLoader::fill(Batch& out, int64_t epoch, int64_t index) const {
   const int64_t n = opts_.batch, per = 3 * size_ * size_;

@@ -1,10 +1,5 @@
-// Loader: a fixed ring of preallocated batches filled by worker threads.
-//
-// Batch b always lives in slot b % S (S = prefetch). A worker may claim batch b only
-// when b < released_ + S, i.e. when next() has given back batch b - S, the slot's
-// previous tenant; so at most one thread writes a slot and never while the caller
-// reads it. next() hands out batches strictly in index order. What a batch contains
-// depends only on (seed, epoch, index), never on which worker filled it.
+// Loader: fills the batches of a BatchRing (batch_ring.h) from an in-memory Dataset.
+// What a batch contains depends only on (seed, epoch, index).
 #include "data/loader.h"
 
 #include <algorithm>
@@ -61,25 +56,13 @@ Loader::Loader(const Dataset& ds, LoaderOptions opts) : ds_(ds), opts_(std::move
   }
 
   order_.resize(static_cast<size_t>(ds_.count));
-  slots_.resize(static_cast<size_t>(o.prefetch));
-  for (Batch& b : slots_) {
-    b.images = Tensor(Shape{o.batch, C_, H_, W_});
-    b.labels.reserve(static_cast<size_t>(o.batch));  // later resizes never allocate
-  }
-  ready_.assign(slots_.size(), -1);
-  for (int i = 0; i < o.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+  ring_.emplace(
+      o.prefetch, Shape{o.batch, C_, H_, W_}, o.workers, batches_,
+      [this](int64_t epoch) { compute_order(epoch); },
+      [this](Batch& out, int64_t epoch, int64_t index) { fill(out, epoch, index); }, "Loader", "data loader");
 }
 
-Loader::~Loader() {
-  {
-    std::lock_guard lk(mu_);
-    stopping_ = true;
-    ++generation_;
-  }
-  work_cv_.notify_all();
-  done_cv_.notify_all();
-  for (auto& t : threads_) t.join();  // a worker mid-fill finishes that batch first
-}
+Loader::~Loader() = default;  // ring_ goes first and joins its workers
 
 Shape Loader::sample_shape() const { return Shape{C_, H_, W_}; }
 
@@ -93,86 +76,9 @@ void Loader::compute_order(int64_t epoch) {
   for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
 }
 
-void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
-  INCRES_CHECK(epoch >= 0, "Loader::start_epoch: epoch is ", epoch, ", expected >= 0");
-  INCRES_CHECK(first_batch >= 0 && first_batch <= batches_, "Loader::start_epoch: first_batch is ",
-               first_batch, ", expected 0..", batches_, " (batches per epoch)");
-  std::unique_lock lk(mu_);
-  // Stop new claims, then wait for fills in progress: after that no worker touches
-  // order_ or a slot, and the new epoch can reset them.
-  ++generation_;
-  active_ = false;
-  done_cv_.wait(lk, [&] { return in_flight_ == 0; });
-  compute_order(epoch);
-  epoch_ = epoch;
-  next_claim_ = released_ = next_out_ = first_batch;
-  std::fill(ready_.begin(), ready_.end(), -1);
-  error_batch_ = -1;
-  error_.clear();
-  active_ = true;
-  lk.unlock();
-  work_cv_.notify_all();
-}
+void Loader::start_epoch(int64_t epoch, int64_t first_batch) { ring_->start_epoch(epoch, first_batch); }
 
-const Batch* Loader::next() {
-  std::unique_lock lk(mu_);
-  INCRES_CHECK(active_, "Loader::next called before start_epoch");
-  released_ = next_out_;  // gives back the batch handed out by the previous call
-  work_cv_.notify_all();
-  if (next_out_ >= batches_) return nullptr;
-  const int64_t b = next_out_;
-  const size_t slot = static_cast<size_t>(b) % slots_.size();
-  if (threads_.empty() && ready_[slot] != b && error_batch_ != b) {
-    try {
-      fill(slots_[slot], epoch_, b);
-      ready_[slot] = b;
-    } catch (const std::exception& e) {
-      error_batch_ = b;
-      error_ = e.what();
-    }
-  }
-  done_cv_.wait(lk, [&] { return ready_[slot] == b || (error_batch_ >= 0 && error_batch_ <= b); });
-  if (ready_[slot] != b)
-    fail("data loader: batch ", error_batch_, " of epoch ", epoch_, " failed: ", error_);
-  ++next_out_;
-  return &slots_[slot];
-}
-
-void Loader::worker_loop() {
-  std::unique_lock lk(mu_);
-  for (;;) {
-    work_cv_.wait(lk, [&] {
-      return stopping_ || (active_ && next_claim_ < batches_ &&
-                           next_claim_ < released_ + static_cast<int64_t>(slots_.size()));
-    });
-    if (stopping_) return;
-    const int64_t b = next_claim_++;
-    const uint64_t gen = generation_;
-    const int64_t epoch = epoch_;
-    ++in_flight_;
-    lk.unlock();
-    std::string err;
-    try {
-      fill(slots_[static_cast<size_t>(b) % slots_.size()], epoch, b);
-    } catch (const std::exception& e) {
-      err = e.what();
-      if (err.empty()) err = "exception without a message";
-    } catch (...) {
-      err = "unknown exception";
-    }
-    lk.lock();
-    --in_flight_;
-    if (gen == generation_) {  // else start_epoch or the destructor discarded it
-      if (err.empty())
-        ready_[static_cast<size_t>(b) % slots_.size()] = b;
-      else if (error_batch_ < 0 || b < error_batch_) {
-        error_batch_ = b;
-        error_ = err;
-      }
-    }
-    done_cv_.notify_all();
-  }
-}
+const Batch* Loader::next() { return ring_->next(); }
 
 void Loader::fill(Batch& out, int64_t epoch, int64_t index) const {
   const int64_t n = opts_.batch, per = C_ * H_ * W_;

@@ -14,16 +14,13 @@
 // then flip left-right, then normalise (pixel/255 - mean[c]) / std[c]. Padding is
 // black pixels (value 0 before normalisation), as in torchvision.
 #pragma once
-#include <condition_variable>
 #include <cstdint>
-#include <exception>
-#include <mutex>
-#include <string>
-#include <thread>
+#include <optional>
 #include <vector>
 
 #include "core/shape.h"
 #include "core/tensor.h"
+#include "data/batch_ring.h"
 #include "data/batch_source.h"
 #include "data/dataset.h"
 
@@ -62,7 +59,6 @@ class Loader : public BatchSource {
   const Batch* next() override;
 
  private:
-  void worker_loop();
   void fill(Batch& b, int64_t epoch, int64_t index) const;
   void fill_sample(float* out, int64_t epoch, int64_t position) const;
   void compute_order(int64_t epoch);
@@ -74,24 +70,9 @@ class Loader : public BatchSource {
   int64_t top_ = 0, left_ = 0;          // out_size padding before the image
   std::vector<float> lut_;              // C x 256: normalised value of each pixel byte
   std::vector<int64_t> order_;          // epoch position -> sample index
-  std::vector<Batch> slots_;            // batch b lives in slots_[b % slots_.size()]
-  std::vector<int64_t> ready_;          // per slot: the batch index filled in it, or -1
-
-  // Everything below is guarded by mu_.
-  std::mutex mu_;
-  std::condition_variable work_cv_;     // workers wait for a batch they may fill
-  std::condition_variable done_cv_;     // next() and start_epoch wait for workers
-  bool stopping_ = false;
-  bool active_ = false;                 // an epoch was started
-  uint64_t generation_ = 0;             // bumped by start_epoch: stale fills are dropped
-  int64_t epoch_ = 0;
-  int64_t next_claim_ = 0;              // next batch index a worker takes
-  int64_t released_ = 0;                // batches < released_ are given back by next()
-  int64_t next_out_ = 0;                // the batch next() returns next
-  int in_flight_ = 0;                   // workers filling a slot right now
-  int64_t error_batch_ = -1;            // smallest failed batch of this generation
-  std::string error_;
-  std::vector<std::thread> threads_;
+  // Last, so that it is destroyed first: its workers stop before what they read goes.
+  // Built once the options are checked.
+  std::optional<BatchRing> ring_;
 };
 
 }  // namespace incres::data
