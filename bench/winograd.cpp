@@ -120,8 +120,9 @@ void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std
       err = std::max(err, double(std::fabs(a[i] - yp[i])));
       top = std::max(top, double(std::fabs(a[i])));
     }
-    std::printf("%54s F(%d, %d) chunk %5ld  %8.2f ms %6.1f GF/s  %.2fx  err %.1e  (in %.2f, matmul %.2f, out %.2f ms)\n",
-                "", square ? 4 : line.f.m, r, chunk, t * 1e3, flops / t / 1e9, direct / t, err / top, parts[0] * 1e3, parts[1] * 1e3, parts[2] * 1e3);
+    const std::string name = square ? "F(4x4, 3x3)" : "F(" + std::to_string(line.f.m) + ", " + std::to_string(r) + ")";
+    std::printf("%54s %-11s chunk %5ld  %8.2f ms %6.1f GF/s  %.2fx  err %.1e  (in %.2f, matmul %.2f, out %.2f ms)\n",
+                "", name.c_str(), chunk, t * 1e3, flops / t / 1e9, direct / t, err / top, parts[0] * 1e3, parts[1] * 1e3, parts[2] * 1e3);
   }
 }
 
