@@ -214,9 +214,20 @@ LineTile line_tile(const Line& l, int64_t t) {
   return {t / per_image, r / g.Q * l.f.m, r % g.Q};
 }
 
-}  // namespace
+// A transform matrix (row-major, ROWS x COLS) with each coefficient in all lanes.
+template <int ROWS, int COLS>
+void broadcast(const std::vector<float>& matrix, vec (&out)[ROWS][COLS]) {
+  for (int a = 0; a < ROWS; ++a)
+    for (int j = 0; j < COLS; ++j) out[a][j] = _mm256_set1_ps(matrix[a * COLS + j]);
+}
 
-namespace {
+// sum_j row[j] * x[j]
+template <int COLS>
+vec dot(const vec (&row)[COLS], const vec* x) {
+  vec y = _mm256_mul_ps(row[0], x[0]);
+  for (int j = 1; j < COLS; ++j) y = _mm256_fmadd_ps(row[j], x[j], y);
+  return y;
+}
 
 // The line transforms with their sizes fixed at compile time (fully unrolled; the
 // coefficients broadcast once per call): ALPHA inputs, M outputs a tile.
@@ -224,8 +235,7 @@ template <int ALPHA>
 void line_input(const Line& l, const float* src, int64_t first, int64_t count, int64_t chunk, float* v) {
   const Geometry& g = l.g;
   vec bt[ALPHA][ALPHA];
-  for (int a = 0; a < ALPHA; ++a)
-    for (int j = 0; j < ALPHA; ++j) bt[a][j] = _mm256_set1_ps(l.f.bt[a * ALPHA + j]);
+  broadcast(l.f.bt, bt);
   const int64_t groups = g.C / kLanes, point_stride = chunk * g.C;
   const int64_t step = l.along_w ? g.block : g.W * g.block, extent = l.along_w ? g.W : g.H;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -240,11 +250,7 @@ void line_input(const Line& l, const float* src, int64_t first, int64_t count, i
       for (int j = 0; j < ALPHA; ++j)
         d[j] = across && start + j >= 0 && start + j < extent ? _mm256_loadu_ps(base + j * step) : _mm256_setzero_ps();
       float* out = v + i * g.C + c;
-      for (int a = 0; a < ALPHA; ++a) {
-        vec x = _mm256_mul_ps(bt[a][0], d[0]);
-        for (int j = 1; j < ALPHA; ++j) x = _mm256_fmadd_ps(bt[a][j], d[j], x);
-        _mm256_storeu_ps(out + a * point_stride, x);
-      }
+      for (int a = 0; a < ALPHA; ++a) _mm256_storeu_ps(out + a * point_stride, dot(bt[a], d));
     }
 }
 
@@ -253,8 +259,7 @@ void line_output(const Line& l, const float* m, int64_t first, int64_t count, in
                  float* dst) {
   const Geometry& g = l.g;
   vec at[M][ALPHA];
-  for (int a = 0; a < M; ++a)
-    for (int j = 0; j < ALPHA; ++j) at[a][j] = _mm256_set1_ps(l.f.at[a * ALPHA + j]);
+  broadcast(l.f.at, at);
   const int64_t groups = g.K / kLanes, point_stride = chunk * g.K;
   const int64_t step = l.along_w ? g.block : g.Q * g.block, extent = l.along_w ? g.Q : g.P;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -266,17 +271,14 @@ void line_output(const Line& l, const float* m, int64_t first, int64_t count, in
       for (int j = 0; j < ALPHA; ++j) x[j] = _mm256_loadu_ps(m + j * point_stride + i * g.K + k);
       const vec bias = e.bias ? _mm256_loadu_ps(e.bias + k) : _mm256_setzero_ps();
       float* base = dst + plane(t.n, k, g.K, g.P, g.Q, g.block) + (t.p * g.Q + t.q) * g.block;
-      for (int a = 0; a < M && start + a < extent; ++a) {
-        vec y = _mm256_mul_ps(at[a][0], x[0]);
-        for (int j = 1; j < ALPHA; ++j) y = _mm256_fmadd_ps(at[a][j], x[j], y);
-        finish(y, bias, e, base + a * step);
-      }
+      for (int a = 0; a < M && start + a < extent; ++a) finish(dot(at[a], x), bias, e, base + a * step);
     }
 }
 
 }  // namespace
 
-// The (m, r) the backend uses: F(4, 3), F(2, 7), F(3, 7) and F(4, 7).
+// The (m, r) the transforms are built for: F(4, 3), F(2, 7), F(3, 7) and F(4, 7) (the
+// backend uses m = 4; bench/winograd --m7 tries the others).
 void transform_input(const Line& l, const float* src, int64_t first, int64_t count, int64_t chunk, float* v) {
   switch (l.f.alpha) {
     case 6: return line_input<6>(l, src, first, count, chunk, v);
