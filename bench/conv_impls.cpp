@@ -7,9 +7,10 @@
 #include <dnnl.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <string>
+
+#include "best_of.h"
 
 using namespace dnnl;
 using tag = memory::format_tag;
@@ -41,13 +42,10 @@ void time_all(const engine& eng, stream& s, const Shape& sh, int N) {
       }
       convolution_forward conv(pd);
       memory a(pd.src_desc(), eng), b(pd.weights_desc(), eng), o(pd.dst_desc(), eng), sp(pd.scratchpad_desc(), eng);
-      double best = 1e9;
-      for (int i = 0; i < 4; ++i) {
-        auto t0 = std::chrono::steady_clock::now();
+      const double best = best_of(4, [&] {
         conv.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, o}, {DNNL_ARG_SCRATCHPAD, sp}});
         s.wait();
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      }
+      });
       std::printf("  %-7s %-14s %8.2f ms %7.1f GFLOP/s\n", tag_name(t), impl.c_str(), best * 1e3, flops / best / 1e9);
     } while (pd.next_impl());
   }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backend/cpu/winograd.h"
+#include "best_of.h"
 
 using namespace dnnl;
 using tag = memory::format_tag;
@@ -32,17 +33,6 @@ struct Shape {
 };
 
 int m_for_3 = 4, m_for_7 = 4;  // outputs per tile of the line transforms
-
-template <class F>
-double best_of(int n, F&& f) {
-  double best = 1e9;
-  for (int i = 0; i < n; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best;
-}
 
 void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std::vector<int64_t>& chunks) {
   const int64_t P = sh.H + 2 * sh.pad_h - sh.R + 1, Q = sh.W + 2 * sh.pad_w - sh.S + 1;

@@ -9,48 +9,20 @@
 #include <string>
 
 #include "backend/program.h"
-#include "support.h"
+#include "inference_support.h"
 #include "core/rng.h"
 #include "graph/builder.h"
 #include "models/models.h"
 
 using namespace incres;
 using graph::Builder;
+using testing_support::randomise;
 using testing_support::rel_err;
 
 namespace {
 
-// Random weights and non-trivial BN statistics in both stores (same values).
-void randomise(const graph::Graph& g, graph::ParamStore& a, graph::ParamStore& b, uint64_t seed) {
-  a.init(g, seed);
-  for (size_t i = 0; i < g.params.size(); ++i) {
-    const graph::Role role = g.params[i].role;
-    Rng r(seed + i);
-    float* v = a.values[i].data<float>();
-    for (int64_t j = 0; j < a.values[i].numel(); ++j) {
-      if (role == graph::Role::running_var || role == graph::Role::bn_gamma) v[j] = static_cast<float>(0.5 + r.uniform());
-      else if (role == graph::Role::running_mean || role == graph::Role::bn_beta || role == graph::Role::bias)
-        v[j] = static_cast<float>(0.1 * r.normal());
-    }
-    b.values[i] = a.values[i].clone();
-  }
-  a.changed();
-  b.changed();
-}
-
-// Inference output of the cpu backend against the reference.
-double infer_error(const graph::Graph& g, int64_t batch) {
-  graph::ParamStore cpu_store(g), ref_store(g);
-  randomise(g, cpu_store, ref_store, 11);
-  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
-  Rng rng(5);
-  for (float& v : x) v = static_cast<float>(rng.normal());
-  auto cpu = backend::compile_cpu(g, cpu_store, {batch, backend::Mode::infer});
-  auto ref = backend::compile_ref(g, ref_store, {batch, backend::Mode::infer});
-  cpu->forward(x.data());
-  ref->forward(x.data());
-  return rel_err(cpu->output(), ref->output(), batch * g.output_shape().numel());
-}
+// The cpu program's inference output against the reference's.
+double infer_error(const graph::Graph& g, int64_t batch) { return testing_support::infer_error(g, {batch}); }
 
 int count(const std::vector<backend::StepProfile>& steps, const std::string& phase, const std::string& kind) {
   int n = 0;

@@ -12,7 +12,7 @@
 #include "backend/program.h"
 #include "core/rng.h"
 #include "graph/builder.h"
-#include "support.h"
+#include "inference_support.h"
 
 using namespace incres;
 namespace wg = backend::winograd;
@@ -138,31 +138,13 @@ namespace {
 // The inference program against the reference; `winograd` counts the steps that ran
 // as Winograd.
 double program_error(const graph::Graph& g, int64_t batch, bool use_winograd, int& winograd) {
-  graph::ParamStore cpu_store(g), ref_store(g);
-  cpu_store.init(g, 3);
-  for (size_t i = 0; i < g.params.size(); ++i) {  // BN statistics that fold into something
-    const graph::Role role = g.params[i].role;
-    Rng r(40 + i);
-    float* v = cpu_store.values[i].data<float>();
-    for (int64_t j = 0; j < cpu_store.values[i].numel(); ++j) {
-      if (role == graph::Role::running_var || role == graph::Role::bn_gamma) v[j] = static_cast<float>(0.5 + r.uniform());
-      else if (role == graph::Role::running_mean || role == graph::Role::bn_beta) v[j] = static_cast<float>(0.1 * r.normal());
-    }
-    ref_store.values[i] = cpu_store.values[i].clone();
-  }
-  cpu_store.changed();
-  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
-  Rng rng(9);
-  for (float& v : x) v = static_cast<float>(rng.normal());
   backend::Options opt{batch, backend::Mode::infer};
   opt.winograd = use_winograd;
-  auto cpu = backend::compile_cpu(g, cpu_store, opt);
-  auto ref = backend::compile_ref(g, ref_store, {batch, backend::Mode::infer});
-  cpu->forward(x.data());
-  ref->forward(x.data());
+  std::vector<backend::StepProfile> steps;
+  const double err = testing_support::infer_error(g, opt, &steps);
   winograd = 0;
-  for (const auto& s : cpu->steps()) winograd += s.kind == "winograd";
-  return rel_err(cpu->output(), ref->output(), batch * g.output_shape().numel());
+  for (const auto& s : steps) winograd += s.kind == "winograd";
+  return err;
 }
 
 }  // namespace

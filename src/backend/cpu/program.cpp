@@ -174,9 +174,11 @@ class CpuProgram final : public Program {
   // fused conv writes; the other members are nodes, -1 where absent.
   struct Chain {
     int bn = -1, relu = -1, add = -1, post_relu = -1;
-    int slot = 0;     // the add's input the conv's chain arrives at
     int other = -1;   // the add's other input, whose buffer the conv sums onto
-    int out = -1;
+    int out = -1;     // (its own output when it absorbs nothing)
+    // The sum as y = conv_scale * (conv's chain) + sum_scale * (what the destination
+    // holds): add(a, b) = a + scale * b with the chain as a (slot 0) or as b.
+    float conv_scale = 1.f, sum_scale = 0.f;
   };
   Chain conv_chain(int conv) const;
   int sole_consumer(int v) const;
@@ -190,7 +192,8 @@ class CpuProgram final : public Program {
   struct WinogradPlan {
     winograd::Geometry g;
     std::optional<winograd::Line> line;
-    int64_t points = 0, tiles = 0;
+    int64_t points() const { return line ? line->f.alpha : winograd::kPoints; }
+    int64_t tiles() const { return line ? line->tiles() : g.tiles(); }
   };
   std::optional<WinogradPlan> winograd_plan(const Node& n, const graph::Conv2d& c) const;
   void compile_conv_winograd(const Node& n, const graph::Conv2d& c, const WinogradPlan& plan);
@@ -409,9 +412,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   if (!training()) {
     for (size_t i = 0; i < Nn; ++i) {
       if (!live_[i] || !holds<graph::Conv2d>(i)) continue;
-      Chain ch = conv_chain(static_cast<int>(i));
-      if (ch.out == g_.nodes[i].output) continue;
-      chain_[i] = ch;
+      const Chain ch = chain_[i] = conv_chain(static_cast<int>(i));
       for (int m : {ch.bn, ch.relu, ch.add, ch.post_relu}) {
         if (m < 0) continue;
         skip_[m] = true;
@@ -585,9 +586,11 @@ CpuProgram::Chain CpuProgram::conv_chain(int conv) const {
     bool ready = other != v && md_[other] == md_[v] && !is_output(other) && g_.values[other].producer < conv;
     for (int u : g_.values[other].consumers) ready = ready && (u == c || !live_[u] || u < conv);
     if (ready) {
+      const float scale = std::get<graph::Add>(add.op).scale;
       ch.add = c;
-      ch.slot = slot;
       ch.other = other;
+      ch.conv_scale = slot == 0 ? 1.f : scale;
+      ch.sum_scale = slot == 0 ? scale : 1.f;
       v = add.output;
       if (int r = sole_consumer(v); holds<graph::Relu>(r)) {
         ch.post_relu = r;
@@ -706,7 +709,7 @@ std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n,
   const bool square = c.R == 3 && c.S == 3;
   const bool line = (c.R == 1 && (c.S == 3 || c.S == 7)) || (c.S == 1 && (c.R == 3 || c.R == 7));
   if (!opt_.winograd || !(square || line) || c.stride != 1) return std::nullopt;
-  const int x = n.inputs[0], y = chain_[&n - g_.nodes.data()].out >= 0 ? chain_[&n - g_.nodes.data()].out : n.output;
+  const int x = n.inputs[0], y = chain_[&n - g_.nodes.data()].out;
   const int64_t block = channel_block();
   const tag t = blocked_tag(block);
   if (md_[x] != memory::desc(md_[x].dims(), dt::f32, t) || md_[y] != memory::desc(md_[y].dims(), dt::f32, t))
@@ -718,9 +721,7 @@ std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n,
     const int r = std::max(c.R, c.S);
     plan.line = winograd::Line{plan.g, winograd::filter_1d(4, r), c.S > 1};
   }
-  plan.points = line ? plan.line->f.alpha : winograd::kPoints;
-  plan.tiles = line ? plan.line->tiles() : plan.g.tiles();
-  if (xd[1] < 64 || plan.tiles < 16) return std::nullopt;
+  if (xd[1] < 64 || plan.tiles() < 16) return std::nullopt;
   return plan;
 }
 
@@ -728,10 +729,10 @@ void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, co
   namespace wg = winograd;
   const int node = static_cast<int>(&n - g_.nodes.data());
   const Chain& ch = chain_[node];
-  const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
+  const int x = n.inputs[0], y = ch.out;
   const wg::Geometry& g = plan.g;
   const std::optional<wg::Line>& line = plan.line;
-  const int64_t C = g.C, K = g.K, points = plan.points, tiles = plan.tiles;
+  const int64_t C = g.C, K = g.K, points = plan.points(), tiles = plan.tiles();
   // Tiles go through in chunks whose transformed input and output (points x chunk x
   // (C + K) floats) take ~6 MB: the sizes bench/winograd found fastest, at least 64
   // tiles (fewer make the products thin), split evenly (a short last chunk costs a
@@ -739,15 +740,14 @@ void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, co
   const int64_t want = std::max<int64_t>(64, (6 << 20) / (points * (C + K) * 4));
   const int64_t pieces = (tiles + want - 1) / want, chunk = (tiles + pieces - 1) / pieces;
 
+  // Blocked values have whole blocks of channels (the layout rule above), so C and K
+  // need no padding here and the bias is read as it is.
   auto [w, b] = plain_weights(n, c, false);
   memory u = alloc(memory::desc({points, C, K}, dt::f32, tag::abc));
-  memory bias = alloc(memory::desc({K}, dt::f32, tag::a));
   auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
-  const int64_t k_real = c.K;
-  prep_.push_back(loop({u, bias}, [=]() {
-    if (line) wg::transform_weights(*line, f(w), k_real, C, f(u));
-    else wg::transform_weights(g, f(w), k_real, C, f(u));
-    for (int64_t k = 0; k < K; ++k) f(bias)[k] = b ? f(b)[k] : 0.f;
+  prep_.push_back(loop({u}, [=]() {
+    if (line) wg::transform_weights(*line, f(w), K, C, f(u));
+    else wg::transform_weights(g, f(w), K, C, f(u));
   }));
 
   memory v = alloc(memory::desc({points, chunk, C}, dt::f32, tag::abc));
@@ -756,15 +756,12 @@ void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, co
   Step mm = step(mpd, {{DNNL_ARG_SRC, v}, {DNNL_ARG_WEIGHTS, u}, {DNNL_ARG_DST, m}});
   wg::Epilogue e;
   e.relu = ch.relu >= 0;
-  if (ch.add >= 0) {  // as the sum post-op in compile_conv_infer
-    const float scale = std::get<graph::Add>(g_.nodes[ch.add].op).scale;
-    e.sum = ch.slot == 0 ? scale : 1.f;
-    e.scale = ch.slot == 0 ? 1.f : scale;
-  }
+  e.scale = ch.conv_scale;
+  e.sum = ch.sum_scale;
   e.post_relu = ch.post_relu >= 0;
   const memory src = act_[x], dst = act_[y];
-  Step s = loop({src, dst, v, m, u, bias}, [=, this]() mutable {
-    e.bias = f(bias);
+  Step s = loop({src, dst, v, m, u}, [=, this]() mutable {
+    e.bias = b ? f(b) : nullptr;  // bound by plan()
     for (int64_t first = 0; first < tiles; first += chunk) {
       const int64_t count = std::min(chunk, tiles - first);
       if (line) wg::transform_input(*line, f(src), first, count, chunk, f(v));
@@ -784,7 +781,7 @@ void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
   if (auto plan = winograd_plan(n, c)) return compile_conv_winograd(n, c, *plan);
   const int node = static_cast<int>(&n - g_.nodes.data());
   const Chain& ch = chain_[node];
-  const int x = n.inputs[0], y = ch.out >= 0 ? ch.out : n.output;
+  const int x = n.inputs[0], y = ch.out;
   const int64_t K = c.K, C = md_[x].dims()[1];
   const auto [strides, pad_l, pad_r] = ConvGeometry(c, md_[x].dims(), md_[y].dims());
   const bool bias = c.bias || ch.bn >= 0;
@@ -793,16 +790,9 @@ void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
   dnnl::post_ops po;
   const auto relu = dnnl::algorithm::eltwise_relu;
   if (ch.relu >= 0) po.append_eltwise(1.f, relu, 0.f, 0.f);
-  if (ch.add >= 0) {
-    // add(a, b) = a + scale * b, with the conv's chain as one input and the other
-    // input already in the destination.
-    const float scale = std::get<graph::Add>(g_.nodes[ch.add].op).scale;
-    if (ch.slot == 0) {
-      po.append_sum(scale);
-    } else {
-      if (scale != 1.f) po.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, scale, 0.f);
-      po.append_sum(1.f);
-    }
+  if (ch.add >= 0) {  // the other input of the add is already in the destination
+    if (ch.conv_scale != 1.f) po.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, ch.conv_scale, 0.f);
+    po.append_sum(ch.sum_scale);
   }
   if (ch.post_relu >= 0) po.append_eltwise(1.f, relu, 0.f, 0.f);
   dnnl::primitive_attr a = attr();
