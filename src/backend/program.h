@@ -105,6 +105,9 @@ class Program {
 std::unique_ptr<Program> compile_ref(const graph::Graph& g, graph::ParamStore& store, Options opt);
 // oneDNN on the CPU: blocked layouts end to end, primitives created once.
 std::unique_ptr<Program> compile_cpu(const graph::Graph& g, graph::ParamStore& store, Options opt);
+// The instruction set the oneDNN backend's kernels use on this CPU, as capped by
+// ONEDNN_MAX_CPU_ISA: "avx512_core_bf16", "avx512_core", "avx2", ...
+std::string cpu_isa();
 // By name: "cpu" or "ref".
 std::unique_ptr<Program> compile(const std::string& backend, const graph::Graph& g,
                                  graph::ParamStore& store, Options opt);

@@ -47,6 +47,29 @@ namespace incres::backend {
 
 namespace {
 
+// oneDNN's ISA values are sets of feature bits, not an order (avx2_vnni, 0x407, is
+// above avx512_core, 0x27): an ISA includes another when it has all its bits.
+bool cpu_isa_has(dnnl::cpu_isa want) {
+  const auto have = static_cast<unsigned>(dnnl::get_effective_cpu_isa()), w = static_cast<unsigned>(want);
+  return (have & w) == w;
+}
+
+}  // namespace
+
+std::string cpu_isa() {
+  using isa = dnnl::cpu_isa;
+  // The widest first: each includes those after it.
+  const std::pair<isa, const char*> names[] = {
+      {isa::avx512_core_amx, "avx512_core_amx"}, {isa::avx512_core_bf16, "avx512_core_bf16"},
+      {isa::avx512_core_vnni, "avx512_core_vnni"}, {isa::avx512_core, "avx512_core"},
+      {isa::avx2_vnni, "avx2_vnni"}, {isa::avx2, "avx2"}, {isa::avx, "avx"}, {isa::sse41, "sse41"}};
+  for (const auto& [i, name] : names)
+    if (cpu_isa_has(i)) return name;
+  return "none";
+}
+
+namespace {
+
 using dnnl::memory;
 using dnnl::primitive;
 using tag = memory::format_tag;
@@ -103,13 +126,25 @@ struct SharedBuffer {
   }
 };
 
-// The channel block of oneDNN's native activation layout on this CPU: nChw16c with
-// AVX-512, nChw8c with AVX2 (the jit kernels of each ISA work on these directly).
-int64_t channel_block() {
-  static const int64_t block = [] {
-    auto isa = dnnl::get_effective_cpu_isa();
-    return isa >= dnnl::cpu_isa::avx512_core ? int64_t{16} : int64_t{8};
-  }();
+// The channel block of the activation layouts of a graph: the widest whose jit
+// kernels this CPU has (nChw16c with AVX-512, nChw8c with AVX2), narrowed to 8 when
+// some value's channel count is not a multiple of 16 (narrow nets: Inception at width
+// 0.25 has 72 or 40 channels). oneDNN 2.6 has no jit kernel for a conv that mixes a
+// plain nchw side with a blocked one, nor one that mixes nChw8c with nChw16c, so a
+// graph keeps one block throughout; its AVX2 kernels run nChw8c on AVX-512 CPUs too.
+// The graph's input (1 or 3 channels) stays nchw: every ISA has first-conv kernels
+// for that. A value whose channel count fits no block of 8 is nchw.
+int64_t cpu_block() {
+  static const int64_t block = cpu_isa_has(dnnl::cpu_isa::avx512_core) ? 16 : 8;
+  return block;
+}
+
+int64_t channel_block(const Graph& g) {
+  int64_t block = cpu_block();
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    const Shape& s = g.values[v].shape;
+    if (static_cast<int>(v) != g.input && s.rank() == 3 && s[0] % block != 0 && s[0] % 8 == 0) block = 8;
+  }
   return block;
 }
 
@@ -223,6 +258,7 @@ class CpuProgram final : public Program {
   dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm_{eng_};
 
+  int64_t block_ = 8;                 // the channel block of blocked values (channel_block)
   std::vector<memory::desc> md_;      // per value
   std::vector<memory> act_, grad_;    // per value
   std::vector<int> fused_relu_;       // per node: the ReLU node fused into this BN, or -1
@@ -393,10 +429,11 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   md_.resize(V);
   act_.resize(V);
   grad_.resize(V);
+  block_ = channel_block(g_);
+  const int64_t blk = block_;
   for (size_t v = 0; v < V; ++v) {
     const Shape& s = g_.values[v].shape;
     memory::dims d = dims_of(s, opt.batch);
-    const int64_t blk = channel_block();
     tag t = s.rank() == 1 ? tag::nc : (s[0] % blk == 0 ? blocked_tag(blk) : tag::nchw);
     INCRES_CHECK(s.rank() == 1 || s.rank() == 3, "cpu backend: value ", v, " has unsupported shape ", s.str());
     md_[v] = memory::desc(d, dt::f32, t);
@@ -710,7 +747,7 @@ std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n,
   const bool line = (c.R == 1 && (c.S == 3 || c.S == 7)) || (c.S == 1 && (c.R == 3 || c.R == 7));
   if (!opt_.winograd || !(square || line) || c.stride != 1) return std::nullopt;
   const int x = n.inputs[0], y = chain_[&n - g_.nodes.data()].out;
-  const int64_t block = channel_block();
+  const int64_t block = block_;
   const tag t = blocked_tag(block);
   if (md_[x] != memory::desc(md_[x].dims(), dt::f32, t) || md_[y] != memory::desc(md_[y].dims(), dt::f32, t))
     return std::nullopt;
@@ -911,10 +948,10 @@ void CpuProgram::compile_add(const Node& n, const graph::Add& add) {
 kernels::Blocked blocked(const memory::desc& md) {
   const auto& d = md.dims();
   if (d.size() == 2) return kernels::Blocked{d[0], d[1], 1, 1, 1};  // nc
-  // Our values are nchw or nChw{8,16}c (see the layout choice in the constructor).
-  const int64_t blk = channel_block();
-  int64_t block = md == memory::desc(d, dt::f32, blocked_tag(blk)) ? blk : 1;
-  return kernels::Blocked{d[0], d[1], d[2], d[3], block};
+  // Our values are nchw or nChw{8,16}c (see channel_block).
+  for (int64_t block : {16, 8})
+    if (md == memory::desc(d, dt::f32, blocked_tag(block))) return kernels::Blocked{d[0], d[1], d[2], d[3], block};
+  return kernels::Blocked{d[0], d[1], d[2], d[3], 1};
 }
 
 void CpuProgram::compile_shortcut_a(const Node& n, const graph::ShortcutA& s) {
