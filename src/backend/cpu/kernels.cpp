@@ -14,13 +14,18 @@ void copy(float* dst, const float* src, int64_t count) {
   }
 }
 
-void fold_batchnorm(float* w_out, float* b_out, const float* w, const float* b, const float* gamma,
-                    const float* beta, const float* mean, const float* var, float eps, int64_t K, int64_t per_k) {
+void fold_conv(float* w_out, float* b_out, const float* w, const float* b, const float* const* bn, float eps,
+               float scale, int64_t K, int64_t per_k) {
   for (int64_t k = 0; k < K; ++k) {
     // In double, as the reference computes BN: the folded weights round once.
-    const double sk = static_cast<double>(gamma[k]) / std::sqrt(static_cast<double>(var[k]) + eps);
+    double sk = scale, bk = b ? scale * static_cast<double>(b[k]) : 0.0;
+    if (bn) {
+      const float *gamma = bn[0], *beta = bn[1], *mean = bn[2], *var = bn[3];
+      sk *= static_cast<double>(gamma[k]) / std::sqrt(static_cast<double>(var[k]) + eps);
+      bk = scale * static_cast<double>(beta[k]) + sk * ((b ? b[k] : 0.0) - mean[k]);
+    }
     for (int64_t j = 0; j < per_k; ++j) w_out[k * per_k + j] = static_cast<float>(sk * w[k * per_k + j]);
-    b_out[k] = static_cast<float>(beta[k] + sk * ((b ? b[k] : 0.0) - mean[k]));
+    if (bn || b) b_out[k] = static_cast<float>(bk);
   }
 }
 

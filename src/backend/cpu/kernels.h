@@ -23,11 +23,14 @@ void copy(float* dst, const float* src, int64_t count);
 // running = (1 - m) * running + m * batch, with the batch variance made unbiased.
 void update_running_stats(float* running_mean, float* running_var, const float* mean,
                           const float* var, int64_t C, float momentum, float unbias);
-// Inference: a BatchNorm folded into the conv before it. Per output channel k,
-// s = gamma / sqrt(var + eps); w_out[k] = s * w[k] (per_k weights each), b_out[k] =
-// beta + s * (b[k] - mean) with b = 0 when the conv has no bias (b null).
-void fold_batchnorm(float* w_out, float* b_out, const float* w, const float* b, const float* gamma,
-                    const float* beta, const float* mean, const float* var, float eps, int64_t K, int64_t per_k);
+// Inference: what a conv absorbs into its weights and bias, the BatchNorm after it
+// and the scale of a residual sum it feeds (y = x + scale * conv: Inception-ResNet).
+// Per output channel k, s = scale * gamma / sqrt(var + eps); w_out[k] = s * w[k]
+// (per_k weights each), b_out[k] = scale * beta + s * (b[k] - mean) with b = 0 when
+// the conv has no bias (b null). Without a BatchNorm (bn null: gamma, beta, mean, var
+// at bn[0..3]), s = scale and b_out = scale * b (b_out untouched when b is null).
+void fold_conv(float* w_out, float* b_out, const float* w, const float* b, const float* const* bn, float eps,
+               float scale, int64_t K, int64_t per_k);
 // y[:, :C] = x[:, :, ::s, ::s]; y[:, C:] = 0.
 void shortcut_a_forward(float* y, const Blocked& Y, const float* x, const Blocked& X, int stride);
 // dx (= or +=) the scatter of dy[:, :C] back to the strided positions.

@@ -150,6 +150,14 @@ int64_t channel_block(const Graph& g) {
 
 tag blocked_tag(int64_t block) { return block == 16 ? tag::nChw16c : tag::nChw8c; }
 
+// The format tag of one of our 4D values (nchw, nChw8c or nChw16c), for a desc of
+// other dims in the same layout.
+tag layout_of(const memory::desc& md) {
+  for (tag t : {tag::nChw16c, tag::nChw8c})
+    if (md == memory::desc(md.dims(), dt::f32, t)) return t;
+  return tag::nchw;
+}
+
 memory::dims dims_of(const Shape& s, int64_t batch) {
   memory::dims d{batch};
   for (int64_t x : s.dims()) d.push_back(x);
@@ -674,14 +682,41 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
 
   const int node = static_cast<int>(&n - g_.nodes.data());
   if (grad_[x]) {  // d(input): not needed for the graph's input
-    dnnl::convolution_backward_data::desc bd(algo, md_[x], w_any, md_[y], strides, pad_l, pad_r);
+    // A strided conv whose last window ends before the map does (Inception's stride-2
+    // 3x3 on an even grid: 16 -> 7 reads rows 0-14) has a negative right padding, for
+    // which oneDNN 2.6 has only its reference backward-data loop. Its unread rows and
+    // columns get no gradient: backward-data runs on the map without them, into a
+    // buffer of its own, copied into d(input) with zeros around.
+    memory::dims xd = md_[x].dims(), crop_r = pad_r;
+    for (int i : {0, 1}) xd[2 + i] += std::min<int64_t>(pad_r[i], 0), crop_r[i] = std::max<int64_t>(pad_r[i], 0);
+    const bool crop = xd != md_[x].dims();
+    const memory::desc dx_md = crop ? memory::desc(xd, dt::f32, layout_of(md_[x])) : md_[x];
+    dnnl::convolution_backward_data::desc bd(algo, dx_md, w_any, md_[y], strides, pad_l, crop_r);
     dnnl::convolution_backward_data::primitive_desc bpd(bd, attr(), eng_, fpd);
     // The weights were reordered for the forward pass; backward-data reuses them
     // when it wants the same layout, else reorders the user weights once more.
     memory wb = bpd.weights_desc() == w.get_desc() ? w : converted(bs, w_user, bpd.weights_desc());
-    memory dx = contribution(node, 0);
+    memory dx = crop ? alloc(dx_md) : contribution(node, 0);
     bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, grad_[y]}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, dx}}));
-    finish_contribution(bs, node, 0, dx);
+    if (!crop) {
+      finish_contribution(bs, node, 0, dx);
+    } else {
+      const bool first = first_contribution(node, 0);
+      memory full = grad_[x];
+      if (first) {
+        const size_t bytes = md_[x].get_size();
+        bs.push_back(loop({full}, [=]() { std::memset(full.get_data_handle(), 0, bytes); }));
+      }
+      dnnl::primitive_attr a = attr();
+      if (!first) {
+        dnnl::post_ops po;
+        po.append_sum(1.f);
+        a.set_post_ops(po);
+      }
+      memory part = view(full, md_[x].submemory_desc(xd, {0, 0, 0, 0}));
+      dnnl::reorder::primitive_desc rpd(eng_, dx_md, eng_, part.get_desc(), a);
+      bs.push_back(step(rpd, {{DNNL_ARG_FROM, dx}, {DNNL_ARG_TO, part}}));
+    }
   }
   // Backward-weights chooses its own source layout: with a few input channels (the
   // first conv) the jit kernels want a layout other than the plain nchw the forward
@@ -718,30 +753,39 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
 std::pair<memory, memory> CpuProgram::plain_weights(const Node& n, const graph::Conv2d& c, bool keep) {
   const Chain& ch = chain_[&n - g_.nodes.data()];
   memory w_user = param(n.params[0], false), b_user = c.bias ? param(n.params[1], false) : memory();
-  if (ch.bn < 0) return {w_user, b_user};
-  const Node& bn_node = g_.nodes[ch.bn];
-  const float eps = std::get<graph::BatchNorm>(bn_node.op).eps;
+  if (ch.bn < 0 && ch.conv_scale == 1.f) return {w_user, b_user};
   memory folded = keep ? alloc(w_user.get_desc()) : fold_.make(w_user.get_desc(), eng_);
-  memory b = alloc(memory::desc({c.K}, dt::f32, tag::a));
-  memory gamma = param(bn_node.params[0], false), beta = param(bn_node.params[1], false);
-  memory mean = param(bn_node.params[2], false), var = param(bn_node.params[3], false);
+  memory b = ch.bn >= 0 || c.bias ? alloc(memory::desc({c.K}, dt::f32, tag::a)) : memory();
+  std::vector<memory> bn;  // gamma, beta, mean, var
+  float eps = 0.f;
+  if (ch.bn >= 0) {
+    const Node& bn_node = g_.nodes[ch.bn];
+    eps = std::get<graph::BatchNorm>(bn_node.op).eps;
+    for (int i = 0; i < 4; ++i) bn.push_back(param(bn_node.params[i], false));
+  }
   const int64_t K = c.K, per_k = w_user.get_desc().dims()[1] * c.R * c.S;
-  auto f = [](const memory& m) { return static_cast<float*>(m.get_data_handle()); };
+  const float scale = ch.conv_scale;
+  auto f = [](const memory& m) { return m ? static_cast<float*>(m.get_data_handle()) : nullptr; };
   prep_.push_back(loop({folded, b}, [=]() {
-    kernels::fold_batchnorm(f(folded), f(b), f(w_user), b_user ? f(b_user) : nullptr, f(gamma), f(beta), f(mean),
-                            f(var), eps, K, per_k);
+    const float* stats[4] = {};
+    for (size_t i = 0; i < bn.size(); ++i) stats[i] = f(bn[i]);
+    kernels::fold_conv(f(folded), f(b), f(w_user), f(b_user), bn.empty() ? nullptr : stats, eps, scale, K, per_k);
   }));
   return {folded, b};
 }
 
 // Winograd where it beats oneDNN's direct conv (bench/winograd, batch 1 and 16): 3x3
-// convs as F(4x4, 3x3) (1.5-3.5x), 1x3 / 3x1 as F(4, 3) along their axis (1.5-2.6x),
-// 1x7 / 7x1 as F(4, 7) (1.4-2x); stride 1, blocked layouts in and out, at least 64
-// input channels and at least 16 output tiles. With fewer tiles (ResNet-50's 7x7 grid
-// or Inception's 8x8 at batch 1) the products are too thin to pay for reading 4x the
-// weights (0.3-0.5x there); with fewer channels the transforms, bound by memory, cost
-// as much as the products (Inception-v3's 32-channel Conv2d_2a / 2b: 0.9-1.3x,
-// varying from run to run).
+// convs as F(4x4, 3x3), 1x3 / 3x1 as F(4, 3) along their axis, 1x7 / 7x1 as F(4, 7);
+// stride 1, blocked layouts in and out, at least 16 output tiles, and enough input
+// channels: 64 on AVX2, 32 on AVX-512.
+//  - AVX2 (nChw8c): 1.5-3.5x (3x3), 1.5-2.6x (1x3), 1.4-2x (1x7); with 32 channels
+//    the transforms, bound by memory, cost as much as the products (Inception-v3's
+//    Conv2d_2a / 2b: 0.9-1.3x, varying from run to run).
+//  - AVX-512 (nChw16c, 16-lane transforms): 1.8-4.2x (3x3), 1.5x (1x3), 1.1-1.7x
+//    (1x7) at batch 16; the 32-channel Conv2d_2a / 2b 1.3-1.4x at batch 16 and
+//    1.5-2x at batch 1 (Xeon with AVX512-BF16, 2 threads).
+// With fewer than 16 tiles (ResNet-50's 7x7 grid or Inception's 8x8 at batch 1) the
+// products are too thin to pay for reading 4x the weights (0.3-0.6x there).
 std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n, const graph::Conv2d& c) const {
   const bool square = c.R == 3 && c.S == 3;
   const bool line = (c.R == 1 && (c.S == 3 || c.S == 7)) || (c.S == 1 && (c.R == 3 || c.R == 7));
@@ -758,7 +802,8 @@ std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n,
     const int r = std::max(c.R, c.S);
     plan.line = winograd::Line{plan.g, winograd::filter_1d(4, r), c.S > 1};
   }
-  if (xd[1] < 64 || plan.tiles() < 16) return std::nullopt;
+  const int64_t min_channels = block == 16 ? 32 : 64;
+  if (xd[1] < min_channels || plan.tiles() < 16) return std::nullopt;
   return plan;
 }
 
@@ -793,7 +838,7 @@ void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, co
   Step mm = step(mpd, {{DNNL_ARG_SRC, v}, {DNNL_ARG_WEIGHTS, u}, {DNNL_ARG_DST, m}});
   wg::Epilogue e;
   e.relu = ch.relu >= 0;
-  e.scale = ch.conv_scale;
+  e.scale = 1.f;  // in the weights (plain_weights)
   e.sum = ch.sum_scale;
   e.post_relu = ch.post_relu >= 0;
   const memory src = act_[x], dst = act_[y];
@@ -827,10 +872,10 @@ void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
   dnnl::post_ops po;
   const auto relu = dnnl::algorithm::eltwise_relu;
   if (ch.relu >= 0) po.append_eltwise(1.f, relu, 0.f, 0.f);
-  if (ch.add >= 0) {  // the other input of the add is already in the destination
-    if (ch.conv_scale != 1.f) po.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, ch.conv_scale, 0.f);
-    po.append_sum(ch.sum_scale);
-  }
+  // The other input of the add is already in the destination; the conv's own scale is
+  // in its weights (plain_weights: oneDNN 2.6 has no jit kernel for a linear post-op
+  // before a sum, only its reference loop).
+  if (ch.add >= 0) po.append_sum(ch.sum_scale);
   if (ch.post_relu >= 0) po.append_eltwise(1.f, relu, 0.f, 0.f);
   dnnl::primitive_attr a = attr();
   a.set_post_ops(po);
