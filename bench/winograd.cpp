@@ -5,7 +5,7 @@
 // of the best run), GFLOP/s counted as a direct conv's, and the largest difference
 // between the two outputs relative to the largest output. Also times the tile chunk
 // sizes the backend chooses between (--chunks).
-//   build/bench/winograd [--batch N] [--only TEXT] [--chunks 512,256,...] [--m3 4] [--m7 4]
+//   build/bench/winograd [--batch N] [--only TEXT] [--chunks 512,256,...] [--m3 4] [--m7 4] [--block 8|16]
 #include <dnnl.hpp>
 
 #include <algorithm>
@@ -33,11 +33,15 @@ struct Shape {
 };
 
 int m_for_3 = 4, m_for_7 = 4;  // outputs per tile of the line transforms
+// The channel block of the layout both run on: 16 (nChw16c, AVX-512 transforms) where
+// oneDNN runs AVX-512 kernels, else 8 (nChw8c, AVX2); --block overrides.
+int64_t block = (static_cast<unsigned>(get_effective_cpu_isa()) & 0x27u) == 0x27u ? 16 : 8;
 
 void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std::vector<int64_t>& chunks) {
   const int64_t P = sh.H + 2 * sh.pad_h - sh.R + 1, Q = sh.W + 2 * sh.pad_w - sh.S + 1;
   const double flops = 2.0 * N * sh.K * P * Q * sh.C * sh.R * sh.S;
-  memory::desc src_md({N, sh.C, sh.H, sh.W}, dt::f32, tag::nChw8c), dst_md({N, sh.K, P, Q}, dt::f32, tag::nChw8c);
+  const tag blocked = block == 16 ? tag::nChw16c : tag::nChw8c;
+  memory::desc src_md({N, sh.C, sh.H, sh.W}, dt::f32, blocked), dst_md({N, sh.K, P, Q}, dt::f32, blocked);
   memory::desc w_plain({sh.K, sh.C, sh.R, sh.S}, dt::f32, tag::oihw);
   convolution_forward::desc d(prop_kind::forward_inference, algorithm::convolution_direct, src_md,
                               memory::desc({sh.K, sh.C, sh.R, sh.S}, dt::f32, tag::any), dst_md, {1, 1},
@@ -62,7 +66,7 @@ void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std
               sh.W, sh.R, sh.S, pd.impl_info_str(), direct * 1e3, flops / direct / 1e9);
 
   // The kernel: F(4x4, 3x3), or F(m, r) along the kernel's long side.
-  const wg::Geometry g{N, sh.C, sh.K, sh.H, sh.W, P, Q, sh.pad_h, sh.pad_w, 8};
+  const wg::Geometry g{N, sh.C, sh.K, sh.H, sh.W, P, Q, sh.pad_h, sh.pad_w, block};
   const bool square = sh.R == sh.S;
   const int r = static_cast<int>(std::max(sh.R, sh.S));
   const wg::Line line{g, square ? wg::Filter1d{} : wg::filter_1d(r == 3 ? m_for_3 : m_for_7, r), sh.S > 1};
@@ -127,6 +131,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--m3")) m_for_3 = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--m7")) m_for_7 = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--block")) block = std::atol(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--chunks")) {
       chunks.clear();
       for (const char* p = argv[i + 1]; *p;) {
@@ -156,7 +161,8 @@ int main(int argc, char** argv) {
       {"Inception-v3 Mixed_7b.branch3x3_2a 1x3", 384, 384, 8, 8, 1, 3, 0, 1},
       {"Inception-v3 Mixed_7b.branch3x3_2b 3x1", 384, 384, 8, 8, 3, 1, 1, 0},
   };
-  std::printf("batch %ld\n", N);
+  std::printf("batch %ld, block %ld (%s transforms)\n", N, block,
+              block == 16 && __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2");
   for (const Shape& sh : shapes)
     if (std::string(sh.where).find(only) != std::string::npos) compare(eng, s, sh, N, chunks);
   return 0;

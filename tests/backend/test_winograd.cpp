@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/winograd.h"
+#include "backend/cpu/winograd_kernels.h"
 #include "backend/program.h"
 #include "core/rng.h"
 #include "graph/builder.h"
@@ -35,8 +36,11 @@ int64_t at(int64_t n, int64_t c, int64_t h, int64_t w, int64_t Cb, int64_t H, in
   return (((n * (Cb / block) + c / block) * H + h) * W + w) * block + c % block;
 }
 
+// Which transforms run: those winograd.cpp picks for this CPU, or one ISA's.
+enum class Path { chosen, avx2, avx512 };
+
 // The conv through the transforms; returns the error relative to the largest output.
-double winograd_error(const Case& t) {
+double winograd_error(const Case& t, Path path = Path::chosen) {
   const int64_t C = padded(t.C, t.block), K = padded(t.K, t.block);
   const bool square = t.R == t.S;
   const int64_t pad_h = t.R > 1 ? t.pad : 0, pad_w = t.S > 1 ? t.pad : 0;
@@ -86,8 +90,17 @@ double winograd_error(const Case& t) {
   e.bias = t.with_bias ? bias.data() : nullptr;
   for (int64_t first = 0; first < tiles; first += t.chunk) {
     const int64_t count = std::min(t.chunk, tiles - first);
-    if (square) wg::transform_input(g, x.data(), first, count, t.chunk, v.data());
-    else wg::transform_input(line, x.data(), first, count, t.chunk, v.data());
+    if (path == Path::avx2) {
+      if (square) wg::avx2::transform_input(g, x.data(), first, count, t.chunk, v.data());
+      else wg::avx2::transform_input(line, x.data(), first, count, t.chunk, v.data());
+    } else if (path == Path::avx512) {
+      if (square) wg::avx512::transform_input(g, x.data(), first, count, t.chunk, v.data());
+      else wg::avx512::transform_input(line, x.data(), first, count, t.chunk, v.data());
+    } else if (square) {
+      wg::transform_input(g, x.data(), first, count, t.chunk, v.data());
+    } else {
+      wg::transform_input(line, x.data(), first, count, t.chunk, v.data());
+    }
     for (int64_t xi = 0; xi < points; ++xi)  // the products, as oneDNN's matmul does them
       for (int64_t i = 0; i < t.chunk; ++i)
         for (int64_t k = 0; k < K; ++k) {
@@ -95,8 +108,17 @@ double winograd_error(const Case& t) {
           for (int64_t c = 0; c < C; ++c) s += v[(xi * t.chunk + i) * C + c] * u[(xi * C + c) * K + k];
           m[(xi * t.chunk + i) * K + k] = s;
         }
-    if (square) wg::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
-    else wg::transform_output(line, m.data(), first, count, t.chunk, e, got.data());
+    if (path == Path::avx2) {
+      if (square) wg::avx2::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
+      else wg::avx2::transform_output(line, m.data(), first, count, t.chunk, e, got.data());
+    } else if (path == Path::avx512) {
+      if (square) wg::avx512::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
+      else wg::avx512::transform_output(line, m.data(), first, count, t.chunk, e, got.data());
+    } else if (square) {
+      wg::transform_output(g, m.data(), first, count, t.chunk, e, got.data());
+    } else {
+      wg::transform_output(line, m.data(), first, count, t.chunk, e, got.data());
+    }
   }
   return rel_err(got.data(), want.data(), static_cast<int64_t>(want.size()));
 }
@@ -131,6 +153,26 @@ TEST(Winograd, TransformsMatchADirectConv) {
   };
   for (const Case& c : lines)
     EXPECT_LT(winograd_error(c), 5e-5) << c.R << "x" << c.S << " F(" << c.m << ") " << c.H << "x" << c.W;
+}
+
+// The nChw16c values of AVX-512 CPUs through each ISA's transforms: the AVX-512 ones
+// (16 lanes) where the CPU has them, and the AVX2 ones (8 lanes, two per block).
+TEST(Winograd, EachIsaTransformsBlock16) {
+  wg::Epilogue relu, residual, scaled;
+  relu.relu = true;
+  residual.sum = 1.f, residual.post_relu = true;
+  scaled.scale = 0.2f, scaled.sum = 1.f;
+  const Case cases[] = {
+      {2, 20, 40, 9, 13, 1, 16, relu, true, 7},               // padded channels, partial tiles, short chunk
+      {1, 32, 16, 10, 7, 0, 16, residual, true, 100},         // valid conv
+      {2, 16, 32, 8, 8, 1, 16, scaled, true, 9, 1, 3, 4},     // 1x3, F(4, 3)
+      {1, 24, 16, 17, 11, 3, 16, relu, false, 40, 7, 1, 4},   // 7x1, F(4, 7)
+      {1, 16, 16, 10, 9, 3, 16, residual, true, 7, 1, 7, 2},  // F(2, 7)
+      {1, 16, 16, 10, 9, 3, 16, scaled, true, 7, 7, 1, 3},    // F(3, 7)
+  };
+  for (const Case& c : cases) EXPECT_LT(winograd_error(c, Path::avx2), 5e-5) << "avx2, " << c.R << "x" << c.S;
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "this CPU has no AVX-512F: its transforms cannot run";
+  for (const Case& c : cases) EXPECT_LT(winograd_error(c, Path::avx512), 5e-5) << "avx512, " << c.R << "x" << c.S;
 }
 
 namespace {
@@ -177,4 +219,11 @@ TEST(Winograd, ProgramsMatchTheReference) {
   EXPECT_EQ(used, 0) << "12 tiles";
   EXPECT_LT(program_error(h, 4, true, used), 1e-5);
   EXPECT_EQ(used, 1) << "16 tiles";
+
+  // 32 input channels: enough on AVX-512 (nChw16c, 16-lane transforms), not on AVX2.
+  graph::Builder thin(Shape{32, 16, 16});
+  graph::Graph thin_graph = thin.finish(thin.relu(thin.conv(thin.input(), 32, 3, 1, 1, "c")));
+  const bool avx512 = backend::cpu_isa().rfind("avx512", 0) == 0;
+  EXPECT_LT(program_error(thin_graph, 1, true, used), 1e-5);
+  EXPECT_EQ(used, avx512 ? 1 : 0) << "32 channels on " << backend::cpu_isa();
 }

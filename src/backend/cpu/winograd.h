@@ -8,8 +8,10 @@
 //                   of (tiles x C) by (C x K), which oneDNN's matmul runs;
 //   Y = A^T M A     per output tile and channel, then bias, ReLU and the residual
 //                   sum (transform_output).
-// oneDNN 2.6 has Winograd only for AVX-512; this file is ours, on AVX2 (8 floats a
-// vector), on the blocked activation layouts the backend uses (nChw8c, nChw16c).
+// oneDNN 2.6 has Winograd only for AVX-512 (and not for 1 x r kernels); these are
+// ours, on the blocked activation layouts the backend uses: AVX-512 (16 floats a
+// vector) on nChw16c where the CPU has it, AVX2 (8 floats) otherwise
+// (winograd_kernels.inc, compiled once per ISA).
 //
 // F(m, r) along one axis does the same for Inception's 1 x r and r x 1 convs: m
 // outputs from m + r - 1 inputs with m + r - 1 multiplications instead of m * r.
