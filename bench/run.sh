@@ -5,15 +5,18 @@
 # by bench/export_onnx.py) for inference. Each row runs incres and its peer
 # interleaved, ROUNDS times, and the best round counts for each (the machine is
 # shared: the best round is the least disturbed one). Prints a markdown table for
-# docs/performance.md, with the target of the speed issue per row; the raw JSON lines
+# docs/performance.md, with the target of the speed issues per row (the fp32 targets of
+# "right and fast on every x86-64 CPU"); the raw JSON lines
 # go to bench/.cache/last-run.jsonl.
 #
 # Usage: bench/run.sh [ROW|GROUP ...]      (default: every row)
 #   rows:   train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16
-#           infer-inception_v3-b16 infer-resnet50-b1 memory-resnet50-b32
+#           infer-inception_v3-b16 infer-resnet50-b1 isa-inception_v3-75 memory-resnet50-b32 loader-resnet20
 #   groups: train, infer, memory, infer-resnet50, ... (every row named GROUP-*)
 # Environment: ROUNDS (2), THREADS (2), ITERS and WARMUP (timed and untimed steps of
-# every row; default per row, see row_spec; the memory row always runs 2 + 1).
+# every row; default per row, see row_spec; the memory row always runs 2 + 1);
+# ONEDNN_MAX_CPU_ISA=AVX2 runs incres (and the peers' oneDNN, where they use it) on
+# the AVX2 path of an AVX-512 machine, and measures the AVX2 peak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +26,7 @@ export OMP_NUM_THREADS=$threads
 jsonl=bench/.cache/last-run.jsonl
 
 all_rows=(train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16 infer-inception_v3-b16
-          infer-resnet50-b1 memory-resnet50-b32 loader-resnet20)
+          infer-resnet50-b1 isa-inception_v3-75 memory-resnet50-b32 loader-resnet20)
 args=("$@"); ((${#args[@]})) || args=("${all_rows[@]}")
 rows=()
 for arg in "${args[@]}"; do
@@ -32,7 +35,7 @@ for arg in "${args[@]}"; do
   (( ${#rows[@]} > n )) || { echo "bench/run.sh: no row '$arg'; rows: ${all_rows[*]}" >&2; exit 2; }
 done
 
-for f in build/incres build/bench/peak_matmul; do
+for f in build/incres build/bench/peak build/bench/peak_matmul; do
   [[ -x $f ]] || { echo "bench/run.sh: $f is missing: build first (make, or cmake --build build)" >&2; exit 1; }
 done
 bench/setup.sh >&2
@@ -48,24 +51,31 @@ row_spec() {
   case $1 in
     train-resnet20 | train-resnet56)
       local m=${1#train-}; it=${ITERS:-20}; wu=${WARMUP:-3}
-      desc="train fp32 $m b128 32x32"; kind=thr; target=1.3
+      desc="train fp32 $m b128 32x32"; kind=thr; target=1.5
       inc=(build/incres bench "$m" --mode train --batch 128 --iters "$it" --warmup "$wu" --json)
       peer=("$py" bench/pytorch_train.py --model "$m" --batch 128 --image 32 --iters "$it" --warmup "$wu" --threads "$threads") ;;
     train-resnet50)
       it=${ITERS:-5}; wu=${WARMUP:-2}
-      desc="train fp32 resnet50 b16 224x224"; kind=thr; target=1.2
+      desc="train fp32 resnet50 b16 224x224"; kind=thr; target=1.5
       inc=(build/incres bench resnet50 --mode train --batch 16 --iters "$it" --warmup "$wu" --json)
       peer=("$py" bench/pytorch_train.py --model resnet50 --batch 16 --image 224 --iters "$it" --warmup "$wu" --threads "$threads") ;;
     infer-resnet50-b16 | infer-inception_v3-b16 | infer-resnet50-b1)
       local m=${1#infer-}; m=${m%-b*}; local b=${1##*-b} image=224 flags=()
       [[ $m == inception_v3 ]] && { image=299; flags=(--no-aux); }
-      if ((b == 1)); then it=${ITERS:-30}; wu=${WARMUP:-5}; kind=lat; target=0.95
-      else it=${ITERS:-10}; wu=${WARMUP:-3}; kind=thr; target=1.05; fi
+      if ((b == 1)); then it=${ITERS:-30}; wu=${WARMUP:-5}; kind=lat; target=0.85
+      else it=${ITERS:-10}; wu=${WARMUP:-3}; kind=thr; target=1.15; fi
       desc="infer fp32 $m b$b ${image}x$image"
       [[ -n ${onnx_file[$1]:-} ]] || onnx_file[$1]=$("$py" bench/export_onnx.py --model "$m" --batch "$b" --image "$image")
       inc=(build/incres bench "$m" --mode infer --batch "$b" --image "$image" "${flags[@]}" --iters "$it" --warmup "$wu" --json)
       peer=(node bench/ort_infer.mjs --model-file "${onnx_file[$1]}" --model "$m" --batch "$b" --image "$image"
             --iters "$it" --warmup "$wu" --threads "$threads") ;;
+    isa-inception_v3-75)
+      # A narrow Inception on this CPU's own ISA against the same binary capped to
+      # AVX2 (the same machine, so only the ISA differs): AVX-512 must not be slower.
+      it=${ITERS:-10}; wu=${WARMUP:-3}
+      desc="train fp32 inception_v3 75x75 width 0.25 b64, native / AVX2-capped"; kind=thr; target=1.0
+      inc=(build/incres bench inception_v3 --image 75 --width 0.25 --no-aux --mode train --batch 64 --iters "$it" --warmup "$wu" --json)
+      peer=(env ONEDNN_MAX_CPU_ISA=AVX2 "${inc[@]}") ;;
     loader-resnet20)
       # The loader keeping up: incres training on Fashion-MNIST (decoding, shuffling,
       # normalising in its worker threads) against the same steps on synthetic data.
@@ -128,7 +138,8 @@ key = {"thr": "images_per_sec", "lat": "median_ms", "mem": "max_rss_mb"}[kind]
 best = max if kind == "thr" else min
 inc = [l for l in lines if l["engine"] == "incres"]
 peer = [l for l in lines if l["engine"] != "incres"]
-name = "onnxruntime" if desc.startswith("infer") else "incres, synthetic" if row.startswith("loader") else "pytorch"
+name = ("onnxruntime" if desc.startswith("infer") else "incres, synthetic" if row.startswith("loader")
+        else "incres, AVX2-capped" if row.startswith("isa") else "pytorch")
 unit = {"thr": "img/s", "lat": "ms", "mem": "MB"}[kind]
 i = best(inc, key=lambda l: l[key]) if inc else None
 p = best(peer, key=lambda l: l[key]) if peer else None
@@ -149,21 +160,29 @@ print(f"| {desc} | {cell(i)} | {name} {cell(p)} | {ratio} | {bar} | {verdict} | 
 mkdir -p bench/.cache
 for row in "${rows[@]}"; do row_spec "$row"; done  # the ONNX exports (cached), before the table
 : >"$jsonl"
-# The peak: the best of three measurements (each the best of 12 products); one alone
-# can land on a disturbed second of this shared machine (seen: 84 against 140).
-peak_line=$(for i in 1 2 3; do build/bench/peak_matmul; done |
-  "$py" -c 'import json, sys; print(json.dumps(max(map(json.loads, sys.stdin), key=lambda j: j["gflops"])))')
-record peak 0 peak_matmul "$peak_line"
-peak=$("$py" -c 'import json, sys; print(json.loads(sys.argv[1])["gflops"])' "$peak_line")
-if grep -q avx512f /proc/cpuinfo; then isa=avx512f; elif grep -q avx2 /proc/cpuinfo; then isa="avx2, no avx512f"
-else isa="no avx2"; fi
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($isa), $threads threads;" \
-     "peak (oneDNN fp32 matmul 2048^3): $peak GFLOP/s; best of $rounds interleaved rounds"
-# bf16 (the rows of the issue's mixed-precision targets) needs oneDNN bf16 kernels,
-# which exist only for AVX-512 (AVX512-BF16 natively) and AMX CPUs.
-bf16=$("$py" -c 'import json, sys; j = json.loads(sys.argv[1]); g, i = j.get("bf16_gflops"), j.get("bf16_impl")
-print(f"{g} GFLOP/s ({i})" if g else "none: oneDNN has no bf16 matmul or convolution for this CPU, so the bf16 rows cannot run here")' "$peak_line")
-echo "bf16 peak (oneDNN bf16 matmul 2048^3): $bf16"
+# The peak: the FMA loop of bench/peak (fp32 at the widest vectors of the ISA oneDNN
+# dispatches to, and bf16 dot products where the ISA has them), the best of three
+# runs, and oneDNN's fp32 matmul as the achievable GEMM (also the best of three: one
+# measurement alone can land on a disturbed second of this shared machine).
+best_of3() {
+  for i in 1 2 3; do "$@"; done |
+    "$py" -c 'import json, sys; print(json.dumps(max(map(json.loads, sys.stdin), key=lambda j: j[sys.argv[1]])))' "$key"
+}
+key=fp32_gflops; peak_line=$(best_of3 build/bench/peak --threads "$threads")
+key=gflops; gemm_line=$(best_of3 build/bench/peak_matmul)
+record peak 0 peak "$peak_line"
+record gemm 0 peak_matmul "$gemm_line"
+field() { "$py" -c 'import json, sys; v = json.loads(sys.argv[1]).get(sys.argv[2]); print("none" if v is None else v)' "$@"; }
+peak=$(field "$peak_line" fp32_gflops)
+isa=$(build/incres bench resnet20 --batch 2 --iters 1 --warmup 0 --threads "$threads" --json | grep '^{' | tail -n1 |
+  "$py" -c 'import json, sys; print(json.loads(sys.stdin.read())["isa"])')
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores;" \
+     "oneDNN ISA: $isa${ONEDNN_MAX_CPU_ISA:+ (ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA)}; $threads threads;" \
+     "best of $rounds interleaved rounds"
+echo "peak (FMA loop, $(field "$peak_line" fp32_vector)): fp32 $peak GFLOP/s, bf16 dot products" \
+     "$(field "$peak_line" bf16_gflops) GFLOP/s; achievable GEMM (oneDNN matmul 2048^3): fp32" \
+     "$(field "$gemm_line" gflops) GFLOP/s ($(field "$gemm_line" impl)), bf16 $(field "$gemm_line" bf16_gflops) GFLOP/s" \
+     "($(field "$gemm_line" bf16_impl))"
 echo
 echo "| workload | incres | peer | ratio incres/peer | target | | incres GFLOP/s* | of peak |"
 echo "|---|---|---|---|---|---|---|---|"
@@ -175,15 +194,16 @@ for row in "${rows[@]}"; do
       record "$row" "$r" pytorch "$(json_of "${peer[@]}")"
     else
       record "$row" "$r" incres "$(json_of "${inc[@]}")"
-      record "$row" "$r" "$(case $row in train-*) echo pytorch ;; loader-*) echo incres-synthetic ;; *) echo onnxruntime ;; esac)" \
+      record "$row" "$r" "$(case $row in train-*) echo pytorch ;; loader-*) echo incres-synthetic ;; isa-*) echo incres-avx2 ;;
+                            *) echo onnxruntime ;; esac)" \
         "$(json_of "${peer[@]}")"
     fi
   done
   "$py" -c "$summarize" "$row" "$kind" "$desc" "$target" "$peak" <"$jsonl"
 done
 echo
-echo "* a direct convolution's FLOPs over the time taken: inference runs its Winograd convolutions with fewer" \
-     "multiplications, so its figure can pass the matmul peak"
+echo "* a direct convolution's FLOPs over the time taken, and its share of the fp32 FMA-loop peak: inference" \
+     "runs its Winograd convolutions with fewer multiplications, so its figure can pass the peak"
 echo "peers: $("$py" -c 'import json, sys
 print(", ".join(sorted({l["peer"] for l in map(json.loads, sys.stdin) if "peer" in l and l["engine"] != "incres"})))' <"$jsonl");" \
      "raw results: $jsonl"

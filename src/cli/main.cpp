@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "backend/program.h"
 #include "core/error.h"
@@ -277,12 +278,14 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
     nlohmann::json j{{"model", name}, {"mode", mode}, {"batch", batch}, {"backend", backend},
                      {"images_per_sec", ips}, {"median_ms", median * 1e3}, {"mean_ms", mean * 1e3},
                      {"gflops", flops / median / 1e9}, {"iters", iters}, {"compile_s", compile_s},
-                     {"planned_mb", static_cast<double>(program->planned_bytes()) / 1e6}};
+                     {"planned_mb", static_cast<double>(program->planned_bytes()) / 1e6},
+                     {"threads", omp_get_max_threads()}, {"isa", backend::cpu_isa()}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s %s batch %lld (%s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), %.1f GFLOP/s, "
-                "compiled in %.2f s, %.1f MB planned\n",
-                name.c_str(), mode.c_str(), static_cast<long long>(batch), backend.c_str(), ips, median * 1e3,
+    std::printf("%s %s batch %lld (%s, %d threads, %s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), "
+                "%.1f GFLOP/s, compiled in %.2f s, %.1f MB planned\n",
+                name.c_str(), mode.c_str(), static_cast<long long>(batch), backend.c_str(), omp_get_max_threads(),
+                backend.c_str() == std::string("cpu") ? backend::cpu_isa().c_str() : "naive loops", ips, median * 1e3,
                 mean * 1e3, iters, flops / median / 1e9, compile_s,
                 static_cast<double>(program->planned_bytes()) / 1e6);
   }
@@ -726,11 +729,18 @@ int main(int argc, char** argv) {
   bn->add_flag("--no-winograd", bn_direct, std::string("inference: ") + kNoWinogradHelp);
   bn_flags.add(bn);
 
+  // Every command that computes takes --threads (oneDNN and our loops run on OpenMP).
+  int threads = 0;
+  for (CLI::App* c : {tr, ev, pr, bn})
+    c->add_option("--threads", threads, "compute threads (default: OMP_NUM_THREADS if set, else every core)")
+        ->check(CLI::Range(1, 4096));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (threads > 0) omp_set_num_threads(threads);
 
   try {
     if (app.got_subcommand("models")) return cmd_models();

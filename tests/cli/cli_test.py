@@ -147,6 +147,7 @@ class BadInput(unittest.TestCase):
         self.check_error(["train", "resnet20", "--epochs", "1", "--shortcut", "Z"], "--shortcut")
         self.check_error(["train", "resnet20"], "--epochs")
         self.check_error(["bench", "resnet20", "--mode", "fly"], "--mode")
+        self.check_error(["bench", "resnet20", "--threads", "0"], "--threads")
 
     def test_bad_recipe_and_optimizer_flags(self):
         base = ["train", "resnet20", "--epochs", "1"]
@@ -521,6 +522,16 @@ class ShortRun(unittest.TestCase):
         d = run("bench", "resnet20", "--mode", "infer", "--batch", "4", "--iters", "1", "--warmup", "0", "--profile",
                 "--no-winograd")
         self.assertNotIn("winograd", d.stdout)
+
+    def test_threads_and_isa(self):
+        # --threads sets the compute threads; bench reports them and oneDNN's ISA.
+        for n in (1, 2):
+            j = json.loads(run("bench", "resnet20", "--batch", "4", "--iters", "1", "--warmup", "0", "--json",
+                               "--threads", str(n)).stdout.splitlines()[-1])
+            self.assertEqual(j["threads"], n)
+            self.assertRegex(j["isa"], r"^(avx2|avx512)")
+        t = run("bench", "resnet20", "--batch", "4", "--iters", "1", "--warmup", "0", "--threads", "1")
+        self.assertIn("1 threads", t.stdout)
 
 
 if __name__ == "__main__":
