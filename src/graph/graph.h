@@ -114,6 +114,22 @@ struct Graph {
   int find_param(const std::string& name) const;  // -1 when absent
 };
 
+// What the planning passes (graph/passes/) know of an op, beside its shape rule;
+// they read these, never the op's type.
+struct OpTraits {
+  int params = 0;                      // parameters and buffers it uses (weight, bias, BN's four)
+  bool backward_reads_output = false;  // its backward reads its own output (ReLU, sigmoid: from y)
+  // Its backward reads neither its output nor a workspace tied to it, and it writes
+  // its output whole: a later op may write over that output in place (conv, BN).
+  bool output_overwritable = false;
+  bool absorbs_epilogue = false;    // inference: can take the ops after it into itself (conv)
+  bool per_channel_affine = false;  // inference: y[c] = a[c] x[c] + b[c], foldable into a conv before it (BN)
+  bool activation = false;          // ReLU: a conv or BN can apply it to its own output
+  bool fuses_activation = false;    // runs a following activation as part of itself (BN)
+  bool sum = false;                 // y = a + scale * b: a conv can write onto b's buffer; may run in place
+};
+OpTraits traits(const Op& op);
+
 // Shape and cost rules, one per op.
 int64_t pool_out(int64_t in, const Pool2d& p);  // output height (or width) of a pooling
 Shape infer_shape(const Op& op, const std::vector<Shape>& inputs);

@@ -39,6 +39,29 @@ const char* op_name(const Op& op) {
   }, op);
 }
 
+OpTraits traits(const Op& op) {
+  return std::visit(Overload{
+      [](const Input&) { return OpTraits{}; },
+      [](const Conv2d& c) {
+        return OpTraits{.params = c.bias ? 2 : 1, .output_overwritable = true, .absorbs_epilogue = true};
+      },
+      [](const BatchNorm&) {
+        return OpTraits{.params = 4, .output_overwritable = true, .per_channel_affine = true, .fuses_activation = true};
+      },
+      [](const Relu&) { return OpTraits{.backward_reads_output = true, .activation = true}; },
+      [](const Add&) { return OpTraits{.sum = true}; },
+      [](const ShortcutA&) { return OpTraits{}; },
+      [](const GlobalAvgPool&) { return OpTraits{}; },
+      [](const Linear& l) { return OpTraits{.params = l.bias ? 2 : 1}; },
+      [](const Pool2d&) { return OpTraits{}; },
+      [](const Concat&) { return OpTraits{}; },
+      [](const Dropout&) { return OpTraits{}; },
+      [](const Sigmoid&) { return OpTraits{.backward_reads_output = true}; },
+      [](const Mul&) { return OpTraits{}; },
+      [](const ScaleShift&) { return OpTraits{}; },
+  }, op);
+}
+
 Shape infer_shape(const Op& op, const std::vector<Shape>& in) {
   auto need_chw = [&](const char* what) {
     INCRES_CHECK(in.size() >= 1 && in[0].rank() == 3, what, " needs a (C, H, W) input, got ",

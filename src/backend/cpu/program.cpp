@@ -1,8 +1,9 @@
 // The oneDNN CPU backend. Compiling a graph (plan once):
-//   1. picks a layout per value: nChw16c (AVX-512) or nChw8c (AVX2) where the channel
-//      count allows (oneDNN's jit kernels work on it natively, so no reorders between
-//      ops), nchw otherwise, nc for flat values;
-//   2. fuses: for inference, each conv absorbs the BatchNorm after it (folded into
+//   1. picks a layout per value: one channel block per graph, nChw16c (AVX-512) or
+//      nChw8c (see channel_block; oneDNN's jit kernels work on it natively, so no
+//      reorders between ops), nchw where the channel count allows no block, nc for
+//      flat values;
+//   2. fuses as the shared planning pass decides (graph/passes/fusion.h): for inference, each conv absorbs the BatchNorm after it (folded into
 //      its weights and bias), then a ReLU, or the residual sum (a sum post-op: the
 //      conv writes on top of the shortcut's buffer) and the ReLU after it; other
 //      BatchNorms take a following ReLU (oneDNN's fuse_norm_relu, the ReLU mask in a
@@ -42,6 +43,7 @@
 #include "backend/outputs.h"
 #include "backend/program.h"
 #include "core/error.h"
+#include "graph/passes/fusion.h"
 
 namespace incres::backend {
 
@@ -213,18 +215,6 @@ class CpuProgram final : public Program {
   // another gradient (add, concat's aligned slices take `from` as a submemory view).
   void add_scaled(std::vector<Step>& steps, int node, size_t slot, const memory& from, float scale);
 
-  // Inference: what a conv absorbs (see the top of this file). `out` is the value the
-  // fused conv writes; the other members are nodes, -1 where absent.
-  struct Chain {
-    int bn = -1, relu = -1, add = -1, post_relu = -1;
-    int other = -1;   // the add's other input, whose buffer the conv sums onto
-    int out = -1;     // (its own output when it absorbs nothing)
-    // The sum as y = conv_scale * (conv's chain) + sum_scale * (what the destination
-    // holds): add(a, b) = a + scale * b with the chain as a (slot 0) or as b.
-    float conv_scale = 1.f, sum_scale = 0.f;
-  };
-  Chain conv_chain(int conv) const;
-  int sole_consumer(int v) const;
   template <class T>
   bool holds(int node) const { return node >= 0 && std::holds_alternative<T>(g_.nodes[node].op); }
 
@@ -269,10 +259,7 @@ class CpuProgram final : public Program {
   int64_t block_ = 8;                 // the channel block of blocked values (channel_block)
   std::vector<memory::desc> md_;      // per value
   std::vector<memory> act_, grad_;    // per value
-  std::vector<int> fused_relu_;       // per node: the ReLU node fused into this BN, or -1
-  std::vector<Chain> chain_;          // per node: what an inference conv absorbed
-  std::vector<int> in_place_slot_;    // per add node: the input it overwrites, or -1
-  std::vector<bool> skip_;            // per node: folded into another node
+  graph::FusionPlan plan_;            // what runs fused, and in which buffers (graph/passes/fusion.h)
   // The memory plan: every buffer we allocate, with the memories that point into it.
   struct Buffer {
     Block block;
@@ -447,75 +434,16 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     md_[v] = memory::desc(d, dt::f32, t);
   }
 
-  // 2. Fusion decisions. A value inside a fused chain has no buffer of its own
-  // (hidden); a value may use another's buffer (share).
-  fused_relu_.assign(Nn, -1);
-  skip_.assign(Nn, false);
-  chain_.assign(Nn, Chain{});
-  std::vector<bool> hidden(V, false);
-  std::vector<int> share(V, -1);
-  if (!training()) {
-    for (size_t i = 0; i < Nn; ++i) {
-      if (!live_[i] || !holds<graph::Conv2d>(i)) continue;
-      const Chain ch = chain_[i] = conv_chain(static_cast<int>(i));
-      for (int m : {ch.bn, ch.relu, ch.add, ch.post_relu}) {
-        if (m < 0) continue;
-        skip_[m] = true;
-        for (int v : g_.nodes[m].inputs)
-          if (v != ch.other) hidden[v] = true;
-      }
-      if (ch.add >= 0) share[ch.out] = ch.other;
-    }
-  }
-  // BN followed by its only consumer, a ReLU, run as one primitive.
-  for (size_t i = 0; i < Nn; ++i) {
-    if (!live_[i] || skip_[i] || !holds<graph::BatchNorm>(i)) continue;
-    const auto& cons = g_.values[g_.nodes[i].output].consumers;
-    if (cons.size() == 1 && std::holds_alternative<graph::Relu>(g_.nodes[cons[0]].op) &&
-        !is_output(g_.nodes[i].output)) {
-      fused_relu_[i] = cons[0];
-      skip_[cons[0]] = true;
-      hidden[g_.nodes[i].output] = true;
-    }
-  }
-  // The residual sum in place: an add writes over an input of gradient d(y) (the
-  // first, or the second when unscaled) when nothing else reads that input and the op
-  // producing it does not read its own output in backward (a conv, a BN without a
-  // fused ReLU); that input's gradient is then d(y) itself, with no copy.
-  in_place_slot_.assign(Nn, -1);
-  for (size_t i = 0; i < Nn; ++i) {
-    if (!live_[i] || skip_[i] || !holds<graph::Add>(i)) continue;
-    const Node& add = g_.nodes[i];
-    for (int slot : {0, 1}) {
-      const int a = add.inputs[slot], pa = g_.values[a].producer;
-      bool safe = pa >= 0 && (holds<graph::Conv2d>(pa) ||
-                              (holds<graph::BatchNorm>(pa) && fused_relu_[pa] < 0));
-      safe = safe && (slot == 0 || std::get<graph::Add>(add.op).scale == 1.f) && add.inputs[0] != add.inputs[1];
-      if (safe && g_.values[a].consumers.size() == 1 && !is_output(a) && !hidden[a]) {
-        share[add.output] = a;
-        in_place_slot_[i] = slot;
-        break;
-      }
-    }
-  }
-  // A ReLU whose input has no other consumer, produced by an op whose backward does
-  // not read its own output, runs in place.
-  for (size_t v = 0; v < V; ++v) {
-    const int p = g_.values[v].producer;
-    if (p < 0 || !live_[p] || skip_[p] || !holds<graph::Relu>(p)) continue;
-    const int x = g_.nodes[p].inputs[0], px = g_.values[x].producer;
-    bool safe = px >= 0 && (holds<graph::Add>(px) ||
-                            holds<graph::Conv2d>(px));
-    if (safe && g_.values[x].consumers.size() == 1 && !is_output(x) && !hidden[x]) share[v] = x;
-  }
+  // 2. Fusion decisions: the planning pass every backend shares.
+  plan_ = graph::plan_fusion(g_, live_, outputs_, training());
 
   // 3. Buffers.
   for (size_t v = 0; v < V; ++v) {
     const graph::Value& val = g_.values[v];
     bool needed = static_cast<int>(v) == g_.input || (val.producer >= 0 && live_[val.producer]);
-    if (hidden[v] || !needed) continue;
+    if (plan_.values[v].hidden || !needed) continue;
     bool needs_grad = training() && (static_cast<int>(v) != g_.input || opt.input_grad);
-    if (const int alias = share[v]; alias >= 0) {
+    if (const int alias = plan_.values[v].alias; alias >= 0) {
       act_[v] = view(act_[alias], md_[v]);
       if (needs_grad) grad_[v] = view(grad_[alias], md_[v]);
     } else {
@@ -525,8 +453,9 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   }
   // A fused BN writes straight into its ReLU's output.
   for (size_t i = 0; i < Nn; ++i) {
-    if (fused_relu_[i] < 0) continue;
-    int bn_out = g_.nodes[i].output, relu_out = g_.nodes[fused_relu_[i]].output;
+    const int relu = plan_.nodes[i].fused_relu;
+    if (relu < 0) continue;
+    int bn_out = g_.nodes[i].output, relu_out = g_.nodes[relu].output;
     act_[bn_out] = act_[relu_out];
     grad_[bn_out] = grad_[relu_out];
   }
@@ -536,7 +465,7 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   node_bwd_.resize(Nn);
   for (size_t i = 0; i < Nn; ++i) {
     const Node& n = g_.nodes[i];
-    if (!live_[i] || skip_[i] || std::holds_alternative<graph::Input>(n.op)) continue;
+    if (!live_[i] || plan_.nodes[i].skip || std::holds_alternative<graph::Input>(n.op)) continue;
     const size_t prep_before = prep_.size();
     std::visit([&](const auto& op) {
       using T = std::decay_t<decltype(op)>;
@@ -601,50 +530,6 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   scratch_.bind();
   tmp_.bind();
   fold_.bind();
-}
-
-int CpuProgram::sole_consumer(int v) const {
-  if (is_output(v)) return -1;
-  int found = -1, count = 0;
-  for (int c : g_.values[v].consumers)
-    if (live_[c]) found = c, ++count;
-  return count == 1 ? found : -1;
-}
-
-CpuProgram::Chain CpuProgram::conv_chain(int conv) const {
-  Chain ch;
-  int v = g_.nodes[conv].output, c = sole_consumer(v);
-  if (holds<graph::BatchNorm>(c) && g_.values[v].shape.rank() == 3) {
-    ch.bn = c;
-    v = g_.nodes[c].output;
-    c = sole_consumer(v);
-  }
-  if (holds<graph::Relu>(c)) {
-    ch.relu = c;
-    v = g_.nodes[c].output;
-  } else if (holds<graph::Add>(c)) {
-    // The sum post-op adds the conv's result to what its destination holds: the conv
-    // writes into the other input's buffer, which must be computed before the conv
-    // runs and read by nothing after it but this add.
-    const Node& add = g_.nodes[c];
-    const int slot = add.inputs[0] == v ? 0 : 1, other = add.inputs[1 - slot];
-    bool ready = other != v && md_[other] == md_[v] && !is_output(other) && g_.values[other].producer < conv;
-    for (int u : g_.values[other].consumers) ready = ready && (u == c || !live_[u] || u < conv);
-    if (ready) {
-      const float scale = std::get<graph::Add>(add.op).scale;
-      ch.add = c;
-      ch.other = other;
-      ch.conv_scale = slot == 0 ? 1.f : scale;
-      ch.sum_scale = slot == 0 ? scale : 1.f;
-      v = add.output;
-      if (int r = sole_consumer(v); holds<graph::Relu>(r)) {
-        ch.post_relu = r;
-        v = g_.nodes[r].output;
-      }
-    }
-  }
-  ch.out = v;
-  return ch;
 }
 
 // A conv's strides and paddings as oneDNN takes them, from its input and output dims.
@@ -751,7 +636,7 @@ void CpuProgram::compile_conv(const Node& n, const graph::Conv2d& c) {
 }
 
 std::pair<memory, memory> CpuProgram::plain_weights(const Node& n, const graph::Conv2d& c, bool keep) {
-  const Chain& ch = chain_[&n - g_.nodes.data()];
+  const graph::ConvChain& ch = plan_.nodes[&n - g_.nodes.data()].chain;
   memory w_user = param(n.params[0], false), b_user = c.bias ? param(n.params[1], false) : memory();
   if (ch.bn < 0 && ch.conv_scale == 1.f) return {w_user, b_user};
   memory folded = keep ? alloc(w_user.get_desc()) : fold_.make(w_user.get_desc(), eng_);
@@ -790,7 +675,7 @@ std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n,
   const bool square = c.R == 3 && c.S == 3;
   const bool line = (c.R == 1 && (c.S == 3 || c.S == 7)) || (c.S == 1 && (c.R == 3 || c.R == 7));
   if (!opt_.winograd || !(square || line) || c.stride != 1) return std::nullopt;
-  const int x = n.inputs[0], y = chain_[&n - g_.nodes.data()].out;
+  const int x = n.inputs[0], y = plan_.nodes[&n - g_.nodes.data()].chain.out;
   const int64_t block = block_;
   const tag t = blocked_tag(block);
   if (md_[x] != memory::desc(md_[x].dims(), dt::f32, t) || md_[y] != memory::desc(md_[y].dims(), dt::f32, t))
@@ -810,7 +695,7 @@ std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n,
 void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, const WinogradPlan& plan) {
   namespace wg = winograd;
   const int node = static_cast<int>(&n - g_.nodes.data());
-  const Chain& ch = chain_[node];
+  const graph::ConvChain& ch = plan_.nodes[node].chain;
   const int x = n.inputs[0], y = ch.out;
   const wg::Geometry& g = plan.g;
   const std::optional<wg::Line>& line = plan.line;
@@ -862,7 +747,7 @@ void CpuProgram::compile_conv_winograd(const Node& n, const graph::Conv2d& c, co
 void CpuProgram::compile_conv_infer(const Node& n, const graph::Conv2d& c) {
   if (auto plan = winograd_plan(n, c)) return compile_conv_winograd(n, c, *plan);
   const int node = static_cast<int>(&n - g_.nodes.data());
-  const Chain& ch = chain_[node];
+  const graph::ConvChain& ch = plan_.nodes[node].chain;
   const int x = n.inputs[0], y = ch.out;
   const int64_t K = c.K, C = md_[x].dims()[1];
   const auto [strides, pad_l, pad_r] = ConvGeometry(c, md_[x].dims(), md_[y].dims());
@@ -905,7 +790,7 @@ void CpuProgram::compile_batchnorm(const Node& n, const graph::BatchNorm& bn) {
   const int x = n.inputs[0], y = n.output;
   auto& fs = node_fwd_[node];
   auto& bs = node_bwd_[node];
-  const bool fuse = fused_relu_[node] >= 0;
+  const bool fuse = plan_.nodes[node].fused_relu >= 0;
   using nf = dnnl::normalization_flags;
   nf flags = nf::use_scale | nf::use_shift;
   if (fuse) flags = flags | nf::fuse_norm_relu;
@@ -976,7 +861,7 @@ void CpuProgram::compile_add(const Node& n, const graph::Add& add) {
   INCRES_CHECK(md_[a] == md_[b], "cpu backend: add of two layouts at ", n.name);
   // In place on the second input (unscaled): b + a, since oneDNN sums in place onto
   // its first source.
-  const int slot = in_place_slot_[node];
+  const int slot = plan_.nodes[node].in_place_slot;
   const int s0 = slot == 1 ? b : a, s1 = slot == 1 ? a : b;
   dnnl::binary::desc d(dnnl::algorithm::binary_add, md_[s0], md_[s1], md_[y]);
   dnnl::primitive_attr at = attr();
