@@ -64,38 +64,22 @@ const CLI::Validator kPositive = number_check("> 0", [](double v) { return v > 0
 const CLI::Validator kNonNegative = number_check(">= 0", [](double v) { return v >= 0 && std::isfinite(v); });
 const CLI::Validator kUnitHalfOpen = number_check("in [0, 1)", [](double v) { return v >= 0 && v < 1; });
 
-// The architecture options of models::set_option, as flags of every command that
+// The architecture options of models::arch_options(), as flags of every command that
 // builds a model; a run records the ones given so `incres eval` rebuilds the same net.
 struct ArchFlags {
-  std::string stride, unit, shortcut_map, shortcut_param, residual_scale, width, dropout;
-  bool paper_layout = false, aux_bn = false;
+  std::map<std::string, std::string> values;  // by option name (node-based: CLI11 binds to them)
+  std::map<std::string, bool> flags;
   void add(CLI::App* c) {
-    c->add_flag("--aux-bn", aux_bn, "Inception-v3's BN-auxiliary: the auxiliary classifier's fully connected "
-                "layer batch-normalised (Sec. 7 of the paper)");
-    c->add_option("--stride", stride, "ImageNet bottlenecks: v1.5 (stride on the 3x3, torchvision; default) or v1 "
-                  "(on the first 1x1, the paper)")->check(CLI::IsMember({"v1", "v1.5"}));
-    c->add_option("--unit", unit, "residual unit (Identity Mappings, Fig. 4): original, bn-after-add, "
-                  "relu-before-add, relu-preact, full-preact (default: the model's)");
-    c->add_option("--shortcut-map", shortcut_map, "shortcut (Identity Mappings, Fig. 2): identity, scaling, "
-                  "exclusive-gate, shortcut-gate, conv1x1, dropout");
-    c->add_option("--shortcut-param", shortcut_param, "lambda for scaling, the gate's initial bias for the gates "
-                  "(e.g. -6), p for dropout");
-    c->add_option("--residual-scale", residual_scale, "scale of the residual branch: Inception-ResNet's blocks "
-                  "(1 = none; default 0.17/0.10/0.20), the scaling shortcut (default 1 - lambda)");
-    c->add_option("--width", width, "Inception channel multiplier (e.g. 0.5; rounded to multiples of 8)");
-    c->add_option("--dropout", dropout, "dropout before the classifier (default: the model's)");
-    c->add_flag("--paper-layout", paper_layout, "Inception-ResNet-v2 with the paper's 5/10/5 blocks instead of 10/20/10");
+    for (const models::ArchOption& o : models::arch_options()) {
+      if (o.flag) c->add_flag("--" + o.name, flags[o.name], o.help);
+      else c->add_option("--" + o.name, values[o.name], o.help);
+    }
   }
   std::vector<std::pair<std::string, std::string>> options() const {
     std::vector<std::pair<std::string, std::string>> o;
-    const std::pair<const char*, const std::string*> given[] = {
-        {"stride", &stride}, {"unit", &unit}, {"shortcut-map", &shortcut_map},
-        {"shortcut-param", &shortcut_param}, {"residual-scale", &residual_scale}, {"width", &width},
-        {"dropout", &dropout}};
-    for (const auto& [key, value] : given)
-      if (!value->empty()) o.emplace_back(key, *value);
-    if (paper_layout) o.emplace_back("paper-layout", "true");
-    if (aux_bn) o.emplace_back("aux-bn", "true");
+    for (const models::ArchOption& a : models::arch_options()) {
+      if (a.flag ? flags.at(a.name) : !values.at(a.name).empty()) o.emplace_back(a.name, a.flag ? "true" : values.at(a.name));
+    }
     return o;
   }
 };
@@ -123,10 +107,10 @@ struct ModelFlags {
   // The first of these flags given on the command line, or "": for commands whose
   // checkpoint already records the architecture.
   static std::string first_given(const CLI::App* c) {
-    for (const char* f : {"--in-channels", "--classes", "--image", "--shortcut", "--no-aux", "--stride", "--unit",
-                          "--shortcut-map", "--shortcut-param", "--residual-scale", "--width", "--dropout",
-                          "--paper-layout"})
+    for (const char* f : {"--in-channels", "--classes", "--image", "--shortcut", "--no-aux"})
       if (c->count(f)) return f;
+    for (const models::ArchOption& o : models::arch_options())
+      if (c->count("--" + o.name)) return "--" + o.name;
     return "";
   }
   models::ModelConfig config(const std::string& model) const {

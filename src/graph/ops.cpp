@@ -1,13 +1,11 @@
 // The shape and cost rule of every op.
 #include "core/error.h"
+#include "core/overload.h"
 #include "graph/graph.h"
 
 namespace incres::graph {
 
 namespace {
-template <class... F> struct Overload : F... { using F::operator()...; };
-template <class... F> Overload(F...) -> Overload<F...>;
-
 int64_t conv_out(int64_t in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
 }  // namespace
 

@@ -92,6 +92,18 @@ void set_option(ModelConfig& c, const std::string& key, const std::string& value
 // The option names set_option knows, for messages and --help.
 const std::vector<std::string>& option_names();
 
+// The architecture options every command that builds a model takes as flags of the
+// same name, in one table: the CLI makes its flags and their --help from it, records
+// the given ones in a run (set_option parses them), and refuses them where a
+// checkpoint already records the architecture. (--shortcut and --no-aux, which the
+// commands spell with choices and as a negation, are the CLI's own.)
+struct ArchOption {
+  std::string name;  // set_option's key, and the flag without its dashes
+  std::string help;
+  bool flag = false;  // set by its presence ("true"), else it takes a value
+};
+const std::vector<ArchOption>& arch_options();
+
 Shortcut parse_shortcut(const std::string& s);
 Unit parse_unit(const std::string& s);
 ShortcutMap parse_shortcut_map(const std::string& s);

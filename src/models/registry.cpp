@@ -132,9 +132,32 @@ bool parse_bool(const std::string& key, const std::string& v) {
 
 }  // namespace
 
+const std::vector<ArchOption>& arch_options() {
+  static const std::vector<ArchOption> table{
+      {"stride", "ImageNet bottlenecks: v1.5 (stride on the 3x3, torchvision; default) or v1 (on the first 1x1, "
+                 "the paper)"},
+      {"unit", "residual unit (Identity Mappings, Fig. 4): original, bn-after-add, relu-before-add, relu-preact, "
+               "full-preact (default: the model's)"},
+      {"shortcut-map", "shortcut (Identity Mappings, Fig. 2): identity, scaling, exclusive-gate, shortcut-gate, "
+                       "conv1x1, dropout"},
+      {"shortcut-param", "lambda for scaling, the gate's initial bias for the gates (e.g. -6), p for dropout"},
+      {"residual-scale", "scale of the residual branch: Inception-ResNet's blocks (1 = none; default "
+                         "0.17/0.10/0.20), the scaling shortcut (default 1 - lambda)"},
+      {"width", "Inception channel multiplier (e.g. 0.5; rounded to multiples of 8)"},
+      {"dropout", "dropout before the classifier (default: the model's)"},
+      {"paper-layout", "Inception-ResNet-v2 with the paper's 5/10/5 blocks instead of 10/20/10", true},
+      {"aux-bn", "Inception-v3's BN-auxiliary: the auxiliary classifier's fully connected layer batch-normalised "
+                 "(Sec. 7 of the paper)", true},
+  };
+  return table;
+}
+
 const std::vector<std::string>& option_names() {
-  static const std::vector<std::string> names{"shortcut", "stride", "unit", "shortcut-map", "shortcut-param",
-                                              "residual-scale", "width", "paper-layout", "aux", "aux-bn", "dropout"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n{"shortcut", "aux"};
+    for (const ArchOption& o : arch_options()) n.push_back(o.name);
+    return n;
+  }();
   return names;
 }
 

@@ -1,13 +1,14 @@
-// The classification loss and accuracy counts that close a training step.
+// The classification loss and accuracy counts: the reference formulation (the oracle
+// of the backends' Loss, backend/loss.h, and of the finite-difference tests).
 #pragma once
 #include <cstdint>
 
+#include "backend/loss.h"
+
 namespace incres::train {
 
-struct LossResult {
-  double loss = 0;      // mean over the batch
-  int64_t correct = 0;  // top-1 hits
-};
+// The loss over a batch and its top-1 hits, as the backends' Loss returns them.
+using backend::LossResult;
 
 // Softmax cross-entropy with label smoothing, as PyTorch's
 // CrossEntropyLoss(label_smoothing=eps, reduction="mean") defines it: the target of

@@ -204,7 +204,7 @@ OutputLosses::Result OutputLosses::backward(backend::Program& program, const int
   INCRES_CHECK(program.num_outputs() == 1 + num_aux(), "the program has ", program.num_outputs(),
                " outputs, expected ", 1 + num_aux(), " (compiled from another graph?)");
   Result r;
-  const backend::LossResult main = loss_->run(program.output(0), labels, n, dy_.data());
+  const LossResult main = loss_->run(program.output(0), labels, n, dy_.data());
   r.main.loss = main.loss;
   r.main.correct = main.correct;
   if (aux_weight_ > 0)
@@ -219,11 +219,14 @@ EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0, correct5 = 0;
+  std::unique_ptr<backend::Loss> loss;  // the program's backend's, planned for the largest batch so far
+  int64_t planned = 0;
   loader.start_epoch(0);
   while (const data::Batch* b = loader.next()) {
     program.forward(b->images.data<float>());
     const float* logits = program.output();
-    LossResult l = softmax_cross_entropy(logits, b->labels.data(), b->size, classes, 0.f, nullptr);
+    if (b->size > planned) loss = backend::compile_loss(program.backend_name(), planned = b->size, classes, 0.f);
+    const LossResult l = loss->run(logits, b->labels.data(), b->size, nullptr);
     loss_sum += l.loss * static_cast<double>(b->size);
     correct += l.correct;
     // With fewer than 5 classes every label is in the top K: top-5 error is 0.

@@ -358,6 +358,12 @@ class ImageFolder(unittest.TestCase):
         self.assertIn(img, p.stdout)  # the good image still gets its answer
         self.check_error(run("predict", img, "--checkpoint", ckpt, "--image", "64", expect_ok=False),
                          "--image", "records its architecture")
+        # Every architecture flag (models::arch_options) is refused where the checkpoint
+        # records the architecture, --aux-bn too.
+        for flag in (["--aux-bn"], ["--paper-layout"], ["--width", "0.5"], ["--unit", "full-preact"]):
+            self.check_error(run("eval", ckpt, *flag, expect_ok=False), flag[0], "records its architecture")
+            self.check_error(run("predict", img, "--checkpoint", ckpt, *flag, expect_ok=False), flag[0],
+                             "records its architecture")
         self.check_error(run("predict", img, "--checkpoint", ckpt, "--labels", f"{self.dir}/labels.txt",
                              "--weights", weights, expect_ok=False), "--weights", "--checkpoint")
         self.check_error(run("eval", "--weights", weights, "--model", "resnet20", "--data",

@@ -16,6 +16,7 @@
 #include <variant>
 
 #include "backend/outputs.h"
+#include "core/overload.h"
 #include "backend/program.h"
 #include "backend/ref/ops.h"
 #include "core/error.h"
@@ -26,19 +27,6 @@ namespace {
 
 using graph::Graph;
 using graph::Node;
-
-template <class... F> struct Overload : F... { using F::operator()...; };
-template <class... F> Overload(F...) -> Overload<F...>;
-
-// The number of parameters (weight, bias, ...) each op's node must own, in order.
-size_t expected_params(const graph::Op& op) {
-  return std::visit(Overload{
-      [](const graph::Conv2d& c) -> size_t { return c.bias ? 2 : 1; },
-      [](const graph::BatchNorm&) -> size_t { return 4; },  // gamma, beta, running mean, var
-      [](const graph::Linear& l) -> size_t { return l.bias ? 2 : 1; },
-      [](const auto&) -> size_t { return 0; },
-  }, op);
-}
 
 class RefProgram final : public Program {
  public:
@@ -110,9 +98,9 @@ RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
   for (const Node& n : g_.nodes) {
     INCRES_CHECK(!std::holds_alternative<graph::Input>(n.op), "ref backend: node ", n.name,
                  " is an input op, which cannot be executed");
-    INCRES_CHECK(n.params.size() == expected_params(n.op), "ref backend: node ", n.name, " (",
+    INCRES_CHECK(n.params.size() == static_cast<size_t>(graph::traits(n.op).params), "ref backend: node ", n.name, " (",
                  graph::op_name(n.op), ") has ", n.params.size(), " parameters, expected ",
-                 expected_params(n.op));
+                 static_cast<size_t>(graph::traits(n.op).params));
   }
 
   outputs_ = output_values(g_);
