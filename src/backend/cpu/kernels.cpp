@@ -37,7 +37,31 @@ void update_running_stats(float* rm, float* rv, const float* mean, const float* 
   }
 }
 
+namespace {
+// Both values in one blocked layout (nChw8c / nChw16c): the shortcut moves whole
+// channel blocks, a row of pixels at a time.
+bool same_blocks(const Blocked& X, const Blocked& Y) {
+  return X.block > 1 && X.block == Y.block && X.C % X.block == 0 && Y.C % Y.block == 0;
+}
+}  // namespace
+
 void shortcut_a_forward(float* y, const Blocked& Y, const float* x, const Blocked& X, int s) {
+  if (same_blocks(X, Y)) {
+    const int64_t b = Y.block, xb = X.C / b, yb = Y.C / b;
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int64_t n = 0; n < Y.N; ++n)
+      for (int64_t kb = 0; kb < yb; ++kb)
+        for (int64_t p = 0; p < Y.H; ++p) {
+          float* row = y + ((n * yb + kb) * Y.H + p) * Y.W * b;
+          if (kb >= xb) {  // the new channels
+            std::memset(row, 0, static_cast<size_t>(Y.W * b) * sizeof(float));
+            continue;
+          }
+          const float* in = x + ((n * xb + kb) * X.H + p * s) * X.W * b;
+          for (int64_t q = 0; q < Y.W; ++q) std::memcpy(row + q * b, in + q * s * b, static_cast<size_t>(b) * sizeof(float));
+        }
+    return;
+  }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < Y.N; ++n)
     for (int64_t k = 0; k < Y.C; ++k)
@@ -48,6 +72,27 @@ void shortcut_a_forward(float* y, const Blocked& Y, const float* x, const Blocke
 
 void shortcut_a_backward(float* dx, const Blocked& X, const float* dy, const Blocked& Y, int s,
                          bool accumulate) {
+  if (same_blocks(X, Y)) {
+    const int64_t b = X.block, xb = X.C / b, yb = Y.C / b;
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int64_t n = 0; n < X.N; ++n)
+      for (int64_t cb = 0; cb < xb; ++cb)
+        for (int64_t h = 0; h < X.H; ++h) {
+          float* row = dx + ((n * xb + cb) * X.H + h) * X.W * b;
+          if (h % s != 0) {  // a row the forward skipped: no gradient
+            if (!accumulate) std::memset(row, 0, static_cast<size_t>(X.W * b) * sizeof(float));
+            continue;
+          }
+          const float* g = dy + ((n * yb + cb) * Y.H + h / s) * Y.W * b;
+          for (int64_t w = 0; w < X.W; ++w) {
+            float* d = row + w * b;
+            const float* gw = g + (w / s) * b;
+            const bool hit = w % s == 0;
+            for (int64_t j = 0; j < b; ++j) d[j] = (accumulate ? d[j] : 0.f) + (hit ? gw[j] : 0.f);
+          }
+        }
+    return;
+  }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < X.N; ++n)
     for (int64_t c = 0; c < X.C; ++c)
