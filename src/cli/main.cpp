@@ -477,11 +477,7 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
   for (const std::string& path : images) {
     std::vector<float> x;
     try {
-      const data::Image img = data::decode_image(path);
-      Rng unused(0);  // CenterCrop draws nothing
-      const data::Image crop = data::apply(data::CenterCrop{m.mc.image, crop_fraction}, img, unused);
-      x.resize(static_cast<size_t>(3 * m.mc.image * m.mc.image));
-      data::normalize(crop, mean, std, x.data());
+      x = data::load_eval_image(path, m.mc.image, mean, std, {}, crop_fraction);
     } catch (const Error& e) {  // names the file; the other images still get their answer
       std::fprintf(stderr, "incres: error: %s\n", e.what());
       ++failed;

@@ -151,11 +151,11 @@ void validate_normalization(const std::vector<float>& mean, const std::vector<fl
 inline const std::vector<float> kImageNetMean = {0.485f, 0.456f, 0.406f};
 inline const std::vector<float> kImageNetStd = {0.229f, 0.224f, 0.225f};
 
-// For `incres predict`: decodes `path`, applies CenterCrop{size} and normalises.
-// Returns 3 * size * size floats, CHW.
+// For `incres predict`: decodes `path`, applies CenterCrop{size, crop_fraction} and
+// normalises. Returns 3 * size * size floats, CHW.
 std::vector<float> load_eval_image(const std::string& path, int64_t size,
                                    const std::vector<float>& mean = kImageNetMean,
                                    const std::vector<float>& std = kImageNetStd,
-                                   const DecodeOptions& opts = {});
+                                   const DecodeOptions& opts = {}, double crop_fraction = CenterCrop{}.crop_fraction);
 
 }  // namespace incres::data

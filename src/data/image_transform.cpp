@@ -223,8 +223,8 @@ void normalize(const Image& img, const std::vector<float>& mean, const std::vect
 }
 
 std::vector<float> load_eval_image(const std::string& path, int64_t size, const std::vector<float>& mean,
-                                   const std::vector<float>& std, const DecodeOptions& opts) {
-  const Transform t = CenterCrop{size};
+                                   const std::vector<float>& std, const DecodeOptions& opts, double crop_fraction) {
+  const Transform t = CenterCrop{size, crop_fraction};
   validate(t);
   validate_normalization(mean, std);
   Image img = decode_image(path, opts);
