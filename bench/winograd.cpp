@@ -6,6 +6,7 @@
 // between the two outputs relative to the largest output. Also times the tile chunk
 // sizes the backend chooses between (--chunks).
 //   build/bench/winograd [--batch N] [--only TEXT] [--chunks 512,256,...] [--m3 4] [--m7 4] [--block 8|16]
+//                        [--avx2-transforms]   (the AVX2 transforms even on nChw16c, to compare with AVX-512's)
 #include <dnnl.hpp>
 
 #include <algorithm>
@@ -18,6 +19,8 @@
 #include <vector>
 
 #include "backend/cpu/winograd.h"
+#include "backend/cpu/winograd_kernels.h"
+#include "backend/program.h"
 #include "best_of.h"
 
 using namespace dnnl;
@@ -35,7 +38,8 @@ struct Shape {
 int m_for_3 = 4, m_for_7 = 4;  // outputs per tile of the line transforms
 // The channel block of the layout both run on: 16 (nChw16c, AVX-512 transforms) where
 // oneDNN runs AVX-512 kernels, else 8 (nChw8c, AVX2); --block overrides.
-int64_t block = (static_cast<unsigned>(get_effective_cpu_isa()) & 0x27u) == 0x27u ? 16 : 8;
+int64_t block = incres::backend::cpu_isa().rfind("avx512", 0) == 0 ? 16 : 8;
+bool avx2_transforms = false;
 
 void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std::vector<int64_t>& chunks) {
   const int64_t P = sh.H + 2 * sh.pad_h - sh.R + 1, Q = sh.W + 2 * sh.pad_w - sh.S + 1;
@@ -94,13 +98,17 @@ void compare(const engine& eng, stream& s, const Shape& sh, int64_t N, const std
       for (int64_t first = 0; first < tiles; first += chunk) {
         const int64_t count = std::min(chunk, tiles - first);
         auto t0 = clock::now();
-        if (square) wg::transform_input(g, xp, first, count, chunk, vp);
+        if (avx2_transforms && square) wg::avx2::transform_input(g, xp, first, count, chunk, vp);
+        else if (avx2_transforms) wg::avx2::transform_input(line, xp, first, count, chunk, vp);
+        else if (square) wg::transform_input(g, xp, first, count, chunk, vp);
         else wg::transform_input(line, xp, first, count, chunk, vp);
         auto t1 = clock::now();
         mm.execute(s, {{DNNL_ARG_SRC, v}, {DNNL_ARG_WEIGHTS, um}, {DNNL_ARG_DST, m}, {DNNL_ARG_SCRATCHPAD, msp}});
         s.wait();
         auto t2 = clock::now();
-        if (square) wg::transform_output(g, mp, first, count, chunk, {}, yp);
+        if (avx2_transforms && square) wg::avx2::transform_output(g, mp, first, count, chunk, {}, yp);
+        else if (avx2_transforms) wg::avx2::transform_output(line, mp, first, count, chunk, {}, yp);
+        else if (square) wg::transform_output(g, mp, first, count, chunk, {}, yp);
         else wg::transform_output(line, mp, first, count, chunk, {}, yp);
         p[0] += std::chrono::duration<double>(t1 - t0).count();
         p[1] += std::chrono::duration<double>(t2 - t1).count();
@@ -126,8 +134,11 @@ int main(int argc, char** argv) {
   int64_t N = 1;
   std::vector<int64_t> chunks{1 << 30, 512, 256, 128, 64, 32};
   std::string only;
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--avx2-transforms")) avx2_transforms = true;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--batch")) N = std::atol(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--avx2-transforms")) --i;  // a flag: the next argument is an option
+    else if (!std::strcmp(argv[i], "--batch")) N = std::atol(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--m3")) m_for_3 = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--m7")) m_for_7 = std::atoi(argv[i + 1]);
@@ -162,7 +173,7 @@ int main(int argc, char** argv) {
       {"Inception-v3 Mixed_7b.branch3x3_2b 3x1", 384, 384, 8, 8, 3, 1, 1, 0},
   };
   std::printf("batch %ld, block %ld (%s transforms)\n", N, block,
-              block == 16 && __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2");
+              block == 16 && __builtin_cpu_supports("avx512f") && !avx2_transforms ? "AVX-512" : "AVX2");
   for (const Shape& sh : shapes)
     if (std::string(sh.where).find(only) != std::string::npos) compare(eng, s, sh, N, chunks);
   return 0;

@@ -666,9 +666,9 @@ std::pair<memory, memory> CpuProgram::plain_weights(const Node& n, const graph::
 //  - AVX2 (nChw8c): 1.5-3.5x (3x3), 1.5-2.6x (1x3), 1.4-2x (1x7); with 32 channels
 //    the transforms, bound by memory, cost as much as the products (Inception-v3's
 //    Conv2d_2a / 2b: 0.9-1.3x, varying from run to run).
-//  - AVX-512 (nChw16c, 16-lane transforms): 1.8-4.2x (3x3), 1.5x (1x3), 1.1-1.7x
-//    (1x7) at batch 16; the 32-channel Conv2d_2a / 2b 1.3-1.4x at batch 16 and
-//    1.5-2x at batch 1 (Xeon with AVX512-BF16, 2 threads).
+//  - AVX-512 (nChw16c, 16-lane transforms): 1.4-4.2x (3x3), 1.4-1.6x (1x3),
+//    1.1-1.7x (1x7) at batch 16; the 32-channel Conv2d_2a / 2b 1.2-1.6x at batch 16
+//    and 1.5-2x at batch 1 (two runs on a Xeon with AVX512-BF16, 2 threads).
 // With fewer than 16 tiles (ResNet-50's 7x7 grid or Inception's 8x8 at batch 1) the
 // products are too thin to pay for reading 4x the weights (0.3-0.6x there).
 std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Node& n, const graph::Conv2d& c) const {
@@ -878,10 +878,9 @@ void CpuProgram::compile_add(const Node& n, const graph::Add& add) {
 kernels::Blocked blocked(const memory::desc& md) {
   const auto& d = md.dims();
   if (d.size() == 2) return kernels::Blocked{d[0], d[1], 1, 1, 1};  // nc
-  // Our values are nchw or nChw{8,16}c (see channel_block).
-  for (int64_t block : {16, 8})
-    if (md == memory::desc(d, dt::f32, blocked_tag(block))) return kernels::Blocked{d[0], d[1], d[2], d[3], block};
-  return kernels::Blocked{d[0], d[1], d[2], d[3], 1};
+  const tag t = layout_of(md);  // nchw or nChw{8,16}c (see channel_block)
+  const int64_t block = t == tag::nChw16c ? 16 : t == tag::nChw8c ? 8 : 1;
+  return kernels::Blocked{d[0], d[1], d[2], d[3], block};
 }
 
 void CpuProgram::compile_shortcut_a(const Node& n, const graph::ShortcutA& s) {
