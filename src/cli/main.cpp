@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "experiments/experiments.h"
 #include "data/image.h"
 #include "data/image_folder.h"
 #include "io/model_params.h"
@@ -23,6 +24,7 @@
 #include "models/models.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
+#include "train/plot.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -508,34 +510,24 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
   return 0;
 }
 
-// The training curve as a PNG next to metrics.jsonl, when gnuplot is installed.
-void plot_curves(const std::string& out_dir) {
-  fs::path dir(out_dir), metrics = dir / "metrics.jsonl", tsv = dir / "curve.tsv", png = dir / "curve.png";
-  std::FILE* in = std::fopen(metrics.c_str(), "r");
-  if (!in) return;
-  std::FILE* out = std::fopen(tsv.c_str(), "w");
-  if (!out) { std::fclose(in); return; }
-  std::fprintf(out, "epoch\ttrain_error\ttest_error\ttrain_loss\ttest_loss\n");
-  char line[4096];
-  while (std::fgets(line, sizeof line, in)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_object() || !j.contains("test_error")) continue;
-    std::fprintf(out, "%g\t%g\t%g\t%g\t%g\n", j["epoch"].get<double>(), j["train_error"].get<double>(),
-                 j["test_error"].get<double>(), j["train_loss"].get<double>(), j["test_loss"].get<double>());
+int cmd_experiment(const std::string& name, const experiments::Options& o, bool dry_run) {
+  if (name == "list") {
+    for (const experiments::Experiment& e : experiments::catalog()) {
+      const experiments::Scale s = experiments::scale_of(e, o);
+      std::printf("%-18s %s (%s); %zu runs x %d seed%s of %lld iterations\n", e.name.c_str(), e.title.c_str(),
+                  e.paper.c_str(), e.runs(s).size(), o.seeds ? o.seeds : e.seeds, (o.seeds ? o.seeds : e.seeds) > 1 ? "s" : "",
+                  static_cast<long long>(s.iters));
+    }
+    return 0;
   }
-  std::fclose(in);
-  std::fclose(out);
-  std::string script =
-      "set terminal pngcairo size 1000,420 font ',10'; set output '" + png.string() + "';"
-      "set multiplot layout 1,2; set grid; set key top right; set xlabel 'epoch';"
-      "set ylabel 'error (%)'; set title 'error';"
-      "plot '" + tsv.string() + "' using 1:2 with linespoints title 'train', '' using 1:3 with linespoints title 'test';"
-      "set ylabel 'loss'; set title 'loss';"
-      "plot '" + tsv.string() + "' using 1:4 with linespoints title 'train', '' using 1:5 with linespoints title 'test';"
-      "unset multiplot";
-  std::string cmd = "gnuplot -e \"" + script + "\" 2>/dev/null";
-  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(cmd.c_str()) == 0)
-    log_info("training curve: " + png.string());
+  const experiments::Experiment& e = experiments::find(name);
+  if (dry_run) {
+    for (const experiments::Run& r : e.runs(experiments::scale_of(e, o)))
+      std::printf("%s\n", experiments::train_command(experiments::run_config(e, r, o, 0)).c_str());
+    return 0;
+  }
+  std::printf("%s", experiments::run(e, o).c_str());
+  return 0;
 }
 
 }  // namespace
@@ -643,6 +635,9 @@ int main(int argc, char** argv) {
   tr->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
   tr->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
       ->check(kNonNegative);
+  tr->add_option("--eval-every", tc.eval_every,
+                 "also evaluate, log a metrics row and checkpoint every N steps (default: at the end of each epoch)")
+      ->check(kNonNegative);
   bool no_progress = false;
   tr->add_flag("--no-progress", no_progress, "no progress bar");
 
@@ -709,9 +704,38 @@ int main(int argc, char** argv) {
   bn->add_flag("--no-winograd", bn_direct, std::string("inference: ") + kNoWinogradHelp);
   bn_flags.add(bn);
 
+  auto* ex = app.add_subcommand("experiment",
+                                "reproduce a finding of the papers: train every run it needs (resumable: run it again to "
+                                "continue), then write OUT/NAME/report.md, a table beside the paper's, and plot.png. "
+                                "`incres experiment list` lists them");
+  std::string ex_name;
+  experiments::Options ex_opts;
+  bool ex_dry = false;
+  ex->add_option("name", ex_name, "experiment name, or `list`")->required();
+  ex->add_option("--out", ex_opts.out, "folder of the runs and reports: OUT/NAME/RUN-sSEED")->capture_default_str();
+  ex->add_option("--data", ex_opts.data, "as `incres train --data`: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR")
+      ->capture_default_str();
+  ex->add_flag("--full", ex_opts.full, "the paper's scale: 64k iterations, the whole data, the paper's depth");
+  ex->add_option("--seeds", ex_opts.seeds, "seeds per run (default: the experiment's)")->check(CLI::Range(1, 100));
+  ex->add_option("--iters", ex_opts.iters, "iterations per run (default: the experiment's budget; 64000 with --full)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  ex->add_option("--train-limit", ex_opts.train_limit, "train on the first N images (0 = all; default: the experiment's)")
+      ->check(kNonNegative);
+  ex->add_option("--test-limit", ex_opts.test_limit, "test on the first N images (0 = all; default: the experiment's)")
+      ->check(kNonNegative);
+  ex->add_option("--eval-every", ex_opts.eval_every, "evaluate every N iterations (default: the experiment's)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  ex->add_option("--stop-after", ex_opts.stop_after, "stop every run after this step, as if interrupted")
+      ->check(kNonNegative);
+  ex->add_option("--workers", ex_opts.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+  ex->add_flag("--report-only", ex_opts.report_only, "train nothing: write the report from the runs there are");
+  ex->add_flag("--dry-run", ex_dry, "print the runs' `incres train` commands and stop");
+  bool ex_no_progress = false;
+  ex->add_flag("--no-progress", ex_no_progress, "no progress bar");
+
   // Every command that computes takes --threads (oneDNN and our loops run on OpenMP).
   int threads = 0;
-  for (CLI::App* c : {tr, ev, pr, bn})
+  for (CLI::App* c : {tr, ev, pr, bn, ex})
     c->add_option("--threads", threads, "compute threads (default: OMP_NUM_THREADS if set, else every core)")
         ->check(CLI::Range(1, 4096));
 
@@ -731,32 +755,18 @@ int main(int argc, char** argv) {
       return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad, !ev_direct);
     if (app.got_subcommand("predict"))
       return cmd_predict(pr_images, pr_model, pr_weights, pr_checkpoint, pr_labels, pr_top, pr_flags, pr, pr_raw, !pr_direct);
+    if (app.got_subcommand("experiment")) {
+      ex_opts.progress = !ex_no_progress;
+      return cmd_experiment(ex_name, ex_opts, ex_dry);
+    }
     if (app.got_subcommand("train")) {
       tc.augment = !no_augment;
       tc.progress = !no_progress;
       tc.aux = !no_aux;
       tc.model_options = tr_arch.options();
       // The recipe sets every field it governs that was not given explicitly.
-      const train::TrainConfig rc = train::recipe_defaults(recipe.empty() ? train::default_recipe(tc.model) : recipe);
-      auto unless_given = [&](const char* flag, auto member) {
-        if (tr->count(flag) == 0) tc.*member = rc.*member;
-      };
-      using TC = train::TrainConfig;
-      tc.recipe = rc.recipe;
-      unless_given("--optimizer", &TC::optimizer);
-      unless_given("--lr", &TC::lr);
-      unless_given("--schedule", &TC::schedule);
-      unless_given("--decay-rate", &TC::decay_rate);
-      unless_given("--decay-epochs", &TC::decay_epochs);
-      unless_given("--momentum", &TC::momentum);
-      unless_given("--weight-decay", &TC::weight_decay);
-      unless_given("--no-decay-bn-bias", &TC::no_decay_bn_bias);
-      unless_given("--rmsprop-decay", &TC::rmsprop_decay);
-      unless_given("--rmsprop-epsilon", &TC::rmsprop_epsilon);
-      unless_given("--clip-norm", &TC::clip_norm);
-      unless_given("--ema", &TC::ema_decay);
-      unless_given("--aux-weight", &TC::aux_weight);
-      unless_given("--label-smoothing", &TC::label_smoothing);
+      train::apply_recipe(tc, recipe.empty() ? train::default_recipe(tc.model) : recipe,
+                          [&](const char* flag) { return tr->count(flag) > 0; });
       // Flags that would be silently ignored are refused.
       if (tc.schedule != "exp")
         for (const char* f : {"--decay-rate", "--decay-epochs"})
@@ -769,7 +779,7 @@ int main(int argc, char** argv) {
                   tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,
                   r.images_per_sec);
       if (r.bad_images > 0) std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(r.bad_images));
-      if (!tc.out_dir.empty()) plot_curves(tc.out_dir);
+      if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
       return 0;
     }
   } catch (const Error& e) {

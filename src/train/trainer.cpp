@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -36,7 +37,7 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"rmsprop_epsilon", c.rmsprop_epsilon}, {"clip_norm", c.clip_norm},
           {"ema_decay", c.ema_decay}, {"aux_weight", c.aux_weight},
           {"label_smoothing", c.label_smoothing}, {"augment", c.augment}, {"seed", c.seed},
-          {"backend", c.backend}};
+          {"eval_every", c.eval_every}, {"backend", c.backend}};
 }
 
 TrainConfig recipe_defaults(const std::string& recipe) {
@@ -59,6 +60,28 @@ TrainConfig recipe_defaults(const std::string& recipe) {
   c.aux_weight = 0.4;      // the released code's aux loss weight (the paper gives none)
   c.ema_decay = 0.9999;    // "a running average of the parameters"; TF-slim's usual decay
   return c;
+}
+
+void apply_recipe(TrainConfig& c, const std::string& recipe, const std::function<bool(const char*)>& given) {
+  const TrainConfig r = recipe_defaults(recipe);
+  c.recipe = r.recipe;
+  auto unless_given = [&](const char* flag, auto member) {
+    if (!given || !given(flag)) c.*member = r.*member;
+  };
+  unless_given("--optimizer", &TrainConfig::optimizer);
+  unless_given("--lr", &TrainConfig::lr);
+  unless_given("--schedule", &TrainConfig::schedule);
+  unless_given("--decay-rate", &TrainConfig::decay_rate);
+  unless_given("--decay-epochs", &TrainConfig::decay_epochs);
+  unless_given("--momentum", &TrainConfig::momentum);
+  unless_given("--weight-decay", &TrainConfig::weight_decay);
+  unless_given("--no-decay-bn-bias", &TrainConfig::no_decay_bn_bias);
+  unless_given("--rmsprop-decay", &TrainConfig::rmsprop_decay);
+  unless_given("--rmsprop-epsilon", &TrainConfig::rmsprop_epsilon);
+  unless_given("--clip-norm", &TrainConfig::clip_norm);
+  unless_given("--ema", &TrainConfig::ema_decay);
+  unless_given("--aux-weight", &TrainConfig::aux_weight);
+  unless_given("--label-smoothing", &TrainConfig::label_smoothing);
 }
 
 std::string default_recipe(const std::string& model) {
@@ -455,6 +478,8 @@ TrainResult run_training(const TrainConfig& cfg) {
   const int64_t K = mc.classes;
   OutputLosses losses(g, cfg.batch, K, cfg.label_smoothing, cfg.aux_weight, cfg.backend);
   TrainResult result;
+  result.params = g.param_count();
+  result.macs = g.macs();
   const bool terminal = cfg.progress && stderr_is_terminal();
   while (step < total) {
     const int64_t epoch = step / ipe;
@@ -502,7 +527,7 @@ TrainResult run_training(const TrainConfig& cfg) {
       clipped += cfg.clip_norm > 0 && norm > cfg.clip_norm;
       done = b->index + 1;
       if (cfg.progress && bar.due(done)) bar.update(done, progress_text());
-      if (step == cfg.stop_after) break;
+      if (step == cfg.stop_after || (cfg.eval_every > 0 && step % cfg.eval_every == 0)) break;
     }
     if (seen > 0) bar.finish(done, cfg.progress ? progress_text() : std::string());
     else bar.finish();
@@ -512,8 +537,9 @@ TrainResult run_training(const TrainConfig& cfg) {
     result.train_error = seen ? 100.0 * (1 - double(correct) / seen) : 0;
     result.grad_norm = steps ? norm_sum / static_cast<double>(steps) : 0;
     result.images_per_sec = seen / secs;
-    const bool epoch_end = step % ipe == 0 || step == total;
-    if (epoch_end) {
+    // Rows at the end of each epoch, of the run, and every eval_every steps.
+    const bool log_point = step % ipe == 0 || step == total || (cfg.eval_every > 0 && step % cfg.eval_every == 0);
+    if (log_point) {
       result.test = evaluate(*evaluator, *test_loader, K);
       result.bad_images = bad_images();
       log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
@@ -523,7 +549,8 @@ TrainResult run_training(const TrainConfig& cfg) {
                    static_cast<int64_t>(result.images_per_sec), " img/s",
                    result.bad_images ? cat(", ", result.bad_images, " bad images skipped") : ""));
       if (metrics) {
-        nlohmann::json row{{"epoch", (step + ipe - 1) / ipe}, {"step", step}, {"lr", lr},
+        nlohmann::json row{{"epoch", (step + ipe - 1) / ipe}, {"step", step},
+                           {"epochs_done", static_cast<double>(step) / static_cast<double>(ipe)}, {"lr", lr},
                            {"train_loss", result.train_loss}, {"train_error", result.train_error},
                            {"grad_norm", result.grad_norm}, {"grad_norm_max", norm_max},
                            {"test_loss", result.test.loss}, {"test_error", result.test.error},

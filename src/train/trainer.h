@@ -3,6 +3,7 @@
 // schedule, evaluation every epoch, metrics as JSON lines, checkpoints and resume.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,9 @@ struct TrainConfig {
   std::string out_dir;       // checkpoints and metrics; empty = write nothing
   std::string resume;        // a checkpoint to continue from
   int64_t stop_after = 0;    // stop after this step (checkpointing) as if interrupted; 0 = no
+  // Also evaluate, log a metrics row and checkpoint every N steps, not only at the end
+  // of each epoch (curves against iterations of short runs); 0 = at epoch ends only.
+  int64_t eval_every = 0;
   bool progress = true;
 };
 
@@ -84,6 +88,11 @@ nlohmann::json to_json(const TrainConfig& c);
 //              regularised there).
 // Throws on an unknown name.
 TrainConfig recipe_defaults(const std::string& recipe);
+// Applies a recipe to `c`: every field the recipe governs takes the recipe's value,
+// except those whose flag (as the command line spells it: "--lr", "--ema") `given`
+// reports as set explicitly; `c.recipe` records the recipe. Throws on an unknown name.
+void apply_recipe(TrainConfig& c, const std::string& recipe,
+                  const std::function<bool(const char* flag)>& given = {});
 // "inception" for the Inception family (names starting with "inception"), "resnet"
 // for everything else.
 std::string default_recipe(const std::string& model);
@@ -100,6 +109,7 @@ struct TrainResult {
   EvalResult test;
   double images_per_sec = 0;
   int64_t bad_images = 0;  // image folders with skip_bad: files skipped (train and val)
+  int64_t params = 0, macs = 0;  // of the model trained (MACs of one image's forward pass)
 };
 
 struct DataPair {

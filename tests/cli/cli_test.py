@@ -540,6 +540,68 @@ class ShortRun(unittest.TestCase):
         self.assertIn("1 threads", t.stdout)
 
 
+class Experiment(unittest.TestCase):
+    """`incres experiment`'s machinery at a tiny scale: it runs, resumes after an
+    interruption, skips what is finished, refuses another configuration in the same
+    folder, and writes its table and plot."""
+    TINY = ["--iters", "4", "--eval-every", "2", "--train-limit", "256", "--test-limit", "64", "--no-progress"]
+
+    def test_interrupt_resume_report(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = f"{d}/split"
+            first = run("experiment", "degradation", *self.TINY, "--out", out, "--stop-after", "2")
+            self.assertIn("Verdict: incomplete, 0 of 6 runs", first.stdout)
+            def rows(path):
+                with open(path) as f:
+                    return [json.loads(l) for l in f]
+            self.assertEqual([r["step"] for r in rows(f"{out}/degradation/plain56-s0/metrics.jsonl")], [2])
+            # The second invocation resumes every run (logged) and writes the report.
+            p = subprocess.run([INCRES, "experiment", "degradation", *self.TINY, "--out", out],
+                               capture_output=True, text=True, env={**os.environ, "INCRES_LOG": "info"})
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stderr.count("(resuming)"), 6, p.stderr)
+            with open(f"{out}/degradation/report.md") as f:
+                report = f.read()
+            self.assertEqual(report, p.stdout)
+            self.assertRegex(report, r"Verdict: (reproduced|partly reproduced|not reproduced): plain-56")
+            self.assertRegex(report, r"\| plain-56 \| 852,730 \| 125\.2 M \| \d+\.\d\d \| \d+\.\d\d \|")
+            self.assertIn("incres train resnet56 --iters 4", report)
+            with open(f"{out}/degradation/plot.png", "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+            with open(f"{out}/degradation/results.tsv") as f:
+                self.assertEqual(len(f.read().splitlines()), 7)
+            # Resumed runs end where straight ones do.
+            run("experiment", "degradation", *self.TINY, "--out", f"{d}/straight")
+            for name in ("plain56", "resnet20"):
+                a = rows(f"{d}/straight/degradation/{name}-s0/metrics.jsonl")
+                b = rows(f"{out}/degradation/{name}-s0/metrics.jsonl")
+                self.assertEqual([r["train_loss"] for r in a], [r["train_loss"] for r in b], name)
+                self.assertEqual([r["test_error"] for r in a], [r["test_error"] for r in b], name)
+            # A third invocation trains nothing.
+            ckpt = f"{out}/degradation/plain20-s0/last.safetensors"
+            before = os.stat(ckpt).st_mtime_ns
+            again = run("experiment", "degradation", *self.TINY, "--out", out)
+            self.assertEqual(os.stat(ckpt).st_mtime_ns, before)
+            self.assertEqual(again.stdout, report)
+            # Another configuration in the same folder is refused, naming what differs.
+            bad = run("experiment", "degradation", "--iters", "6", *self.TINY[2:], "--out", out, expect_ok=False)
+            self.assertNotEqual(bad.returncode, 0)
+            self.assertIn('holds a run of another configuration (iters 4 -> 6', bad.stderr)
+
+    def test_every_experiment_runs(self):
+        names = [l.split()[0] for l in run("experiment", "list").stdout.splitlines()]
+        self.assertEqual(names, ["degradation", "shortcuts", "identity-shortcut", "unit-order", "depth"])
+        with tempfile.TemporaryDirectory() as d:
+            for name in names:
+                r = run("experiment", name, "--iters", "2", "--eval-every", "1", "--train-limit", "128",
+                        "--test-limit", "32", "--seeds", "1", "--no-progress", "--out", d)
+                self.assertRegex(r.stdout, r"\nVerdict: (reproduced|partly reproduced|not reproduced|ordering)", name)
+                self.assertNotIn("not run", r.stdout, name)
+                self.assertTrue(os.path.getsize(f"{d}/{name}/plot.png") > 1000, name)
+        bad = run("experiment", "nonsense", expect_ok=False)
+        self.assertIn("no experiment named 'nonsense'; there are: degradation, shortcuts", bad.stderr)
+
+
 if __name__ == "__main__":
     INCRES = os.path.abspath(sys.argv.pop(1))
     unittest.main(verbosity=2)

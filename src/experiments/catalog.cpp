@@ -1,0 +1,246 @@
+// The experiments, one entry per finding of the papers (../PAPERS.md §1–2): the
+// runs each compares, the paper's figures beside them, and the check of the finding.
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "experiments/experiments.h"
+
+namespace incres::experiments {
+
+namespace {
+
+// A CIFAR net under the ResNet recipe: SGD, momentum 0.9, weight decay 1e-4, lr 0.1
+// divided by 10 at 50% and 75% of the run (32k and 48k of 64k in the paper).
+Run cifar(std::string name, std::string label, std::string group, std::string paper, const std::string& model,
+          std::vector<std::pair<std::string, std::string>> options = {}) {
+  Run r{.name = std::move(name), .label = std::move(label), .group = std::move(group), .paper = std::move(paper)};
+  r.config.model = model;
+  train::apply_recipe(r.config, "resnet");
+  r.config.model_options = std::move(options);
+  return r;
+}
+
+// The paper's warm-up for nets of 110 layers and more: lr 0.01 for 400 iterations of
+// 64k; shorter runs warm up for the same share of the run.
+void warm_up(Run& r, const Scale& s) {
+  r.config.warmup_iters = s.full ? 400 : std::max<int64_t>(1, s.iters * 400 / 64000);
+  r.config.warmup_lr = 0.01;
+}
+
+std::string pct(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", v);
+  return buf;
+}
+
+// The run with the lowest (or highest) mean test error.
+const Result& extreme(const std::map<std::string, Result>& r, bool lowest) {
+  auto cmp = [](const auto& a, const auto& b) { return a.second.test_error < b.second.test_error; };
+  return (lowest ? std::min_element(r.begin(), r.end(), cmp) : std::max_element(r.begin(), r.end(), cmp))->second;
+}
+
+// The largest seed spread (max - min of test error) among the runs: differences
+// below it are within the noise.
+double noise(const std::map<std::string, Result>& r) {
+  double n = 0;
+  for (const auto& [name, x] : r) n = std::max(n, x.test_error_max - x.test_error_min);
+  return n;
+}
+
+std::string points(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f points", v);
+  return buf;
+}
+
+std::string yes_no(bool ok, bool partly = false) { return ok ? "reproduced" : partly ? "partly reproduced" : "not reproduced"; }
+
+Experiment degradation() {
+  Experiment e{.name = "degradation",
+               .title = "the degradation of deep plain nets",
+               .paper = "ResNet paper, Fig. 1 and 6, Table 6 (CIFAR-10)",
+               .paper_metric = "CIFAR-10 test error %",
+               .seeds = 1,
+               .iters = 2000,
+               .test_limit = 5000,
+               .eval_every = 200};
+  e.runs = [](const Scale& s) {
+    std::vector<Run> runs;
+    const std::vector<int> depths = s.full ? std::vector<int>{20, 32, 44, 56} : std::vector<int>{20, 32, 56};
+    const std::map<int, std::string> table6 = {{20, "8.75"}, {32, "7.51"}, {44, "7.17"}, {56, "6.97"}};
+    for (int d : depths)
+      runs.push_back(cifar(cat("plain", d), cat("plain-", d), "plain", d == 56 ? "Fig. 6: above plain-20" : "",
+                           cat("plain", d)));
+    for (int d : depths)
+      runs.push_back(cifar(cat("resnet", d), cat("ResNet-", d), "residual", table6.at(d), cat("resnet", d)));
+    return runs;
+  };
+  e.panels = {{"plain nets", "plain", {"train_error", "test_error"}, "error (%)"},
+              {"residual nets", "residual", {"train_error", "test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &p20 = r.at("plain20"), &p56 = r.at("plain56"), &r20 = r.at("resnet20"), &r56 = r.at("resnet56");
+    const bool plain = p56.train_error > p20.train_error, residual = r56.train_error < r20.train_error;
+    return cat(yes_no(plain && residual, plain || residual), ": plain-56 ends at a ",
+               plain ? "higher" : "lower", " training error than plain-20 (", pct(p56.train_error), " against ",
+               pct(p20.train_error), "), ResNet-56 at a ", residual ? "lower" : "higher", " one than ResNet-20 (",
+               pct(r56.train_error), " against ", pct(r20.train_error), "); test error ", pct(p56.test_error), " / ",
+               pct(p20.test_error), " plain, ", pct(r56.test_error), " / ", pct(r20.test_error), " residual.");
+  };
+  return e;
+}
+
+Experiment shortcuts() {
+  Experiment e{.name = "shortcuts",
+               .title = "shortcut options A, B and C",
+               .paper = "ResNet paper, Table 3 (ImageNet ResNet-34)",
+               .paper_metric = "ResNet-34 top-1 error %, 10-crop",
+               .seeds = 3,
+               .iters = 2000,
+               .test_limit = 5000,
+               .eval_every = 250};
+  e.runs = [](const Scale& s) {
+    const std::string model = s.full ? "resnet56" : "resnet20";
+    std::vector<Run> runs;
+    for (auto [o, paper] : {std::pair{"A", "25.03"}, {"B", "24.52"}, {"C", "24.19"}}) {
+      Run r = cifar(cat("option-", o), cat(model, " option ", o), "", paper, model);
+      r.config.shortcut = o;
+      runs.push_back(r);
+    }
+    return runs;
+  };
+  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &a = r.at("option-A"), &b = r.at("option-B"), &c = r.at("option-C");
+    const bool order = c.test_error <= b.test_error && b.test_error <= a.test_error;
+    const double gap = extreme(r, false).test_error - extreme(r, true).test_error, spread = noise(r);
+    return cat(order ? "ordering reproduced" : "ordering not reproduced", ": test error A ", pct(a.test_error), ", B ",
+               pct(b.test_error), ", C ", pct(c.test_error), " (the paper: C ≤ B ≤ A, within 0.84 points); the widest gap, ",
+               points(gap), ", is ", gap <= spread ? "within" : "beyond", " the seed-to-seed spread of ",
+               points(spread), ".");
+  };
+  return e;
+}
+
+// Identity Mappings, Table 1: the shortcut maps on one deep original-unit ResNet.
+Experiment identity_shortcut() {
+  Experiment e{.name = "identity-shortcut",
+               .title = "identity shortcuts against the other shortcut maps",
+               .paper = "Identity Mappings paper, Table 1 (ResNet-110, CIFAR-10)",
+               .paper_metric = "ResNet-110 CIFAR-10 test error %",
+               .seeds = 1,
+               .iters = 1200,
+               .test_limit = 5000,
+               .eval_every = 200};
+  e.runs = [](const Scale& s) {
+    const std::string model = s.full ? "resnet110" : "resnet56";
+    auto map = [&](std::string name, std::string label, std::string paper, std::string kind, std::string param) {
+      std::vector<std::pair<std::string, std::string>> o;
+      if (!kind.empty()) o.push_back({"shortcut-map", kind});
+      if (!param.empty()) o.push_back({"shortcut-param", param});
+      Run r = cifar(std::move(name), std::move(label), "", std::move(paper), model, std::move(o));
+      if (s.full) warm_up(r, s);
+      return r;
+    };
+    return std::vector<Run>{
+        map("identity", "identity", "6.61", "", ""),
+        map("scaling", "constant scaling 0.5", "12.35", "scaling", "0.5"),
+        map("exclusive-gate", "exclusive gating (bias -6)", "8.70", "exclusive-gate", "-6"),
+        map("shortcut-gate-0", "shortcut-only gating (bias 0)", "12.86", "shortcut-gate", "0"),
+        map("shortcut-gate-6", "shortcut-only gating (bias -6)", "6.91", "shortcut-gate", "-6"),
+        map("conv1x1", "1x1 conv shortcut", "12.22", "conv1x1", ""),
+        map("dropout", "dropout 0.5 shortcut", "fails", "dropout", "0.5"),
+    };
+  };
+  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result& id = r.at("identity");
+    const bool best = extreme(r, true).run->name == "identity";
+    // The paper's clearly worse maps: more than 5 points above identity, or failing.
+    std::string worse, not_worse;
+    for (const char* name : {"scaling", "shortcut-gate-0", "conv1x1", "dropout"}) {
+      const Result& x = r.at(name);
+      (x.test_error > id.test_error + 1 ? worse : not_worse) += cat(worse.empty() && not_worse.empty() ? "" : ", ",
+                                                                    x.run->label, " ", pct(x.test_error));
+    }
+    return cat(yes_no(best && not_worse.empty(), best || !worse.empty()), ": identity ",
+               best ? "has the lowest test error (" : "does not have the lowest test error (", pct(id.test_error),
+               best ? "" : cat("; lowest: ", extreme(r, true).run->label, " ", pct(extreme(r, true).test_error)), ")",
+               worse.empty() ? "" : "; more than a point worse, as in the paper: " + worse,
+               not_worse.empty() ? "" : "; within a point of identity, unlike the paper: " + not_worse, ".");
+  };
+  return e;
+}
+
+// Identity Mappings, Table 2: the order of BN, ReLU and addition in a residual unit.
+Experiment unit_order() {
+  Experiment e{.name = "unit-order",
+               .title = "the five orders of BN, ReLU and addition",
+               .paper = "Identity Mappings paper, Table 2 (ResNet-110, CIFAR-10)",
+               .paper_metric = "ResNet-110 CIFAR-10 test error %",
+               .seeds = 1,
+               .iters = 1500,
+               .test_limit = 5000,
+               .eval_every = 250};
+  e.runs = [](const Scale& s) {
+    const std::string model = s.full ? "resnet110" : "resnet56";
+    std::vector<Run> runs;
+    for (auto [unit, label, paper] :
+         {std::tuple{"original", "original", "6.61"}, {"bn-after-add", "BN after addition", "8.17"},
+          {"relu-before-add", "ReLU before addition", "7.84"}, {"relu-preact", "ReLU-only pre-activation", "6.71"},
+          {"full-preact", "full pre-activation", "6.37"}}) {
+      Run r = cifar(unit, label, "", paper, model, {{"unit", unit}});
+      if (s.full) warm_up(r, s);
+      runs.push_back(r);
+    }
+    return runs;
+  };
+  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &lo = extreme(r, true), &hi = extreme(r, false);
+    const bool best = lo.run->name == "full-preact", worst = hi.run->name == "bn-after-add";
+    return cat(yes_no(best && worst, best || worst), ": lowest test error ", lo.run->label, " ", pct(lo.test_error),
+               " (the paper: full pre-activation), highest ", hi.run->label, " ", pct(hi.test_error),
+               " (the paper: BN after addition); the two differ by ", points(hi.test_error - lo.test_error), ".");
+  };
+  return e;
+}
+
+// Identity Mappings, Fig. 1 and Table 3: original against pre-activation units at depth.
+Experiment depth() {
+  Experiment e{.name = "depth",
+               .title = "original against pre-activation units at great depth",
+               .paper = "Identity Mappings paper, Fig. 1 and Table 3 (CIFAR-10)",
+               .paper_metric = "CIFAR-10 test error % (164 layers; 1001 with --full)",
+               .seeds = 1,
+               .iters = 2000,
+               .test_limit = 5000,
+               .eval_every = 200};
+  e.runs = [](const Scale& s) {
+    const std::string model = s.full ? "preact_resnet1001" : "preact_resnet164";
+    const int layers = s.full ? 1001 : 164;
+    Run original = cifar("original", cat("original, ", layers, " layers"), "", s.full ? "7.61" : "5.93", model,
+                         {{"unit", "original"}});
+    Run preact = cifar("full-preact", cat("pre-activation, ", layers, " layers"), "", s.full ? "4.92" : "5.46", model);
+    warm_up(original, s);
+    warm_up(preact, s);
+    return std::vector<Run>{original, preact};
+  };
+  e.panels = {{"training loss", "", {"train_loss"}, "loss", true}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &o = r.at("original"), &p = r.at("full-preact");
+    const bool loss = p.train_loss < o.train_loss, test = p.test_error < o.test_error;
+    return cat(yes_no(loss && test, loss || test), ": pre-activation ends at training loss ", p.train_loss,
+               " against ", o.train_loss, " and test error ", pct(p.test_error), " against ", pct(o.test_error), ".");
+  };
+  return e;
+}
+
+}  // namespace
+
+const std::vector<Experiment>& catalog() {
+  static const std::vector<Experiment> all = {degradation(), shortcuts(), identity_shortcut(), unit_order(), depth()};
+  return all;
+}
+
+}  // namespace incres::experiments
