@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "graph/graph.h"
 #include "graph/params.h"
 
@@ -26,6 +27,14 @@ enum class Mode { train, infer };
 // shared: the scratchpad and temporaries every step reuses.
 struct MemoryPlan {
   int64_t total = 0, arena = 0, live_peak = 0, unplanned = 0, shared = 0, buffers = 0;
+};
+
+// A program whose planned memory exceeds what the machine has left
+// (core/memory_info.h): thrown by compile before the memory is taken.
+struct OutOfMemory : Error {
+  OutOfMemory(const std::string& what, int64_t needed, int64_t available)
+      : Error(what), needed(needed), available(available) {}
+  int64_t needed, available;  // bytes
 };
 
 struct StepProfile {

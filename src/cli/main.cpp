@@ -334,6 +334,8 @@ struct EvalData {
   std::string spec;
   bool folder = false;
   train::DataPair mem;
+  train::FittedData fitted;  // mem, made ready for the model by open()
+  std::vector<float> mean, std;  // in-memory data: normalise so (a checkpoint's record), not by the data's own
   data::ImageFolder val;
   int64_t in_channels = 3, classes = 0;
   std::string source;
@@ -367,9 +369,13 @@ struct EvalData {
       images = l.get();
       loader = std::move(l);
     } else {
-      mem.train = train::fit_images(mem.train, image);
-      mem.test = train::fit_images(mem.test, image);
-      loader = std::make_unique<data::Loader>(mem.test, train::loader_options(mem.train, image, batch, false, false, 0, workers));
+      fitted = train::fit_data(std::move(mem), image, 0, 0);
+      if (!mean.empty()) {  // the checkpoint's own normalisation
+        fitted.mean = mean;
+        fitted.std = std;
+      }
+      loader = std::make_unique<data::Loader>(fitted.test,
+                                              train::loader_options(fitted, image, batch, false, false, 0, workers));
     }
   }
 };
@@ -410,6 +416,10 @@ int cmd_eval(const std::string& path, const std::string& weights, const std::str
     m.mc = recorded_model_config(cfg, d.in_channels, cfg.value("num_classes", d.classes));
   }
   d.check_model(m.mc);
+  if (cfg.contains("mean") && cfg.contains("std")) {
+    d.mean = cfg["mean"].get<std::vector<float>>();
+    d.std = cfg["std"].get<std::vector<float>>();
+  }
   m.build();
   if (weights.empty()) m.load_checkpoint(path, raw_weights);
   else m.load_weights(weights);
@@ -625,7 +635,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::Range(0.0, 0.999));
   bool no_augment = false;
   tr->add_flag("--no-augment", no_augment, "no random crop / flip");
-  tr->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str();
+  tr->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str()
+      ->check(kNonNegative);
   tr->add_option("--workers", tc.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
   tr->add_option("--train-limit", tc.train_limit, "use only N training images: the first N, or for an image folder N spread evenly over its classes")->check(kNonNegative);
   tr->add_option("--test-limit", tc.test_limit, "use only N test images (as --train-limit)")->check(kNonNegative);
@@ -635,6 +646,15 @@ int main(int argc, char** argv) {
   tr->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
   tr->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
       ->check(kNonNegative);
+  tr->add_flag("--force-resume", tc.force_resume,
+               "resume even where the checkpoint records other settings (batch, data, recipe, architecture...): "
+               "each change is logged. Without it such a resume is refused, listing them");
+  tr->add_option("--on-nonfinite", tc.on_nonfinite,
+                 "on a NaN or Inf loss or gradient: stop, or rollback (reload the last checkpoint, skip the batch that "
+                 "diverged, go on; each rollback is logged)")->capture_default_str()
+      ->check(CLI::IsMember({"stop", "rollback"}));
+  tr->add_option("--max-rollbacks", tc.max_rollbacks, "--on-nonfinite rollback: at most this many times")
+      ->capture_default_str()->check(CLI::Range(0, 1000000));
   tr->add_option("--eval-every", tc.eval_every,
                  "also evaluate, log a metrics row and checkpoint every N steps (default: at the end of each epoch)")
       ->check(kNonNegative);
@@ -774,7 +794,20 @@ int main(int argc, char** argv) {
       if (tc.optimizer != "rmsprop")
         for (const char* f : {"--rmsprop-decay", "--rmsprop-epsilon"})
           INCRES_CHECK(tr->count(f) == 0, f, " applies to --optimizer rmsprop, not ", tc.optimizer);
-      train::TrainResult r = train::run_training(tc);
+      train::TrainResult r;
+      try {
+        r = train::run_training(tc);
+      } catch (const Error&) {
+        // The curve of what the folder holds now (a run that fails after its first
+        // checkpoint has replaced the earlier one's rows).
+        if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
+        throw;
+      }
+      if (r.already_finished) {
+        std::printf("%s: the run is finished (step %lld); nothing to do\n", tc.resume.c_str(),
+                    static_cast<long long>(r.steps));
+        return 0;
+      }
       std::printf("%s: %lld steps, final train error %.2f%%, test error %.2f%% (accuracy %.2f%%), %.0f images/s\n",
                   tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,
                   r.images_per_sec);

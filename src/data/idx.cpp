@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 #include <filesystem>
 #include <memory>
 
@@ -77,9 +78,61 @@ class IdxFile {
     if (read_some(&extra, 1) != 0)
       fail(path_, ": trailing data after the ", header_bytes() + payload_,
            " bytes the header (", dims_str(), ") describes; the file is corrupt or not this format");
+    if (gz_) check_gzip_end();
   }
 
  private:
+  // zlib's gzread ignores bytes after the last gzip member that do not start another
+  // one; `gzip -t` reports them. A second pass inflates the members to find where the
+  // last one ends, and anything after it is an error naming the offset.
+  void check_gzip_end() {
+    std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path_.c_str(), "rb"));
+    if (!f) fail(path_, ": cannot reopen (", std::strerror(errno), ")");
+    z_stream z{};
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) fail(path_, ": zlib: cannot start inflate");
+    std::vector<uint8_t> in(1 << 18), out(1 << 18);
+    uint64_t offset = 0, member_end = 0;  // bytes of the file read; where the last member ended
+    bool in_member = true;
+    int rc = Z_OK;
+    for (;;) {
+      if (z.avail_in == 0) {
+        const size_t n = std::fread(in.data(), 1, in.size(), f.get());
+        if (n == 0) break;
+        z.next_in = in.data();
+        z.avail_in = static_cast<uInt>(n);
+        offset += n;
+      }
+      if (!in_member) {
+        // Another member must start with the gzip magic, else this is trailing data.
+        if (z.avail_in < 2 && !std::feof(f.get())) {
+          // The magic straddles a read: keep the byte and read on.
+          const uint8_t first = *z.next_in;
+          const size_t n = std::fread(in.data() + 1, 1, in.size() - 1, f.get());
+          in[0] = first;
+          z.next_in = in.data();
+          z.avail_in = static_cast<uInt>(n + 1);
+          offset += n;
+        }
+        if (z.avail_in < 2 || z.next_in[0] != 0x1f || z.next_in[1] != 0x8b) break;
+        inflateReset(&z);
+        in_member = true;
+      }
+      z.next_out = out.data();
+      z.avail_out = static_cast<uInt>(out.size());
+      rc = inflate(&z, Z_NO_FLUSH);
+      if (rc == Z_STREAM_END) {
+        in_member = false;
+        member_end = offset - z.avail_in;
+      } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        break;  // the first pass read every member cleanly; nothing more to say
+      }
+    }
+    inflateEnd(&z);
+    if (!in_member && member_end < file_bytes_)
+      fail(path_, ": ", file_bytes_ - member_end, " bytes of trailing data after the gzip stream, from byte ",
+           member_end, " (gzip -t reports it too); the file is corrupt, download or reinstall it");
+  }
+
   void open() {
     std::FILE* f = std::fopen(path_.c_str(), "rb");
     if (!f) fail(path_, ": cannot open IDX file (", std::strerror(errno), "); check the path");

@@ -101,8 +101,14 @@ struct ArchOption {
   std::string name;  // set_option's key, and the flag without its dashes
   std::string help;
   bool flag = false;  // set by its presence ("true"), else it takes a value
+  // The models it changes, in words and as a test; null: every model.
+  const char* applies_to = nullptr;
+  bool (*applies)(const std::string& model) = nullptr;
 };
 const std::vector<ArchOption>& arch_options();
+// Refuses (Error) an option, or "shortcut" / "aux", given for a model it does nothing
+// for: "--width applies to Inception models, not resnet20".
+void check_option_applies(const std::string& model, const std::string& key);
 
 Shortcut parse_shortcut(const std::string& s);
 Unit parse_unit(const std::string& s);

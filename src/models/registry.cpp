@@ -130,24 +130,57 @@ bool parse_bool(const std::string& key, const std::string& v) {
   fail("--", key, ": expected true or false, got '", v, "'");
 }
 
+bool starts(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+bool inception(const std::string& m) { return starts(m, "inception"); }
+bool inception_v3(const std::string& m) { return starts(m, "inception_v3"); }
+bool residual_resnet(const std::string& m) { return starts(m, "resnet") || starts(m, "preact_resnet"); }
+bool any_resnet(const std::string& m) { return residual_resnet(m) || starts(m, "plain"); }
+// The ImageNet bottleneck nets: ImageNet input and 50 layers or more.
+bool imagenet_bottleneck(const std::string& m) {
+  if (!residual_resnet(m)) return false;
+  const int depth = std::atoi(m.c_str() + m.find_first_of("0123456789"));
+  return depth >= 50 && find_model(m).defaults.image == 224;
+}
+
 }  // namespace
+
+void check_option_applies(const std::string& model, const std::string& key) {
+  find_model(model);  // an unknown name is its own error
+  if (key == "shortcut") {
+    INCRES_CHECK(any_resnet(model), "--shortcut applies to the ResNets and plain nets, not ", model);
+    return;
+  }
+  if (key == "aux") {
+    INCRES_CHECK(inception_v3(model), "--no-aux applies to Inception-v3, not ", model);
+    return;
+  }
+  for (const ArchOption& o : arch_options())
+    if (o.name == key && o.applies && !o.applies(model))
+      fail("--", key, " applies to ", o.applies_to, ", not ", model, "; it would change nothing");
+}
 
 const std::vector<ArchOption>& arch_options() {
   static const std::vector<ArchOption> table{
       {"stride", "ImageNet bottlenecks: v1.5 (stride on the 3x3, torchvision; default) or v1 (on the first 1x1, "
-                 "the paper)"},
+                 "the paper)", false, "the ImageNet bottleneck ResNets", imagenet_bottleneck},
       {"unit", "residual unit (Identity Mappings, Fig. 4): original, bn-after-add, relu-before-add, relu-preact, "
-               "full-preact (default: the model's)"},
+               "full-preact (default: the model's)", false, "the ResNets", residual_resnet},
       {"shortcut-map", "shortcut (Identity Mappings, Fig. 2): identity, scaling, exclusive-gate, shortcut-gate, "
-                       "conv1x1, dropout"},
-      {"shortcut-param", "lambda for scaling, the gate's initial bias for the gates (e.g. -6), p for dropout"},
+                       "conv1x1, dropout", false, "the ResNets", residual_resnet},
+      {"shortcut-param", "lambda for scaling, the gate's initial bias for the gates (e.g. -6), p for dropout", false,
+       "the ResNets", residual_resnet},
       {"residual-scale", "scale of the residual branch: Inception-ResNet's blocks (1 = none; default "
-                         "0.17/0.10/0.20), the scaling shortcut (default 1 - lambda)"},
-      {"width", "Inception channel multiplier (e.g. 0.5; rounded to multiples of 8)"},
-      {"dropout", "dropout before the classifier (default: the model's)"},
-      {"paper-layout", "Inception-ResNet-v2 with the paper's 5/10/5 blocks instead of 10/20/10", true},
+                         "0.17/0.10/0.20), the scaling shortcut (default 1 - lambda)", false,
+       "Inception-ResNet and the ResNets' shortcut maps", [](const std::string& m) {
+         return starts(m, "inception_resnet") || residual_resnet(m);
+       }},
+      {"width", "Inception channel multiplier (e.g. 0.5; rounded to multiples of 8)", false, "Inception models",
+       inception},
+      {"dropout", "dropout before the classifier (default: the model's)", false, "Inception models", inception},
+      {"paper-layout", "Inception-ResNet-v2 with the paper's 5/10/5 blocks instead of 10/20/10", true,
+       "Inception-ResNet-v2", [](const std::string& m) { return starts(m, "inception_resnet_v2"); }},
       {"aux-bn", "Inception-v3's BN-auxiliary: the auxiliary classifier's fully connected layer batch-normalised "
-                 "(Sec. 7 of the paper)", true},
+                 "(Sec. 7 of the paper)", true, "Inception-v3", inception_v3},
   };
   return table;
 }

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/atomic_file.h"
 
 namespace incres::train {
 
@@ -17,20 +18,41 @@ namespace incres::train {
 
 void MetricsLog::Close::operator()(std::FILE* f) const { std::fclose(f); }
 
-MetricsLog::MetricsLog(const std::string& path, bool append) : path_(path) {
-  std::FILE* f = std::fopen(path.c_str(), append ? "a" : "w");
+MetricsLog::MetricsLog(const std::string& path, bool append) : path_(path) { open(append); }
+
+void MetricsLog::open(bool append) {
+  std::FILE* f = std::fopen(path_.c_str(), append ? "a" : "w");
   if (!f)
-    fail("metrics log '", path, "': cannot open for ", append ? "appending" : "writing", " (",
+    fail("metrics log '", path_, "': cannot open for ", append ? "appending" : "writing", " (",
          std::strerror(errno), "); check that the folder exists and is writable");
   file_.reset(f);
 }
 
+MetricsLog MetricsLog::replacing_at_commit(const std::string& path) {
+  MetricsLog log;
+  log.path_ = path;
+  log.pending_ = true;
+  return log;
+}
+
+void MetricsLog::commit() {
+  if (!pending_) return;
+  io::write_file_atomic(path_, pending_rows_);
+  pending_ = false;
+  pending_rows_.clear();
+  open(true);
+}
+
 void MetricsLog::write(const nlohmann::json& row) {
-  INCRES_CHECK(file_, "metrics log '", path_, "': write after the log was moved from");
   INCRES_CHECK(row.is_object(), "metrics log '", path_, "': a row must be a JSON object, got ",
                row.type_name());
   std::string line =
       row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  if (pending_) {
+    pending_rows_ += line;
+    return;
+  }
+  INCRES_CHECK(file_, "metrics log '", path_, "': write after the log was moved from");
   errno = 0;
   if (std::fwrite(line.data(), 1, line.size(), file_.get()) != line.size() ||
       std::fflush(file_.get()) != 0)

@@ -18,6 +18,12 @@ class MetricsLog {
   // append=false truncates an existing file. Throws incres::Error naming the path
   // when it cannot be opened.
   MetricsLog(const std::string& path, bool append);
+  // A log that leaves an existing file as it is until commit(): rows are held in
+  // memory, and the first commit() replaces the file with them atomically (later rows
+  // append). A new run calls commit() once its first checkpoint is durable, so a run
+  // that fails before that leaves the earlier run's log untouched.
+  static MetricsLog replacing_at_commit(const std::string& path);
+  void commit();
   MetricsLog(MetricsLog&&) noexcept = default;
   MetricsLog& operator=(MetricsLog&&) noexcept = default;
 
@@ -27,8 +33,12 @@ class MetricsLog {
 
  private:
   struct Close { void operator()(std::FILE* f) const; };
+  MetricsLog() = default;
+  void open(bool append);
   std::string path_;
   std::unique_ptr<std::FILE, Close> file_;
+  bool pending_ = false;  // rows held in pending_rows_ until commit()
+  std::string pending_rows_;
 };
 
 // A progress display on stderr. On a terminal it redraws one line with a bar,

@@ -3,8 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -14,6 +19,7 @@
 #include "train/loss.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
+#include "train/run_folder.h"
 #include "train/schedule.h"
 
 namespace incres::train {
@@ -175,10 +181,19 @@ models::ModelConfig model_config(const std::string& model, const std::string& sh
                                  bool aux, int64_t in_channels, int64_t classes,
                                  const std::vector<std::pair<std::string, std::string>>& options) {
   models::ModelConfig mc = models::find_model(model).defaults;
-  for (const auto& [key, value] : options) models::set_option(mc, key, value);
+  for (const auto& [key, value] : options) {
+    models::check_option_applies(model, key);
+    models::set_option(mc, key, value);
+  }
   mc.in_channels = in_channels;
   mc.classes = classes;
-  if (!shortcut.empty()) mc.shortcut = models::parse_shortcut(shortcut);
+  if (!aux) models::check_option_applies(model, "aux");
+  if (!shortcut.empty()) {
+    const models::Shortcut s = models::parse_shortcut(shortcut);
+    // A run records its resolved shortcut, the default one of models without shortcuts too.
+    if (s != mc.shortcut) models::check_option_applies(model, "shortcut");
+    mc.shortcut = s;
+  }
   if (image > 0) mc.image = image;
   mc.aux = mc.aux && aux;
   return mc;
@@ -189,19 +204,35 @@ data::Dataset fit_images(const data::Dataset& ds, int64_t image) {
   return data::resized(ds, image - 8);
 }
 
-data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
-                                   bool training, bool augment, uint64_t seed, int workers) {
+FittedData fit_data(DataPair data, int64_t image, int64_t train_limit, int64_t test_limit) {
+  FittedData d;
+  const int64_t h = data.train.height, w = data.train.width;
+  const bool resize = image >= 2 * std::max(h, w);  // as fit_images
+  // Of the pixels as stored: no image is resized for the statistics.
+  std::tie(d.mean, d.std) = data::channel_mean_std(data.train);
+  if (train_limit > 0) data.train = data::subset(data.train, std::min(train_limit, data.train.count));
+  if (test_limit > 0) data.test = data::subset(data.test, std::min(test_limit, data.test.count));
+  d.train = fit_images(data.train, image);
+  d.test = fit_images(data.test, image);
+  if (resize)
+    log_info(cat("resized the ", h, "x", w, " images to ", d.train.height, "x", d.train.width,
+                 " (zero-padded to the model's ", image, "x", image, ")"));
+  return d;
+}
+
+data::LoaderOptions loader_options(const FittedData& d, int64_t image, int64_t batch, bool training, bool augment,
+                                   uint64_t seed, int workers) {
   data::LoaderOptions o;
   o.batch = batch;
   o.shuffle = training;
   o.drop_last = training;
   o.augment = training && augment;
-  INCRES_CHECK(train_set.height <= image && train_set.width <= image, "images of ", train_set.height, "x",
-               train_set.width, " do not fit the model's ", image, "x", image, " input");
+  const data::Dataset& ds = training ? d.train : d.test;
+  INCRES_CHECK(ds.height <= image && ds.width <= image, "images of ", ds.height, "x", ds.width,
+               " do not fit the model's ", image, "x", image, " input");
   o.out_size = image;
-  auto [mean, std] = data::channel_mean_std(train_set);
-  o.mean = mean;
-  o.std = std;
+  o.mean = d.mean;
+  o.std = d.std;
   o.seed = seed;
   o.workers = workers;
   return o;
@@ -274,8 +305,68 @@ namespace {
 
 // Checks of the options the library adds to the CLI's own range checks, so that a
 // caller of run_training gets the same one-line errors.
+// The settings a resumed run would change, as "--flag recorded -> given" joined by
+// "; ": every recorded key that decides the result (not --eval-every, which only logs
+// more often). Keys a checkpoint does not record (written by an older incres) pass.
+std::string resume_differences(const std::string& recorded_text, const std::string& given_text) {
+  const nlohmann::json recorded = nlohmann::json::parse(recorded_text, nullptr, false);
+  const nlohmann::json given = nlohmann::json::parse(given_text, nullptr, false);
+  if (!recorded.is_object() || !given.is_object()) return "";
+  const std::map<std::string, std::string> flags = {
+      {"ema_decay", "--ema"}, {"aux", "--no-aux"}, {"augment", "--no-augment"},
+      {"model_options", "the architecture options"}};
+  std::string out;
+  for (auto it = given.begin(); it != given.end(); ++it) {
+    if (it.key() == "eval_every" || !recorded.contains(it.key()) || recorded[it.key()] == it.value()) continue;
+    std::string flag = "--" + it.key();
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    if (auto f = flags.find(it.key()); f != flags.end()) flag = f->second;
+    out += cat(out.empty() ? "" : "; ", flag, " ", recorded[it.key()].dump(), " -> ", it.value().dump());
+  }
+  return out;
+}
+
+// The training program, or, where the machine lacks the memory for it, an Error with
+// both figures and the largest batch that fits: the plan grows linearly with the
+// batch, so two small compiles give its slope.
+std::unique_ptr<backend::Program> compile_checked(const TrainConfig& cfg, const graph::Graph& g,
+                                                  graph::ParamStore& store) {
+  auto compile = [&](int64_t batch) {
+    return backend::compile(cfg.backend, g, store, {.batch = batch, .mode = backend::Mode::train, .seed = cfg.seed});
+  };
+  try {
+    return compile(cfg.batch);
+  } catch (const backend::OutOfMemory& e) {
+    std::string fits;
+    if (cfg.batch > 2) {
+      try {
+        const double one = static_cast<double>(compile(1)->planned_bytes());
+        const double per_image = static_cast<double>(compile(2)->planned_bytes()) - one;
+        // The inference program of the evaluation needs about a third of that again.
+        const double budget = static_cast<double>(e.available) * 0.75;
+        const int64_t best = per_image > 0 ? static_cast<int64_t>((budget - one) / per_image) + 1 : 0;
+        fits = best >= 1 ? cat("; the largest batch that fits is about ", best, " (--batch ", best, ")")
+                         : std::string("; not even batch 1 fits");
+      } catch (const backend::OutOfMemory&) {
+        fits = "; not even batch 1 fits";
+      }
+    }
+    fail(e.what(), " (beyond the parameters, optimizer state and dataset, already in memory)", fits,
+         ". Lower --batch, or --image");
+  }
+}
+
+// The test hook of the divergence rollback: INCRES_TEST_NAN_AT_STEP=N makes the loss
+// of step N NaN. -1 when unset.
+int64_t test_nan_step() {
+  const char* v = std::getenv("INCRES_TEST_NAN_AT_STEP");
+  return v && *v ? std::atoll(v) : -1;
+}
+
 void check_config(const TrainConfig& cfg) {
   INCRES_CHECK(cfg.batch > 0, "--batch must be positive, got ", cfg.batch);
+  INCRES_CHECK(cfg.on_nonfinite == "stop" || cfg.on_nonfinite == "rollback", "--on-nonfinite '", cfg.on_nonfinite,
+               "': stop or rollback");
   INCRES_CHECK(cfg.epochs > 0 || cfg.iters > 0, "give the length of the run: --epochs N or --iters N");
   INCRES_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1), got ",
                cfg.label_smoothing);
@@ -337,6 +428,9 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 
 TrainResult run_training(const TrainConfig& cfg) {
   check_config(cfg);
+  // The output folder first: a bad --out or a folder in use fails before any work.
+  std::optional<RunFolder> run_folder;
+  if (!cfg.out_dir.empty()) run_folder.emplace(cfg.out_dir);
 
   // The data: an in-memory dataset through data::Loader, or an image folder decoded
   // on the fly by data::ImageFolderLoader; the loop sees a data::BatchSource.
@@ -381,20 +475,13 @@ TrainResult run_training(const TrainConfig& cfg) {
     train_loader = std::move(tl);
     test_loader = std::move(vl);
   } else {
-    const int64_t h = data.train.height, w = data.train.width;
-    data.train = fit_images(data.train, image);
-    data.test = fit_images(data.test, image);
-    if (data.train.height != h)
-      log_info(cat("resized the ", h, "x", w, " images to ", data.train.height, "x", data.train.width,
-                   " (zero-padded to the model's ", image, "x", image, ")"));
-    // Normalisation comes from the whole training set, also when training on a subset,
-    // so that `incres eval` (which sees the whole set) normalises the same way.
-    data::LoaderOptions train_opts = loader_options(data.train, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
-    data::LoaderOptions test_opts = loader_options(data.train, image, cfg.batch, false, false, cfg.seed, cfg.workers);
-    mean = train_opts.mean;
-    std = train_opts.std;
-    if (cfg.train_limit > 0) data.train = data::subset(data.train, cfg.train_limit);
-    if (cfg.test_limit > 0) data.test = data::subset(data.test, cfg.test_limit);
+    FittedData fitted = fit_data(std::move(data), image, cfg.train_limit, cfg.test_limit);
+    data::LoaderOptions train_opts = loader_options(fitted, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
+    data::LoaderOptions test_opts = loader_options(fitted, image, cfg.batch, false, false, cfg.seed, cfg.workers);
+    mean = fitted.mean;
+    std = fitted.std;
+    data.train = std::move(fitted.train);
+    data.test = std::move(fitted.test);
     INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
                  " images, fewer than one batch of ", cfg.batch);
     train_count = data.train.count;
@@ -417,34 +504,6 @@ TrainResult run_training(const TrainConfig& cfg) {
   std::unique_ptr<Optimizer> opt = make_optimizer(cfg, g, store);
   // The average starts at the initial weights; a resume overwrites it with the saved one.
   std::unique_ptr<Ema> ema = cfg.ema_decay > 0 ? std::make_unique<Ema>(g, store, cfg.ema_decay) : nullptr;
-  int64_t step = 0;
-  if (!cfg.resume.empty()) {
-    CheckpointState s = load_checkpoint(cfg.resume, g, store, opt.get(), ema.get());
-    INCRES_CHECK(s.model.empty() || s.model == cfg.model, cfg.resume, " holds a ", s.model,
-                 " checkpoint, not ", cfg.model);
-    INCRES_CHECK(s.seed == cfg.seed, cfg.resume, " was trained with --seed ", s.seed,
-                 "; resume with the same seed (got ", cfg.seed, ")");
-    INCRES_CHECK(s.has_ema == (ema != nullptr), cfg.resume,
-                 s.has_ema ? " holds a moving average of the weights but this run keeps none; resume with the "
-                             "original run's --ema DECAY"
-                           : " holds no moving average of the weights but this run keeps one (--ema "
-                             + std::to_string(cfg.ema_decay) + "); resume without --ema (--ema 0)");
-    step = s.step;
-    log_info(cat("resuming ", cfg.model, " from ", cfg.resume, " at step ", step, " (epoch ", step / ipe, ")"));
-  }
-  std::string bad = first_non_finite(g, store);
-  INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
-
-  // Dropout masks follow the run's seed.
-  auto program = backend::compile(cfg.backend, g, store,
-                                  {.batch = cfg.batch, .mode = backend::Mode::train, .seed = cfg.seed});
-  // Dropout masks are keyed by step: a resumed run drops what the straight one did.
-  program->set_step(step);
-  // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
-  // tensors are updated in place, so this program always sees the current one.
-  auto evaluator = backend::compile(cfg.backend, g, ema ? ema->averages() : store,
-                                    {.batch = cfg.batch, .mode = backend::Mode::infer});
-
   std::unique_ptr<MetricsLog> metrics;
   std::string ckpt;
   CheckpointState cs;
@@ -465,10 +524,61 @@ TrainResult run_training(const TrainConfig& cfg) {
     if (!class_names.empty()) j["class_names"] = class_names;
     cs.config = j.dump();
   }
-  if (!cfg.out_dir.empty()) {
-    fs::create_directories(cfg.out_dir);
-    metrics = std::make_unique<MetricsLog>((fs::path(cfg.out_dir) / "metrics.jsonl").string(), step > 0);
-    ckpt = (fs::path(cfg.out_dir) / "last.safetensors").string();
+  int64_t step = 0;
+  if (!cfg.resume.empty()) {
+    CheckpointState s = load_checkpoint(cfg.resume, g, store, opt.get(), ema.get());
+    INCRES_CHECK(s.model.empty() || s.model == cfg.model, cfg.resume, " holds a ", s.model,
+                 " checkpoint, not ", cfg.model);
+    INCRES_CHECK(s.seed == cfg.seed, cfg.resume, " was trained with --seed ", s.seed,
+                 "; resume with the same seed (got ", cfg.seed, ")");
+    INCRES_CHECK(s.has_ema == (ema != nullptr), cfg.resume,
+                 s.has_ema ? " holds a moving average of the weights but this run keeps none; resume with the "
+                             "original run's --ema DECAY"
+                           : " holds no moving average of the weights but this run keeps one (--ema "
+                             + std::to_string(cfg.ema_decay) + "); resume without --ema (--ema 0)");
+    const std::string changed = resume_differences(s.config, cs.config);
+    if (!changed.empty()) {
+      INCRES_CHECK(cfg.force_resume, cfg.resume, " was trained with other settings, so the resumed run would not be the run it continues: ",
+                   changed, ". Resume with the recorded values, or give --force-resume to continue with these");
+      log_warn(cat("--force-resume: continuing ", cfg.resume, " with changed settings: ", changed));
+    }
+    step = s.step;
+    if (step >= total) {
+      log_info(cat(cfg.resume, " is a finished run (step ", step, " of ", total, "); nothing to do"));
+      TrainResult done;
+      done.steps = step;
+      done.already_finished = true;
+      done.params = g.param_count();
+      done.macs = g.macs();
+      return done;
+    }
+    log_info(cat("resuming ", cfg.model, " from ", cfg.resume, " at step ", step, " (epoch ", step / ipe, ")"));
+  }
+  std::string bad = first_non_finite(g, store);
+  INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
+
+  // Dropout masks follow the run's seed.
+  auto program = compile_checked(cfg, g, store);
+  // Dropout masks are keyed by step: a resumed run drops what the straight one did.
+  program->set_step(step);
+  // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
+  // tensors are updated in place, so this program always sees the current one.
+  auto evaluator = backend::compile(cfg.backend, g, ema ? ema->averages() : store,
+                                    {.batch = cfg.batch, .mode = backend::Mode::infer});
+
+  if (run_folder) {
+    // Rows past the checkpoint's step (a kill between a row and its checkpoint) are
+    // dropped: the resumed run writes them again. A new run replaces the log only once
+    // its first checkpoint is durable.
+    if (step > 0) {
+      const int64_t dropped = drop_metrics_after(run_folder->metrics(), step);
+      if (dropped > 0) log_info(cat("dropped ", dropped, " metrics row", dropped > 1 ? "s" : "", " past step ", step,
+                                    " from ", run_folder->metrics(), " (written after the checkpoint it resumes)"));
+      metrics = std::make_unique<MetricsLog>(run_folder->metrics(), true);
+    } else {
+      metrics = std::make_unique<MetricsLog>(MetricsLog::replacing_at_commit(run_folder->metrics()));
+    }
+    ckpt = run_folder->checkpoint();
   }
   log_info(cat("training ", cfg.model, " (", g.param_count(), " params, ", g.macs() / 1e6, " MMACs) on ",
                source, ": ", train_count, " images, ", ipe, " steps/epoch, ", total,
@@ -481,12 +591,23 @@ TrainResult run_training(const TrainConfig& cfg) {
   result.params = g.param_count();
   result.macs = g.macs();
   const bool terminal = cfg.progress && stderr_is_terminal();
+  // Where metrics rows fall; a row whose span starts elsewhere (a resume mid-epoch) is
+  // marked partial.
+  auto log_point = [&](int64_t s) {
+    return s % ipe == 0 || s == total || (cfg.eval_every > 0 && s % cfg.eval_every == 0);
+  };
+  // Divergence: the checkpoint a rollback returns to (this run's last one, or the one
+  // it resumed from), the steps whose batches are skipped after one, and the count.
+  std::string good_checkpoint = cfg.resume;
+  std::set<int64_t> skipped;
+  int rollbacks = 0;
+  const int64_t nan_at = test_nan_step();
   while (step < total) {
-    const int64_t epoch = step / ipe;
+    const int64_t epoch = step / ipe, span_start = step;
     train_loader->start_epoch(epoch, step % ipe);
     Progress bar(cat("epoch ", epoch + 1, "/", (total + ipe - 1) / ipe), ipe, terminal);
     double loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0;
-    int64_t correct = 0, seen = 0, steps = 0, clipped = 0;
+    int64_t correct = 0, seen = 0, steps = 0, clipped = 0, skipped_here = 0;
     auto t0 = std::chrono::steady_clock::now();
     // The progress text, built only when the bar redraws (it allocates).
     auto progress_text = [&] {
@@ -495,25 +616,46 @@ TrainResult run_training(const TrainConfig& cfg) {
     };
     double lr = schedule.lr(step);
     int64_t done = 0;  // batches of this epoch finished, for the bar
+    std::string diverged;  // what went non-finite, when a rollback follows
+    int64_t bad_step = -1;
     while (step < total) {
       const data::Batch* b = train_loader->next();
       if (!b) break;
       lr = schedule.lr(step);
+      done = b->index + 1;
+      if (skipped.count(step)) {  // its batch diverged before a rollback: not trained on
+        ++step;
+        ++skipped_here;
+        if (step == cfg.stop_after || (cfg.eval_every > 0 && step % cfg.eval_every == 0)) break;
+        continue;
+      }
       program->forward(b->images.data<float>());
       const OutputLosses::Result l = losses.backward(*program, b->labels.data(), b->size);
-      if (!std::isfinite(l.total))
-        fail("loss is ", l.total, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
-             "); stopping. Lower --lr or resume from the last checkpoint", ckpt.empty() ? "" : " " + ckpt);
+      const double loss = step == nan_at ? std::nan("") : l.total;
       // Measured on every step (one pass over the gradients) for the metrics and to
       // stop on a non-finite gradient; scaled only when clipping is on. Weight decay
       // is added later, inside the optimizer, so it is neither measured nor clipped
       // (as torch.nn.utils.clip_grad_norm_ with the optimizer's weight_decay; TF-slim
       // clips the regularised loss's gradient, which differs by wd * w).
-      const double norm = clip_grad_norm(g, store, cfg.clip_norm);
-      if (!std::isfinite(norm))
-        fail("gradient norm is ", norm, " at step ", step, " (epoch ", epoch + 1, ", batch ", b->index, ", lr ", lr,
-             "); stopping. Lower --lr, set --clip-norm, or resume from the last checkpoint",
-             ckpt.empty() ? "" : " " + ckpt);
+      const double norm = std::isfinite(loss) ? clip_grad_norm(g, store, cfg.clip_norm) : 0;
+      if (!std::isfinite(loss) || !std::isfinite(norm)) {
+        const std::string what = cat(std::isfinite(loss) ? "gradient norm is " : "loss is ",
+                                     std::isfinite(loss) ? norm : loss, " at step ", step, " (epoch ", epoch + 1,
+                                     ", batch ", b->index, ", lr ", lr, ")");
+        const bool can_roll_back = cfg.on_nonfinite == "rollback" && !good_checkpoint.empty();
+        if (can_roll_back && rollbacks < cfg.max_rollbacks) {
+          diverged = what;
+          bad_step = step;
+          break;
+        }
+        fail(what, "; stopping. Lower --lr", std::isfinite(loss) ? ", set --clip-norm" : "",
+             can_roll_back ? cat(" (", rollbacks, " rollbacks done: --max-rollbacks ", cfg.max_rollbacks, ")") : "",
+             good_checkpoint.empty()
+                 ? (cfg.on_nonfinite == "rollback" ? " (no checkpoint was written yet to roll back to)"
+                                                   : ", or give --on-nonfinite rollback")
+                 : cat(", resume from the last checkpoint ", good_checkpoint,
+                       cfg.on_nonfinite == "rollback" ? "" : ", or give --on-nonfinite rollback"));
+      }
       opt->step(lr);
       if (ema) ema->update(step);
       ++step;
@@ -525,21 +667,35 @@ TrainResult run_training(const TrainConfig& cfg) {
       norm_sum += norm;
       norm_max = std::max(norm_max, norm);
       clipped += cfg.clip_norm > 0 && norm > cfg.clip_norm;
-      done = b->index + 1;
       if (cfg.progress && bar.due(done)) bar.update(done, progress_text());
       if (step == cfg.stop_after || (cfg.eval_every > 0 && step % cfg.eval_every == 0)) break;
     }
     if (seen > 0) bar.finish(done, cfg.progress ? progress_text() : std::string());
     else bar.finish();
+    if (!diverged.empty()) {
+      // Back to the last good checkpoint; the steps since are trained again, without
+      // the batch that diverged.
+      const CheckpointState back = load_checkpoint(good_checkpoint, g, store, opt.get(), ema.get());
+      skipped.insert(bad_step);
+      ++rollbacks;
+      log_warn(cat(diverged, ": rolled back to ", good_checkpoint, " at step ", back.step, "; the batch of step ",
+                   bad_step, " will be skipped (rollback ", rollbacks, " of at most ", cfg.max_rollbacks, ")"));
+      if (metrics)
+        metrics->write({{"event", "rollback"}, {"rollback", rollbacks}, {"nonfinite_at_step", bad_step},
+                        {"to_step", back.step}, {"what", diverged}});
+      step = back.step;
+      program->set_step(step);
+      continue;
+    }
     const double secs = seconds_since(t0);
     result.steps = step;
     result.train_loss = seen ? loss_sum / seen : 0;
     result.train_error = seen ? 100.0 * (1 - double(correct) / seen) : 0;
     result.grad_norm = steps ? norm_sum / static_cast<double>(steps) : 0;
     result.images_per_sec = seen / secs;
+    result.rollbacks = rollbacks;
     // Rows at the end of each epoch, of the run, and every eval_every steps.
-    const bool log_point = step % ipe == 0 || step == total || (cfg.eval_every > 0 && step % cfg.eval_every == 0);
-    if (log_point) {
+    if (log_point(step)) {
       result.test = evaluate(*evaluator, *test_loader, K);
       result.bad_images = bad_images();
       log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
@@ -556,6 +712,13 @@ TrainResult run_training(const TrainConfig& cfg) {
                            {"test_loss", result.test.loss}, {"test_error", result.test.error},
                            {"test_top5_error", result.test.top5_error}, {"eval_weights", ema ? "ema" : "raw"},
                            {"images_per_sec", result.images_per_sec}};
+        // The train figures cover the steps since span_start; after a resume
+        // mid-span, fewer than a whole span.
+        if (!log_point(span_start)) {
+          row["partial"] = true;
+          row["from_step"] = span_start;
+        }
+        if (skipped_here > 0) row["skipped_steps"] = skipped_here;
         if (cfg.clip_norm > 0) row["clipped_steps"] = clipped;
         if (cfg.skip_bad) row["bad_images"] = result.bad_images;  // of this epoch's steps
         if (losses.num_aux() > 0 && cfg.aux_weight > 0) row["train_aux_loss"] = seen ? aux_sum / seen : 0;
@@ -565,6 +728,10 @@ TrainResult run_training(const TrainConfig& cfg) {
     if (!ckpt.empty()) {
       cs.step = step;
       save_checkpoint(ckpt, g, store, opt.get(), ema.get(), cs);
+      good_checkpoint = ckpt;
+      // The rows this checkpoint covers are now in the log for good (a new run's
+      // first commit replaces an earlier run's log).
+      if (metrics) metrics->commit();
     }
     if (step == cfg.stop_after) break;
   }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,14 @@ struct TrainConfig {
   std::string backend = "cpu";
   std::string out_dir;       // checkpoints and metrics; empty = write nothing
   std::string resume;        // a checkpoint to continue from
+  // Resume even where the checkpoint records other settings (each change is logged);
+  // without it such a resume is refused, listing them.
+  bool force_resume = false;
+  // On a non-finite loss or gradient: "stop" (an Error), or "rollback": reload the last
+  // good checkpoint, skip the batch that diverged and go on, at most max_rollbacks
+  // times, each logged (and a metrics row {"event": "rollback", ...}).
+  std::string on_nonfinite = "stop";
+  int max_rollbacks = 3;
   int64_t stop_after = 0;    // stop after this step (checkpointing) as if interrupted; 0 = no
   // Also evaluate, log a metrics row and checkpoint every N steps, not only at the end
   // of each epoch (curves against iterations of short runs); 0 = at epoch ends only.
@@ -110,6 +119,8 @@ struct TrainResult {
   double images_per_sec = 0;
   int64_t bad_images = 0;  // image folders with skip_bad: files skipped (train and val)
   int64_t params = 0, macs = 0;  // of the model trained (MACs of one image's forward pass)
+  int rollbacks = 0;  // divergence rollbacks done
+  bool already_finished = false;  // resumed from a checkpoint at the run's last step: nothing done
 };
 
 struct DataPair {
@@ -164,11 +175,21 @@ data::ImageLoaderOptions image_loader_options(const std::string& recipe, int64_t
                                               bool training, bool augment, uint64_t seed, int workers,
                                               bool skip_bad);
 
-// Loader options that turn a dataset's images into a model's input: Fashion-MNIST's
-// 28x28 is zero-padded to 32x32 for the CIFAR networks; normalisation by the
-// training set's per-channel mean and std.
-data::LoaderOptions loader_options(const data::Dataset& train_set, int64_t image, int64_t batch,
-                                   bool training, bool augment, uint64_t seed, int workers);
+// An in-memory dataset made ready for a model of input `image`: the splits cut to
+// their limits (0 = all) first, then fitted (fit_images), so a large input costs only
+// the images used. The normalisation is the whole training set's per-channel mean and
+// std (also when training on a subset), of its pixels as stored, before any resize, so
+// that no image but those used is touched; a checkpoint records it.
+struct FittedData {
+  data::Dataset train, test;
+  std::vector<float> mean, std;
+};
+FittedData fit_data(DataPair data, int64_t image, int64_t train_limit, int64_t test_limit);
+
+// Loader options that turn a fitted split's images into a model's input: Fashion-MNIST's
+// 28x28 is zero-padded to 32x32 for the CIFAR networks; normalisation by d's mean and std.
+data::LoaderOptions loader_options(const FittedData& d, int64_t image, int64_t batch, bool training, bool augment,
+                                   uint64_t seed, int workers);
 
 // The losses of a training step over every output of a program: output 0 is the
 // main classifier, outputs 1.. the auxiliary ones (Inception-v3's), each K logits per

@@ -540,6 +540,161 @@ class ShortRun(unittest.TestCase):
         self.assertIn("1 threads", t.stdout)
 
 
+class RunFolder(unittest.TestCase):
+    """--out DIR: one writer, metrics that agree with the checkpoint, resume that checks
+    what it resumes, memory checked before the start, divergence rollback."""
+    COMMON = ["train", "resnet20", "--test-limit", "64", "--no-progress"]
+    BASE = COMMON + ["--train-limit", "256", "--batch", "32", "--eval-every", "2"]
+
+    @staticmethod
+    def rows(path):
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.strip()]
+
+    @staticmethod
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    def test_one_writer_per_folder(self):
+        with tempfile.TemporaryDirectory() as d:
+            a = subprocess.Popen([INCRES, *self.BASE, "--iters", "100000", "--out", d], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env={**os.environ, "INCRES_LOG": "quiet"})
+            try:
+                for _ in range(300):  # the lock names its holder once the run starts
+                    if os.path.exists(f"{d}/run.lock") and self.read(f"{d}/run.lock").strip():
+                        break
+                    import time
+                    time.sleep(0.1)
+                b = run(*self.BASE, "--iters", "4", "--seed", "3", "--out", d, expect_ok=False)
+                self.assertNotEqual(b.returncode, 0)
+                self.assertIn(f"is in use by another run (PID {a.pid}, ", b.stderr)
+                self.assertIn("resnet20", b.stderr)
+            finally:
+                a.kill()
+                a.wait()
+            # The killed run's lock is taken over, with a note.
+            c = subprocess.run([INCRES, *self.BASE, "--iters", "2", "--out", d], capture_output=True, text=True,
+                               env={**os.environ, "INCRES_LOG": "info"})
+            self.assertEqual(c.returncode, 0, c.stderr)
+            self.assertIn(f"taking over the lock of a run that did not end cleanly: {a.pid}", c.stderr)
+            self.assertEqual(self.read(f"{d}/run.lock"), b"")  # a clean end leaves it empty
+
+    def test_failed_run_keeps_the_earlier_run(self):
+        with tempfile.TemporaryDirectory() as d:
+            run(*self.BASE, "--iters", "4", "--out", d)
+            metrics, ckpt = self.read(f"{d}/metrics.jsonl"), self.read(f"{d}/last.safetensors")
+            self.assertEqual(len(self.rows(f"{d}/metrics.jsonl")), 2)
+            bad = run(*self.BASE, "--iters", "4", "--lr", "1e30", "--out", d, expect_ok=False)
+            self.assertNotEqual(bad.returncode, 0)
+            self.assertEqual(self.read(f"{d}/metrics.jsonl"), metrics)
+            self.assertEqual(self.read(f"{d}/last.safetensors"), ckpt)
+            # A stale temp file of a process that is gone is removed at the next start.
+            with open(f"{d}/last.safetensors.tmp-999999999", "wb") as f:
+                f.write(b"x" * 100)
+            run(*self.BASE, "--iters", "2", "--out", d)
+            self.assertFalse(os.path.exists(f"{d}/last.safetensors.tmp-999999999"))
+
+    def test_rows_past_the_checkpoint_are_dropped_on_resume(self):
+        with tempfile.TemporaryDirectory() as d:
+            run(*self.BASE, "--iters", "6", "--out", f"{d}/straight")
+            run(*self.BASE, "--iters", "6", "--out", f"{d}/split", "--stop-after", "4")
+            # A kill between a row and its checkpoint leaves a row past the checkpoint.
+            rows = self.rows(f"{d}/split/metrics.jsonl")
+            with open(f"{d}/split/metrics.jsonl", "a") as f:
+                f.write(json.dumps({**rows[-1], "step": 6, "train_loss": 99.0}) + "\n")
+            run(*self.BASE, "--iters", "6", "--out", f"{d}/split", "--resume", f"{d}/split/last.safetensors")
+            a, b = self.rows(f"{d}/straight/metrics.jsonl"), self.rows(f"{d}/split/metrics.jsonl")
+            self.assertEqual([r["step"] for r in b], [2, 4, 6])
+            self.assertEqual([r["train_loss"] for r in a], [r["train_loss"] for r in b])
+
+    def test_partial_span_is_marked(self):
+        with tempfile.TemporaryDirectory() as d:
+            run(*self.BASE, "--iters", "4", "--out", d, "--stop-after", "3")
+            run(*self.BASE, "--iters", "4", "--out", d, "--resume", f"{d}/last.safetensors")
+            last = self.rows(f"{d}/metrics.jsonl")[-1]
+            self.assertEqual((last["step"], last["partial"], last["from_step"]), (4, True, 3))
+
+    def test_resume_checks_what_it_resumes(self):
+        with tempfile.TemporaryDirectory() as d:
+            run(*self.BASE, "--iters", "4", "--out", d, "--stop-after", "2")
+            ckpt = f"{d}/last.safetensors"
+            bad = run(*self.COMMON, "--batch", "16", "--train-limit", "128", "--iters", "4", "--out", d,
+                      "--resume", ckpt, expect_ok=False)
+            self.assertNotEqual(bad.returncode, 0)
+            self.assertIn("--train-limit 256 -> 128", bad.stderr)
+            self.assertIn("--batch 32 -> 16", bad.stderr)
+            self.assertIn("--force-resume", bad.stderr)
+            forced = subprocess.run([INCRES, *self.BASE, "--iters", "4", "--lr", "0.05", "--out", d, "--resume", ckpt,
+                                     "--force-resume"], capture_output=True, text=True,
+                                    env={**os.environ, "INCRES_LOG": "info"})
+            self.assertEqual(forced.returncode, 0, forced.stderr)
+            self.assertIn("--force-resume: continuing", forced.stderr)
+            self.assertIn("--lr 0.1 -> 0.05", forced.stderr)
+            # A finished run says so, exits 0 and writes nothing.
+            before = self.read(f"{d}/metrics.jsonl")
+            done = run(*self.BASE, "--iters", "4", "--lr", "0.05", "--out", d, "--resume", ckpt)
+            self.assertIn("the run is finished (step 4); nothing to do", done.stdout)
+            self.assertEqual(self.read(f"{d}/metrics.jsonl"), before)
+
+    def test_memory_is_checked_before_the_start(self):
+        p = subprocess.run([INCRES, *self.COMMON, "--batch", "1024", "--train-limit", "1024", "--iters", "1"],
+                           capture_output=True, text=True, env={**os.environ, "INCRES_LOG": "quiet",
+                                                                 "INCRES_MEMORY_LIMIT": "300000000"})
+        self.assertNotEqual(p.returncode, 0)
+        self.assertRegex(p.stderr, r"the training program at batch 1024 needs [\d.]+ GB .* 300\.0 MB of memory are "
+                                   r"available .* the largest batch that fits is about \d+ \(--batch \d+\)")
+        big = run("train", "resnet20", "--image", "4096", "--batch", "1", "--train-limit", "1", "--test-limit", "1",
+                  "--iters", "1", "--no-progress", expect_ok=False)
+        self.assertIn("the training program at batch 1 needs", big.stderr)  # not std::bad_alloc
+
+    def test_divergence_rollback(self):
+        env = {**os.environ, "INCRES_LOG": "info", "INCRES_TEST_NAN_AT_STEP": "5"}
+        with tempfile.TemporaryDirectory() as d:
+            stop = subprocess.run([INCRES, *self.BASE, "--iters", "8", "--out", f"{d}/stop"], capture_output=True,
+                                  text=True, env=env)
+            self.assertNotEqual(stop.returncode, 0)
+            self.assertIn("loss is nan at step 5", stop.stderr)
+            self.assertIn("--on-nonfinite rollback", stop.stderr)
+            rb = subprocess.run([INCRES, *self.BASE, "--iters", "8", "--out", f"{d}/rb", "--on-nonfinite", "rollback"],
+                                capture_output=True, text=True, env=env)
+            self.assertEqual(rb.returncode, 0, rb.stderr)
+            self.assertIn("rolled back to", rb.stderr)
+            self.assertIn("at step 4; the batch of step 5 will be skipped (rollback 1 of at most 3)", rb.stderr)
+            rows = self.rows(f"{d}/rb/metrics.jsonl")
+            events = [r for r in rows if r.get("event") == "rollback"]
+            self.assertEqual([(e["nonfinite_at_step"], e["to_step"]) for e in events], [(5, 4)])
+            steps = [r for r in rows if "step" in r]
+            self.assertEqual([r["step"] for r in steps], [2, 4, 6, 8])
+            self.assertEqual(steps[2]["skipped_steps"], 1)
+            # No checkpoint yet to roll back to: the message says so.
+            early = subprocess.run([INCRES, *self.COMMON, "--train-limit", "256", "--batch", "32", "--iters", "8",
+                                    "--out", f"{d}/early",
+                                    "--on-nonfinite", "rollback"], capture_output=True, text=True, env=env)
+            self.assertNotEqual(early.returncode, 0)
+            self.assertIn("no checkpoint was written yet", early.stderr)
+
+    def test_bad_flags_and_folders(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(f"{d}/file", "w") as f:
+                f.write("x")
+            bad = run(*self.BASE, "--iters", "1", "--out", f"{d}/file", expect_ok=False)
+            self.assertIn(f"--out {d}/file is not a folder", bad.stderr)
+            self.assertNotIn("filesystem error", bad.stderr)
+            w = run("train", "resnet20", "--width", "0.5", "--iters", "1", expect_ok=False)
+            self.assertIn("--width applies to Inception models, not resnet20", w.stderr)
+            n = run("train", "resnet20", "--seed", "-1", "--iters", "1", expect_ok=False)
+            self.assertIn("--seed: Value -1 is not >= 0", n.stderr)
+            # Trailing bytes after an IDX file's gzip stream.
+            fake_fashion_mnist(f"{d}/fm")
+            with open(f"{d}/fm/t10k-labels-idx1-ubyte.gz", "ab") as f:
+                f.write(b"JUNK")
+            t = run("train", "resnet20", "--data", f"fashion-mnist:{d}/fm", "--iters", "1", "--batch", "32",
+                    expect_ok=False)
+            self.assertRegex(t.stderr, r"t10k-labels-idx1-ubyte.gz: 4 bytes of trailing data after the gzip stream, "
+                                       r"from byte \d+")
+
+
 class Experiment(unittest.TestCase):
     """`incres experiment`'s machinery at a tiny scale: it runs, resumes after an
     interruption, skips what is finished, refuses another configuration in the same

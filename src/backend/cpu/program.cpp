@@ -43,6 +43,7 @@
 #include "backend/outputs.h"
 #include "backend/program.h"
 #include "core/error.h"
+#include "core/memory_info.h"
 #include "graph/passes/fusion.h"
 
 namespace incres::backend {
@@ -341,6 +342,14 @@ void CpuProgram::plan() {
   }
   const size_t bytes = plan_memory(blocks);
   live_peak_ = live_peak(blocks);
+  // Refused before any of it is taken: an allocation past the machine's memory either
+  // fails or, with overcommit, kills the process later.
+  const int64_t needed = static_cast<int64_t>(bytes + scratch_.bytes + tmp_.bytes + fold_.bytes);
+  if (const int64_t available = available_memory(); available >= 0 && needed > available)
+    throw OutOfMemory(cat("the ", training() ? "training" : "inference", " program at batch ", opt_.batch, " needs ",
+                          bytes_text(static_cast<double>(needed)), " for activations, gradients and workspaces; ",
+                          bytes_text(static_cast<double>(available)), " of memory are available"),
+                      needed, available);
   arena_ = Tensor(Shape{static_cast<int64_t>(std::max<size_t>(bytes, 1))}, DType::u8);
   for (size_t i = 0; i < bufs_.size(); ++i) {
     bufs_[i].block = blocks[i];
