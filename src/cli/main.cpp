@@ -116,14 +116,10 @@ struct ModelFlags {
     return "";
   }
   models::ModelConfig config(const std::string& model) const {
-    models::ModelConfig mc = models::find_model(model).defaults;
-    for (const auto& [key, value] : arch.options()) models::set_option(mc, key, value);
-    if (in_channels_opt->count()) mc.in_channels = in_channels;
-    if (classes_opt->count()) mc.classes = classes;
-    if (image_opt->count()) mc.image = image;
-    if (!shortcut.empty()) mc.shortcut = models::parse_shortcut(shortcut);
-    if (no_aux) mc.aux = false;
-    return mc;
+    const models::ModelConfig d = models::find_model(model).defaults;
+    return train::model_config(model, shortcut, image_opt->count() ? image : 0, !no_aux,
+                               in_channels_opt->count() ? in_channels : d.in_channels,
+                               classes_opt->count() ? classes : d.classes, arch.options());
   }
 };
 
@@ -279,26 +275,6 @@ int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& 
   return 0;
 }
 
-// The run configuration `incres train` records in a checkpoint's metadata.
-nlohmann::json run_config(const io::SafeTensors& st, const std::string& path) {
-  nlohmann::json cfg;
-  if (auto it = st.metadata.find("config"); it != st.metadata.end()) cfg = nlohmann::json::parse(it->second, nullptr, false);
-  INCRES_CHECK(cfg.is_object() && cfg.contains("model"), path,
-               ": no incres run configuration in the metadata; is this a checkpoint written by `incres train`? "
-               "(a plain state_dict takes --weights FILE --model NAME)");
-  return cfg;
-}
-
-// The model a checkpoint's run built, for data of `in_channels` and `classes`.
-models::ModelConfig recorded_model_config(const nlohmann::json& cfg, int64_t in_channels, int64_t classes) {
-  std::vector<std::pair<std::string, std::string>> options;
-  if (cfg.contains("model_options") && cfg["model_options"].is_array())
-    for (const auto& kv : cfg["model_options"]) options.emplace_back(kv.at(0).get<std::string>(), kv.at(1).get<std::string>());
-  // Checkpoints before "image" was recorded were all of 32x32 CIFAR nets with shortcut A.
-  return train::model_config(cfg["model"].get<std::string>(), cfg.value("shortcut", "A"),
-                             cfg.value("image", int64_t{32}), cfg.value("aux", true), in_channels, classes, options);
-}
-
 // A model with its weights: from a checkpoint of `incres train` (its recorded
 // architecture; the moving average of the weights when it holds one, unless
 // raw_weights) or from a weights file of parameters only (a converted torchvision
@@ -403,23 +379,21 @@ int cmd_eval(const std::string& path, const std::string& weights, const std::str
     INCRES_CHECK(flag.empty() && model.empty(), flag.empty() ? "--model" : flag, " applies to --weights; ", path,
                  " records its architecture");
   }
-  nlohmann::json cfg;
+  train::RunRecord record;
   if (weights.empty()) {
-    cfg = run_config(io::load_safetensors(path), path);
-    if (data_spec.empty()) data_spec = cfg.value("data", "fashion-mnist");
+    record = train::read_run_record(path);
+    if (data_spec.empty()) data_spec = record.config.data;
   }
   INCRES_CHECK(!skip_bad || train::is_image_folder(data_spec), "--skip-bad applies to --data imagefolder:DIR, not ",
                data_spec);
   EvalData d(data_spec);
   if (weights.empty()) {
-    m.name = cfg["model"].get<std::string>();
-    m.mc = recorded_model_config(cfg, d.in_channels, cfg.value("num_classes", d.classes));
+    m.name = record.config.model;
+    m.mc = train::model_config(record, d.in_channels, record.classes > 0 ? record.classes : d.classes);
   }
   d.check_model(m.mc);
-  if (cfg.contains("mean") && cfg.contains("std")) {
-    d.mean = cfg["mean"].get<std::vector<float>>();
-    d.std = cfg["std"].get<std::vector<float>>();
-  }
+  d.mean = record.mean;  // the checkpoint's own normalisation, where it records one
+  d.std = record.std;
   m.build();
   if (weights.empty()) m.load_checkpoint(path, raw_weights);
   else m.load_weights(weights);
@@ -456,23 +430,22 @@ int cmd_predict(const std::vector<std::string>& images, const std::string& model
     m.name = model;
     m.mc = mf.config(model);
   } else {
-    const nlohmann::json cfg = run_config(io::load_safetensors(checkpoint), checkpoint);
-    m.name = cfg["model"].get<std::string>();
+    const train::RunRecord record = train::read_run_record(checkpoint);
+    m.name = record.config.model;
     INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
     const std::string flag = ModelFlags::first_given(pr);
     INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
-    INCRES_CHECK(cfg.contains("num_classes") && cfg.contains("in_channels"), checkpoint,
+    INCRES_CHECK(record.classes > 0 && record.in_channels > 0, checkpoint,
                  ": written before checkpoints recorded their classes; evaluate it with `incres eval`");
-    const int64_t in_channels = cfg["in_channels"].get<int64_t>();
-    INCRES_CHECK(in_channels == 3, checkpoint, ": the model takes ", in_channels, "-channel images (trained on ",
-                 cfg.value("data", "?"), "); predict feeds RGB images to 3-channel models");
-    m.mc = recorded_model_config(cfg, in_channels, cfg["num_classes"].get<int64_t>());
-    if (cfg.contains("mean") && cfg.contains("std")) {
-      mean = cfg["mean"].get<std::vector<float>>();
-      std = cfg["std"].get<std::vector<float>>();
+    INCRES_CHECK(record.in_channels == 3, checkpoint, ": the model takes ", record.in_channels,
+                 "-channel images (trained on ", record.config.data, "); predict feeds RGB images to 3-channel models");
+    m.mc = train::model_config(record);
+    if (!record.mean.empty()) {
+      mean = record.mean;
+      std = record.std;
     }
-    if (cfg.contains("class_names")) names = cfg["class_names"].get<std::vector<std::string>>();
-    if (!train::is_image_folder(cfg.value("data", ""))) crop_fraction = 1.0;
+    names = record.class_names;
+    if (!train::is_image_folder(record.config.data)) crop_fraction = 1.0;
   }
   INCRES_CHECK(m.mc.in_channels == 3, "predict feeds RGB images; the model takes ", m.mc.in_channels,
                " channels (--in-channels)");

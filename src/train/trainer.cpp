@@ -10,9 +10,11 @@
 #include <optional>
 #include <set>
 #include <tuple>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
 #include "train/ema.h"
@@ -44,6 +46,95 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"ema_decay", c.ema_decay}, {"aux_weight", c.aux_weight},
           {"label_smoothing", c.label_smoothing}, {"augment", c.augment}, {"seed", c.seed},
           {"eval_every", c.eval_every}, {"backend", c.backend}};
+}
+
+TrainConfig config_from_json(const nlohmann::json& j) {
+  TrainConfig c;
+  auto get = [&](const char* key, auto& field) {
+    if (j.contains(key) && !j[key].is_null()) field = j[key].get<std::remove_reference_t<decltype(field)>>();
+  };
+  get("model", c.model);
+  get("shortcut", c.shortcut);
+  get("image", c.image);
+  get("aux", c.aux);
+  if (j.contains("model_options") && j["model_options"].is_array())
+    for (const auto& kv : j["model_options"]) c.model_options.emplace_back(kv.at(0).get<std::string>(), kv.at(1).get<std::string>());
+  get("data", c.data);
+  get("train_limit", c.train_limit);
+  get("test_limit", c.test_limit);
+  get("skip_bad", c.skip_bad);
+  get("epochs", c.epochs);
+  get("iters", c.iters);
+  get("batch", c.batch);
+  get("recipe", c.recipe);
+  get("schedule", c.schedule);
+  get("lr", c.lr);
+  get("milestones", c.milestones);
+  get("gamma", c.gamma);
+  get("decay_rate", c.decay_rate);
+  get("decay_epochs", c.decay_epochs);
+  get("warmup_iters", c.warmup_iters);
+  get("warmup_lr", c.warmup_lr);
+  get("warmup_kind", c.warmup_kind);
+  get("optimizer", c.optimizer);
+  get("momentum", c.momentum);
+  get("weight_decay", c.weight_decay);
+  get("nesterov", c.nesterov);
+  get("no_decay_bn_bias", c.no_decay_bn_bias);
+  get("rmsprop_decay", c.rmsprop_decay);
+  get("rmsprop_epsilon", c.rmsprop_epsilon);
+  get("clip_norm", c.clip_norm);
+  get("ema_decay", c.ema_decay);
+  get("aux_weight", c.aux_weight);
+  get("label_smoothing", c.label_smoothing);
+  get("augment", c.augment);
+  get("seed", c.seed);
+  get("eval_every", c.eval_every);
+  get("backend", c.backend);
+  return c;
+}
+
+nlohmann::json to_json(const RunRecord& r) {
+  nlohmann::json j = to_json(r.config);
+  j["in_channels"] = r.in_channels;
+  j["num_classes"] = r.classes;
+  j["mean"] = r.mean;
+  j["std"] = r.std;
+  if (!r.class_names.empty()) j["class_names"] = r.class_names;
+  return j;
+}
+
+RunRecord run_record_from_json(const nlohmann::json& j) {
+  RunRecord r;
+  r.config = config_from_json(j);
+  if (!j.contains("image")) {  // before the input size was recorded: 32x32 CIFAR nets, shortcut A
+    r.config.image = 32;
+    r.config.shortcut = "A";
+  }
+  r.in_channels = j.value("in_channels", int64_t{0});
+  r.classes = j.value("num_classes", int64_t{0});
+  if (j.contains("mean") && j.contains("std")) {
+    r.mean = j["mean"].get<std::vector<float>>();
+    r.std = j["std"].get<std::vector<float>>();
+  }
+  if (j.contains("class_names")) r.class_names = j["class_names"].get<std::vector<std::string>>();
+  return r;
+}
+
+RunRecord read_run_record(const std::string& checkpoint) {
+  const io::SafeTensors st = io::load_safetensors(checkpoint);
+  nlohmann::json j;
+  if (auto it = st.metadata.find("config"); it != st.metadata.end()) j = nlohmann::json::parse(it->second, nullptr, false);
+  INCRES_CHECK(j.is_object() && j.contains("model"), checkpoint,
+               ": no incres run configuration in the metadata; is this a checkpoint written by `incres train`? "
+               "(a plain state_dict takes --weights FILE --model NAME)");
+  return run_record_from_json(j);
+}
+
+models::ModelConfig model_config(const RunRecord& r, int64_t in_channels, int64_t classes) {
+  return model_config(r.config.model, r.config.shortcut, r.config.image, r.config.aux,
+                      in_channels > 0 ? in_channels : r.in_channels, classes > 0 ? classes : r.classes,
+                      r.config.model_options);
 }
 
 TrainConfig recipe_defaults(const std::string& recipe) {
@@ -511,18 +602,16 @@ TrainResult run_training(const TrainConfig& cfg) {
   cs.model = cfg.model;
   {
     // Recorded as resolved, so that `incres eval` rebuilds the same model.
-    TrainConfig resolved = cfg;
-    resolved.shortcut = mc.shortcut == models::Shortcut::A ? "A" : mc.shortcut == models::Shortcut::B ? "B" : "C";
-    resolved.image = mc.image;
-    nlohmann::json j = to_json(resolved);
-    // What `incres predict` needs without the dataset: the input's channels, the
-    // classes and their names, and the normalisation the run used.
-    j["in_channels"] = in_channels;
-    j["num_classes"] = classes;
-    j["mean"] = mean;
-    j["std"] = std;
-    if (!class_names.empty()) j["class_names"] = class_names;
-    cs.config = j.dump();
+    RunRecord record;
+    record.config = cfg;
+    record.config.shortcut = mc.shortcut == models::Shortcut::A ? "A" : mc.shortcut == models::Shortcut::B ? "B" : "C";
+    record.config.image = mc.image;
+    record.in_channels = in_channels;
+    record.classes = classes;
+    record.mean = mean;
+    record.std = std;
+    record.class_names = class_names;
+    cs.config = to_json(record).dump();
   }
   int64_t step = 0;
   if (!cfg.resume.empty()) {

@@ -83,6 +83,24 @@ struct TrainConfig {
 };
 
 nlohmann::json to_json(const TrainConfig& c);
+// The fields to_json wrote; keys it lacks (an older incres) keep TrainConfig's defaults.
+TrainConfig config_from_json(const nlohmann::json& j);
+
+// What a run records in its checkpoint's metadata ("config"): its configuration as
+// resolved (the shortcut and input size its model was built with), and what `incres
+// eval` and `incres predict` need without the training data.
+struct RunRecord {
+  TrainConfig config;
+  int64_t in_channels = 0, classes = 0;  // 0: not recorded (an older checkpoint)
+  std::vector<float> mean, std;          // the input normalisation; empty: not recorded
+  std::vector<std::string> class_names;
+};
+nlohmann::json to_json(const RunRecord& r);
+// Reads what to_json(RunRecord) wrote, also from older checkpoints: those written
+// before the input size was recorded were all 32x32 CIFAR nets with shortcut A.
+RunRecord run_record_from_json(const nlohmann::json& j);
+// The record in a checkpoint file's metadata; an Error naming the file when it holds none.
+RunRecord read_run_record(const std::string& checkpoint);
 
 // The recipes, as TrainConfig defaults for the fields they govern (the optimizer and
 // its settings, the schedule, clipping, moving average, label smoothing, aux weight):
@@ -136,6 +154,10 @@ DataPair load_data(const std::string& spec);
 models::ModelConfig model_config(const std::string& model, const std::string& shortcut, int64_t image,
                                  bool aux, int64_t in_channels, int64_t classes,
                                  const std::vector<std::pair<std::string, std::string>>& options = {});
+
+// The model a recorded run built, for data of `in_channels` and `classes` channels and
+// classes (0: the recorded ones).
+models::ModelConfig model_config(const RunRecord& r, int64_t in_channels = 0, int64_t classes = 0);
 
 // The images a model of input size `image` trains on: the dataset itself when its
 // images fit (the loader zero-pads them, e.g. Fashion-MNIST's 28x28 to 32x32), or,

@@ -701,6 +701,17 @@ class Experiment(unittest.TestCase):
     folder, and writes its table and plot."""
     TINY = ["--iters", "4", "--eval-every", "2", "--train-limit", "256", "--test-limit", "64", "--no-progress"]
 
+    @classmethod
+    def setUpClass(cls):
+        # A small Fashion-MNIST-shaped folder: each run then loads 320 images, not 70,000.
+        cls.tmp = tempfile.TemporaryDirectory()
+        fake_fashion_mnist(f"{cls.tmp.name}/fm", n_train=256, n_test=64)
+        cls.TINY = cls.TINY + ["--data", f"fashion-mnist:{cls.tmp.name}/fm"]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
     def test_interrupt_resume_report(self):
         with tempfile.TemporaryDirectory() as d:
             out = f"{d}/split"
@@ -720,7 +731,7 @@ class Experiment(unittest.TestCase):
             self.assertEqual(report, p.stdout)
             self.assertRegex(report, r"Verdict: (reproduced|partly reproduced|not reproduced): plain-56")
             self.assertRegex(report, r"\| plain-56 \| 852,730 \| 125\.2 M \| \d+\.\d\d \| \d+\.\d\d \|")
-            self.assertIn("incres train resnet56 --iters 4", report)
+            self.assertRegex(report, r"incres train resnet56 --data \S+ --iters 4 ")
             with open(f"{out}/degradation/plot.png", "rb") as f:
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
             with open(f"{out}/degradation/results.tsv") as f:
@@ -740,6 +751,7 @@ class Experiment(unittest.TestCase):
             self.assertEqual(again.stdout, report)
             # Another configuration in the same folder is refused, naming what differs.
             bad = run("experiment", "degradation", "--iters", "6", *self.TINY[2:], "--out", out, expect_ok=False)
+            self.assertNotIn("(resuming)", bad.stderr)
             self.assertNotEqual(bad.returncode, 0)
             self.assertIn('holds a run of another configuration (iters 4 -> 6', bad.stderr)
 
@@ -749,7 +761,7 @@ class Experiment(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             for name in names:
                 r = run("experiment", name, "--iters", "2", "--eval-every", "1", "--train-limit", "128",
-                        "--test-limit", "32", "--seeds", "1", "--no-progress", "--out", d)
+                        "--test-limit", "32", "--seeds", "1", "--no-progress", "--out", d, *self.TINY[-2:])
                 self.assertRegex(r.stdout, r"\nVerdict: (reproduced|partly reproduced|not reproduced|ordering)", name)
                 self.assertNotIn("not run", r.stdout, name)
                 self.assertTrue(os.path.getsize(f"{d}/{name}/plot.png") > 1000, name)
