@@ -123,18 +123,39 @@ struct ModelFlags {
   }
 };
 
-int cmd_models() {
-  std::printf("%-20s %12s %11s %9s  %s\n", "model", "params", "MACs", "input", "description");
-  for (const auto& m : models::registry()) {
-    graph::Graph g = m.build(m.defaults);
-    const std::string input = std::to_string(m.defaults.image) + "x" + std::to_string(m.defaults.image);
-    std::printf("%-20s %12s %11s %9s  %s\n", m.name.c_str(), with_commas(g.param_count()).c_str(),
-                human(static_cast<double>(g.macs())).c_str(), input.c_str(), m.description.c_str());
+// Inference programs run stride-1 3x3, 1x3 / 3x1 and 1x7 / 7x1 convs as Winograd where
+// it pays (backend/cpu/winograd.h); the flag that turns it off, in eval, predict and bench.
+constexpr const char* kNoWinogradHelp =
+    "run every convolution as oneDNN's direct conv (by default the 3x3, 1x3/3x1 and 1x7/7x1 convs with enough "
+    "channels and output tiles run as incres's Winograd convolutions: faster, within ~3e-5 relative)";
+
+// A subcommand: its flags (add() creates the CLI11 sub-app and binds them to the
+// struct's members) and what it does (run(), after parsing).
+struct Command {
+  virtual ~Command() = default;
+  virtual void add(CLI::App& parent) = 0;
+  virtual int run() = 0;
+  CLI::App* app = nullptr;
+};
+
+struct ModelsCommand : Command {
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("models", "list every architecture with its parameters and MACs");
   }
-  std::printf("\n(each at its default input, 3 channels, %s; `incres info MODEL --help` lists the options)\n",
-              "10 classes for CIFAR nets, 1000 for ImageNet and Inception nets");
-  return 0;
-}
+
+  int run() override {
+    std::printf("%-20s %12s %11s %9s  %s\n", "model", "params", "MACs", "input", "description");
+    for (const auto& m : models::registry()) {
+      graph::Graph g = m.build(m.defaults);
+      const std::string input = std::to_string(m.defaults.image) + "x" + std::to_string(m.defaults.image);
+      std::printf("%-20s %12s %11s %9s  %s\n", m.name.c_str(), with_commas(g.param_count()).c_str(),
+                  human(static_cast<double>(g.macs())).c_str(), input.c_str(), m.description.c_str());
+    }
+    std::printf("\n(each at its default input, 3 channels, %s; `incres info MODEL --help` lists the options)\n",
+                "10 classes for CIFAR nets, 1000 for ImageNet and Inception nets");
+    return 0;
+  }
+};
 
 double mb(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
@@ -157,22 +178,41 @@ void print_memory(const graph::Graph& g, const std::string& mode, int64_t batch)
   std::printf("  %-52s %10.1f\n", "total (an optimizer adds its state)", mb(m.total + param_bytes * (train ? 2 : 1)));
 }
 
-int cmd_info(const std::string& name, const ModelFlags& mf, bool memory, const std::string& mode, int64_t batch) {
-  graph::Graph g = models::build_model(name, mf.config(name));
-  std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
-  for (const auto& n : g.nodes) {
-    int64_t params = 0;
-    for (int p : n.params)
-      if (g.params[p].trainable()) params += g.params[p].shape.numel();
-    std::printf("%-28s %-11s %-16s %12s %12s\n", n.name.c_str(), graph::op_name(n.op),
-                g.values[n.output].shape.str().c_str(), params ? with_commas(params).c_str() : "",
-                graph::node_macs(g, n) ? human(static_cast<double>(graph::node_macs(g, n))).c_str() : "");
+struct InfoCommand : Command {
+  std::string name;
+  ModelFlags mf;
+  bool memory = false;
+  std::string mode = "train";
+  int64_t batch = 32;
+
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("info", "per-layer table of a model: output shape, parameters, MACs; with --memory, its planned memory");
+    app->add_option("model", name, "model name (see `incres models`)")->required();
+    app->add_flag("--memory", memory, "also compile the model and report its planned memory");
+    app->add_option("--mode", mode, "with --memory: train or infer")->capture_default_str()
+        ->check(CLI::IsMember({"train", "infer"}));
+    app->add_option("--batch", batch, "with --memory: batch size")->capture_default_str()
+        ->check(CLI::Range(int64_t{1}, int64_t{65536}));
+    mf.add(app);
   }
-  std::printf("\n%s: input %s, %s parameters, %s MACs per image\n", name.c_str(), g.input_shape().str().c_str(),
-              with_commas(g.param_count()).c_str(), human(static_cast<double>(g.macs())).c_str());
-  if (memory) print_memory(g, mode, batch);
-  return 0;
-}
+
+  int run() override {
+    graph::Graph g = models::build_model(name, mf.config(name));
+    std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
+    for (const auto& n : g.nodes) {
+      int64_t params = 0;
+      for (int p : n.params)
+        if (g.params[p].trainable()) params += g.params[p].shape.numel();
+      std::printf("%-28s %-11s %-16s %12s %12s\n", n.name.c_str(), graph::op_name(n.op),
+                  g.values[n.output].shape.str().c_str(), params ? with_commas(params).c_str() : "",
+                  graph::node_macs(g, n) ? human(static_cast<double>(graph::node_macs(g, n))).c_str() : "");
+    }
+    std::printf("\n%s: input %s, %s parameters, %s MACs per image\n", name.c_str(), g.input_shape().str().c_str(),
+                with_commas(g.param_count()).c_str(), human(static_cast<double>(g.macs())).c_str());
+    if (memory) print_memory(g, mode, batch);
+    return 0;
+  }
+};
 
 // Where a step's time goes: per node (summed over its primitives), most first, then
 // per kind of primitive and phase.
@@ -216,64 +256,90 @@ void print_profile(const graph::Graph& g, const backend::Program& p, int calls, 
     if (t > 0) std::printf("  %-34s %9.2f ms %6.1f%%\n", k.c_str(), t * per, 100 * t / std::max(total, 1e-12));
 }
 
-int cmd_bench(const std::string& name, const ModelFlags& mf, const std::string& mode, int64_t batch,
-              int iters, int warmup, const std::string& backend, bool json, bool profile, bool winograd) {
-  graph::Graph g = models::build_model(name, mf.config(name));
-  graph::ParamStore store(g);
-  store.init(g, 0);
-  const bool train = mode == "train";
-  auto t_compile = std::chrono::steady_clock::now();
-  auto program = backend::compile(backend, g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer,
-                                                      .winograd = winograd});
-  double compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_compile).count();
-  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
-  std::vector<float> dy(static_cast<size_t>(batch * g.output_shape().numel()));
-  Rng rng(1);
-  for (float& v : x) v = static_cast<float>(rng.normal());
-  for (float& v : dy) v = static_cast<float>(rng.normal() * 1e-3);
-  // A training step as a training loop runs it: forward, backward, an SGD update
-  // (momentum 0.9, weight decay 1e-4; the peers' benchmark scripts do the same).
-  std::optional<train::Sgd> sgd;
-  if (train) sgd.emplace(g, store, train::SgdOptions{});
-  auto run = [&] {
-    program->forward(x.data());
-    if (!train) return;
-    program->backward(dy.data());
-    sgd->step(1e-3);
-  };
-  for (int i = 0; i < warmup; ++i) run();
-  program->set_profiling(profile);
-  std::vector<double> times;
-  for (int i = 0; i < iters; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    run();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+struct BenchCommand : Command {
+  std::string name, mode = "train", backend = "cpu";
+  int64_t batch = 128;
+  int iters = 20, warmup = 3;
+  bool json = false;
+  ModelFlags mf;
+  bool profile = false;
+  bool no_winograd = false;
+
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("bench", "time training steps or inference on synthetic data");
+    app->add_option("model", name, "model name (see `incres models`)")->required();
+    app->add_option("--mode", mode, "train (forward + backward) or infer")->capture_default_str()
+        ->check(CLI::IsMember({"train", "infer"}));
+    app->add_option("--batch", batch, "batch size")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+    app->add_option("--iters", iters, "timed iterations (the median is reported)")->capture_default_str()->check(CLI::Range(1, 100000));
+    app->add_option("--warmup", warmup, "untimed iterations first")->capture_default_str()->check(CLI::Range(0, 100000));
+    app->add_option("--backend", backend, "cpu or ref")->capture_default_str()->check(CLI::IsMember({"cpu", "ref"}));
+    app->add_flag("--json", json, "print one JSON line");
+    app->add_flag("--profile", profile, "time every step and print where the time goes, per layer and per primitive kind "
+                  "(cpu backend; the clock reads add a little)");
+    app->add_flag("--no-winograd", no_winograd, std::string("inference: ") + kNoWinogradHelp);
+    mf.add(app);
   }
-  std::sort(times.begin(), times.end());
-  double median = times[times.size() / 2], mean = 0;
-  for (double t : times) mean += t;
-  mean /= static_cast<double>(times.size());
-  // FLOPs: 2 per MAC; a training step costs forward + backward-data + backward-weights.
-  double flops = 2.0 * static_cast<double>(g.macs()) * static_cast<double>(batch) * (train ? 3 : 1);
-  double ips = static_cast<double>(batch) / median;
-  if (json) {
-    nlohmann::json j{{"model", name}, {"mode", mode}, {"batch", batch}, {"backend", backend},
-                     {"images_per_sec", ips}, {"median_ms", median * 1e3}, {"mean_ms", mean * 1e3},
-                     {"gflops", flops / median / 1e9}, {"iters", iters}, {"compile_s", compile_s},
-                     {"planned_mb", static_cast<double>(program->planned_bytes()) / 1e6},
-                     {"threads", omp_get_max_threads()}, {"isa", backend::cpu_isa()}};
-    std::printf("%s\n", j.dump().c_str());
-  } else {
-    std::printf("%s %s batch %lld (%s, %d threads, %s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), "
-                "%.1f GFLOP/s, compiled in %.2f s, %.1f MB planned\n",
-                name.c_str(), mode.c_str(), static_cast<long long>(batch), backend.c_str(), omp_get_max_threads(),
-                backend.c_str() == std::string("cpu") ? backend::cpu_isa().c_str() : "naive loops", ips, median * 1e3,
-                mean * 1e3, iters, flops / median / 1e9, compile_s,
-                static_cast<double>(program->planned_bytes()) / 1e6);
+
+  int run() override {
+    const bool winograd = !no_winograd;
+    graph::Graph g = models::build_model(name, mf.config(name));
+    graph::ParamStore store(g);
+    store.init(g, 0);
+    const bool train = mode == "train";
+    auto t_compile = std::chrono::steady_clock::now();
+    auto program = backend::compile(backend, g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer,
+                                                        .winograd = winograd});
+    double compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_compile).count();
+    std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
+    std::vector<float> dy(static_cast<size_t>(batch * g.output_shape().numel()));
+    Rng rng(1);
+    for (float& v : x) v = static_cast<float>(rng.normal());
+    for (float& v : dy) v = static_cast<float>(rng.normal() * 1e-3);
+    // A training step as a training loop runs it: forward, backward, an SGD update
+    // (momentum 0.9, weight decay 1e-4; the peers' benchmark scripts do the same).
+    std::optional<train::Sgd> sgd;
+    if (train) sgd.emplace(g, store, train::SgdOptions{});
+    auto run = [&] {
+      program->forward(x.data());
+      if (!train) return;
+      program->backward(dy.data());
+      sgd->step(1e-3);
+    };
+    for (int i = 0; i < warmup; ++i) run();
+    program->set_profiling(profile);
+    std::vector<double> times;
+    for (int i = 0; i < iters; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      run();
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(times.begin(), times.end());
+    double median = times[times.size() / 2], mean = 0;
+    for (double t : times) mean += t;
+    mean /= static_cast<double>(times.size());
+    // FLOPs: 2 per MAC; a training step costs forward + backward-data + backward-weights.
+    double flops = 2.0 * static_cast<double>(g.macs()) * static_cast<double>(batch) * (train ? 3 : 1);
+    double ips = static_cast<double>(batch) / median;
+    if (json) {
+      nlohmann::json j{{"model", name}, {"mode", mode}, {"batch", batch}, {"backend", backend},
+                       {"images_per_sec", ips}, {"median_ms", median * 1e3}, {"mean_ms", mean * 1e3},
+                       {"gflops", flops / median / 1e9}, {"iters", iters}, {"compile_s", compile_s},
+                       {"planned_mb", static_cast<double>(program->planned_bytes()) / 1e6},
+                       {"threads", omp_get_max_threads()}, {"isa", backend::cpu_isa()}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("%s %s batch %lld (%s, %d threads, %s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), "
+                  "%.1f GFLOP/s, compiled in %.2f s, %.1f MB planned\n",
+                  name.c_str(), mode.c_str(), static_cast<long long>(batch), backend.c_str(), omp_get_max_threads(),
+                  backend.c_str() == std::string("cpu") ? backend::cpu_isa().c_str() : "naive loops", ips, median * 1e3,
+                  mean * 1e3, iters, flops / median / 1e9, compile_s,
+                  static_cast<double>(program->planned_bytes()) / 1e6);
+    }
+    if (profile) print_profile(g, *program, iters, batch);
+    return 0;
   }
-  if (profile) print_profile(g, *program, iters, batch);
-  return 0;
-}
+};
 
 // A model with its weights: from a checkpoint of `incres train` (its recorded
 // architecture; the moving average of the weights when it holds one, unless
@@ -356,162 +422,384 @@ struct EvalData {
   }
 };
 
-// Inference programs run stride-1 3x3, 1x3 / 3x1 and 1x7 / 7x1 convs as Winograd where
-// it pays (backend/cpu/winograd.h); the flag that turns it off, in eval, predict and bench.
-constexpr const char* kNoWinogradHelp =
-    "run every convolution as oneDNN's direct conv (by default the 3x3, 1x3/3x1 and 1x7/7x1 convs with enough "
-    "channels and output tiles run as incres's Winograd convolutions: faster, within ~3e-5 relative)";
 
-int cmd_eval(const std::string& path, const std::string& weights, const std::string& model, const ModelFlags& mf,
-             const CLI::App* ev, std::string data_spec, int64_t batch, int workers, bool raw_weights, bool skip_bad,
-             bool winograd) {
-  LoadedModel m;
-  if (!weights.empty()) {
-    INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
-    INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
-    INCRES_CHECK(!data_spec.empty(), "--weights needs the data to evaluate on: --data imagefolder:DIR (DIR/val) or another dataset");
-    INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints with a moving average, not to --weights");
-    m.name = model;
-    m.mc = mf.config(model);
-  } else {
-    INCRES_CHECK(!path.empty(), "give a checkpoint written by `incres train`, or --weights FILE --model NAME");
-    const std::string flag = ModelFlags::first_given(ev);
-    INCRES_CHECK(flag.empty() && model.empty(), flag.empty() ? "--model" : flag, " applies to --weights; ", path,
-                 " records its architecture");
+struct EvalCommand : Command {
+  std::string path, data_spec, weights, model;
+  int64_t batch = 256;
+  int workers = 2;
+  ModelFlags mf;
+  bool skip_bad = false;
+  bool raw_weights = false;
+  bool no_winograd = false;
+
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("eval", "evaluate a checkpoint (or a weights file) on a test set: top-1 and top-5");
+    app->add_option("checkpoint", path, "a .safetensors file written by `incres train`");
+    app->add_option("--weights", weights, "instead of a checkpoint: parameters only (e.g. a torchvision state_dict "
+                    "converted by tools/pth_to_safetensors.py), with --model and --data");
+    app->add_option("--model", model, "with --weights: the architecture (see `incres models`)");
+    app->add_option("--data", data_spec, "dataset (default: the one the checkpoint was trained on); imagefolder:DIR "
+                    "evaluates DIR/val");
+    app->add_flag("--skip-bad", skip_bad, "image folders: log, count and skip images that fail to decode");
+    mf.add(app);
+    app->add_option("--batch", batch, "images per batch")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+    app->add_option("--workers", workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+    app->add_flag("--raw-weights", raw_weights,
+                  "evaluate the trained weights even when the checkpoint holds a moving average of them (--ema)");
+    app->add_flag("--no-winograd", no_winograd, kNoWinogradHelp);
   }
-  train::RunRecord record;
-  if (weights.empty()) {
-    record = train::read_run_record(path);
-    if (data_spec.empty()) data_spec = record.config.data;
+
+  int run() override {
+    const CLI::App* ev = app;
+    const bool winograd = !no_winograd;
+    LoadedModel m;
+    if (!weights.empty()) {
+      INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
+      INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
+      INCRES_CHECK(!data_spec.empty(), "--weights needs the data to evaluate on: --data imagefolder:DIR (DIR/val) or another dataset");
+      INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints with a moving average, not to --weights");
+      m.name = model;
+      m.mc = mf.config(model);
+    } else {
+      INCRES_CHECK(!path.empty(), "give a checkpoint written by `incres train`, or --weights FILE --model NAME");
+      const std::string flag = ModelFlags::first_given(ev);
+      INCRES_CHECK(flag.empty() && model.empty(), flag.empty() ? "--model" : flag, " applies to --weights; ", path,
+                   " records its architecture");
+    }
+    train::RunRecord record;
+    if (weights.empty()) {
+      record = train::read_run_record(path);
+      if (data_spec.empty()) data_spec = record.config.data;
+    }
+    INCRES_CHECK(!skip_bad || train::is_image_folder(data_spec), "--skip-bad applies to --data imagefolder:DIR, not ",
+                 data_spec);
+    EvalData d(data_spec);
+    if (weights.empty()) {
+      m.name = record.config.model;
+      m.mc = train::model_config(record, d.in_channels, record.classes > 0 ? record.classes : d.classes);
+    }
+    d.check_model(m.mc);
+    d.mean = record.mean;  // the checkpoint's own normalisation, where it records one
+    d.std = record.std;
+    m.build();
+    if (weights.empty()) m.load_checkpoint(path, raw_weights);
+    else m.load_weights(weights);
+    d.open(m.mc.image, batch, workers, skip_bad);
+    auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer,
+                                                               .winograd = winograd});
+    train::EvalResult r = train::evaluate(*program, *d.loader, m.mc.classes);
+    std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
+                m.name.c_str(), m.ema ? " (moving average of the weights)" : "", d.source.c_str(),
+                static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
+    if (d.images && d.images->bad_count() > 0)
+      std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(d.images->bad_count()));
+    return 0;
   }
-  INCRES_CHECK(!skip_bad || train::is_image_folder(data_spec), "--skip-bad applies to --data imagefolder:DIR, not ",
-               data_spec);
-  EvalData d(data_spec);
-  if (weights.empty()) {
-    m.name = record.config.model;
-    m.mc = train::model_config(record, d.in_channels, record.classes > 0 ? record.classes : d.classes);
-  }
-  d.check_model(m.mc);
-  d.mean = record.mean;  // the checkpoint's own normalisation, where it records one
-  d.std = record.std;
-  m.build();
-  if (weights.empty()) m.load_checkpoint(path, raw_weights);
-  else m.load_weights(weights);
-  d.open(m.mc.image, batch, workers, skip_bad);
-  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer,
-                                                             .winograd = winograd});
-  train::EvalResult r = train::evaluate(*program, *d.loader, m.mc.classes);
-  std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
-              m.name.c_str(), m.ema ? " (moving average of the weights)" : "", d.source.c_str(),
-              static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
-  if (d.images && d.images->bad_count() > 0)
-    std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(d.images->bad_count()));
-  return 0;
-}
+};
 
 // `incres predict`: the top-k classes of each image, through the evaluation transform
 // (as data::load_eval_image: CenterCrop at the model's input). Normalisation: a
 // checkpoint's recorded one (ImageNet's for image folders), ImageNet's for --weights.
-int cmd_predict(const std::vector<std::string>& images, const std::string& model, const std::string& weights,
-                const std::string& checkpoint, const std::string& labels, int top, const ModelFlags& mf,
-                const CLI::App* pr, bool raw_weights, bool winograd) {
-  INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
-               "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
-  LoadedModel m;
-  std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
-  // The evaluation crop: ImageNet's (shorter side to size / 0.875, centre crop), except
-  // for a checkpoint trained on an in-memory dataset (CIFAR), whose images were seen
-  // whole: shorter side to the input, centre crop.
-  double crop_fraction = 0.875;
-  std::vector<std::string> names;
-  if (!weights.empty()) {
-    INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
-    INCRES_CHECK(!raw_weights, "--raw-weights applies to --checkpoint, not to --weights");
-    m.name = model;
-    m.mc = mf.config(model);
-  } else {
-    const train::RunRecord record = train::read_run_record(checkpoint);
-    m.name = record.config.model;
-    INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
-    const std::string flag = ModelFlags::first_given(pr);
-    INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
-    INCRES_CHECK(record.classes > 0 && record.in_channels > 0, checkpoint,
-                 ": written before checkpoints recorded their classes; evaluate it with `incres eval`");
-    INCRES_CHECK(record.in_channels == 3, checkpoint, ": the model takes ", record.in_channels,
-                 "-channel images (trained on ", record.config.data, "); predict feeds RGB images to 3-channel models");
-    m.mc = train::model_config(record);
-    if (!record.mean.empty()) {
-      mean = record.mean;
-      std = record.std;
-    }
-    names = record.class_names;
-    if (!train::is_image_folder(record.config.data)) crop_fraction = 1.0;
-  }
-  INCRES_CHECK(m.mc.in_channels == 3, "predict feeds RGB images; the model takes ", m.mc.in_channels,
-               " channels (--in-channels)");
-  const int64_t K = m.mc.classes;
-  if (!labels.empty()) names = data::read_labels_file(labels, static_cast<size_t>(K));
-  if (static_cast<int64_t>(names.size()) != K) names.clear();
-  m.build();
-  if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
-  else m.load_weights(weights);
-  auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer,
-                                                             .winograd = winograd});
-  const int k = static_cast<int>(std::min<int64_t>(top, K));
-  int failed = 0;
-  for (const std::string& path : images) {
-    std::vector<float> x;
-    try {
-      x = data::load_eval_image(path, m.mc.image, mean, std, {}, crop_fraction);
-    } catch (const Error& e) {  // names the file; the other images still get their answer
-      std::fprintf(stderr, "incres: error: %s\n", e.what());
-      ++failed;
-      continue;
-    }
-    program->forward(x.data());
-    const float* logits = program->output();
-    // Softmax in double, shifted by the maximum.
-    const double mx = *std::max_element(logits, logits + K);
-    std::vector<double> p(static_cast<size_t>(K));
-    double sum = 0;
-    for (int64_t c = 0; c < K; ++c) sum += p[c] = std::exp(static_cast<double>(logits[c]) - mx);
-    std::vector<int64_t> order(static_cast<size_t>(K));
-    std::iota(order.begin(), order.end(), int64_t{0});
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int64_t a, int64_t b) { return p[a] != p[b] ? p[a] > p[b] : a < b; });
-    std::printf("%s\n", path.c_str());
-    for (int r = 0; r < k; ++r) {
-      const int64_t c = order[static_cast<size_t>(r)];
-      if (names.empty()) std::printf("  %d. %.4f  class %lld\n", r + 1, p[c] / sum, static_cast<long long>(c));
-      else std::printf("  %d. %.4f  %s (class %lld)\n", r + 1, p[c] / sum, names[c].c_str(), static_cast<long long>(c));
-    }
-  }
-  if (failed) {
-    std::fprintf(stderr, "incres: error: %d of %zu images could not be read\n", failed, images.size());
-    return 1;
-  }
-  return 0;
-}
+struct PredictCommand : Command {
+  std::vector<std::string> images;
+  std::string model, weights, checkpoint, labels;
+  int top = 5;
+  bool raw_weights = false;
+  ModelFlags mf;
+  bool no_winograd = false;
 
-int cmd_experiment(const std::string& name, const experiments::Options& o, bool dry_run) {
-  if (name == "list") {
-    for (const experiments::Experiment& e : experiments::catalog()) {
-      const experiments::Scale s = experiments::scale_of(e, o);
-      std::printf("%-18s %s (%s); %zu runs x %d seed%s of %lld iterations\n", e.name.c_str(), e.title.c_str(),
-                  e.paper.c_str(), e.runs(s).size(), o.seeds ? o.seeds : e.seeds, (o.seeds ? o.seeds : e.seeds) > 1 ? "s" : "",
-                  static_cast<long long>(s.iters));
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("predict", "the top classes of images, with their probabilities");
+    app->add_option("images", images, "JPEG or PNG files")->required();
+    app->add_option("--model", model, "the architecture (see `incres models`); with --weights");
+    app->add_option("--weights", weights, "parameters only, e.g. a torchvision state_dict converted by "
+                    "tools/pth_to_safetensors.py; normalised with ImageNet's mean/std");
+    app->add_option("--checkpoint", checkpoint, "a checkpoint written by `incres train` (its architecture, "
+                    "normalisation and class names)");
+    app->add_option("--labels", labels, "class names, one per line in class order (default: the checkpoint's "
+                    "class folders, else the class index)");
+    app->add_option("--top", top, "how many classes to print per image")->capture_default_str()->check(CLI::Range(1, 1000000));
+    app->add_flag("--raw-weights", raw_weights, "with --checkpoint: the trained weights, not their moving average");
+    app->add_flag("--no-winograd", no_winograd, kNoWinogradHelp);
+    mf.add(app);
+  }
+
+  int run() override {
+    const CLI::App* pr = app;
+    const bool winograd = !no_winograd;
+    INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
+                 "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
+    LoadedModel m;
+    std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
+    // The evaluation crop: ImageNet's (shorter side to size / 0.875, centre crop), except
+    // for a checkpoint trained on an in-memory dataset (CIFAR), whose images were seen
+    // whole: shorter side to the input, centre crop.
+    double crop_fraction = 0.875;
+    std::vector<std::string> names;
+    if (!weights.empty()) {
+      INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
+      INCRES_CHECK(!raw_weights, "--raw-weights applies to --checkpoint, not to --weights");
+      m.name = model;
+      m.mc = mf.config(model);
+    } else {
+      const train::RunRecord record = train::read_run_record(checkpoint);
+      m.name = record.config.model;
+      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
+      const std::string flag = ModelFlags::first_given(pr);
+      INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
+      INCRES_CHECK(record.classes > 0 && record.in_channels > 0, checkpoint,
+                   ": written before checkpoints recorded their classes; evaluate it with `incres eval`");
+      INCRES_CHECK(record.in_channels == 3, checkpoint, ": the model takes ", record.in_channels,
+                   "-channel images (trained on ", record.config.data, "); predict feeds RGB images to 3-channel models");
+      m.mc = train::model_config(record);
+      if (!record.mean.empty()) {
+        mean = record.mean;
+        std = record.std;
+      }
+      names = record.class_names;
+      if (!train::is_image_folder(record.config.data)) crop_fraction = 1.0;
+    }
+    INCRES_CHECK(m.mc.in_channels == 3, "predict feeds RGB images; the model takes ", m.mc.in_channels,
+                 " channels (--in-channels)");
+    const int64_t K = m.mc.classes;
+    if (!labels.empty()) names = data::read_labels_file(labels, static_cast<size_t>(K));
+    if (static_cast<int64_t>(names.size()) != K) names.clear();
+    m.build();
+    if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
+    else m.load_weights(weights);
+    auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer,
+                                                               .winograd = winograd});
+    const int k = static_cast<int>(std::min<int64_t>(top, K));
+    int failed = 0;
+    for (const std::string& path : images) {
+      std::vector<float> x;
+      try {
+        x = data::load_eval_image(path, m.mc.image, mean, std, {}, crop_fraction);
+      } catch (const Error& e) {  // names the file; the other images still get their answer
+        std::fprintf(stderr, "incres: error: %s\n", e.what());
+        ++failed;
+        continue;
+      }
+      program->forward(x.data());
+      const float* logits = program->output();
+      // Softmax in double, shifted by the maximum.
+      const double mx = *std::max_element(logits, logits + K);
+      std::vector<double> p(static_cast<size_t>(K));
+      double sum = 0;
+      for (int64_t c = 0; c < K; ++c) sum += p[c] = std::exp(static_cast<double>(logits[c]) - mx);
+      std::vector<int64_t> order(static_cast<size_t>(K));
+      std::iota(order.begin(), order.end(), int64_t{0});
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int64_t a, int64_t b) { return p[a] != p[b] ? p[a] > p[b] : a < b; });
+      std::printf("%s\n", path.c_str());
+      for (int r = 0; r < k; ++r) {
+        const int64_t c = order[static_cast<size_t>(r)];
+        if (names.empty()) std::printf("  %d. %.4f  class %lld\n", r + 1, p[c] / sum, static_cast<long long>(c));
+        else std::printf("  %d. %.4f  %s (class %lld)\n", r + 1, p[c] / sum, names[c].c_str(), static_cast<long long>(c));
+      }
+    }
+    if (failed) {
+      std::fprintf(stderr, "incres: error: %d of %zu images could not be read\n", failed, images.size());
+      return 1;
     }
     return 0;
   }
-  const experiments::Experiment& e = experiments::find(name);
-  if (dry_run) {
-    for (const experiments::Run& r : e.runs(experiments::scale_of(e, o)))
-      std::printf("%s\n", experiments::train_command(experiments::run_config(e, r, o, 0)).c_str());
+};
+
+struct ExperimentCommand : Command {
+  std::string name;
+  experiments::Options o;
+  bool dry_run = false;
+  bool no_progress = false;
+
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("experiment",
+                                "reproduce a finding of the papers: train every run it needs (resumable: run it again to "
+                                "continue), then write OUT/NAME/report.md, a table beside the paper's, and plot.png. "
+                                "`incres experiment list` lists them");
+    app->add_option("name", name, "experiment name, or `list`")->required();
+    app->add_option("--out", o.out, "folder of the runs and reports: OUT/NAME/RUN-sSEED")->capture_default_str();
+    app->add_option("--data", o.data, "as `incres train --data`: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR")
+        ->capture_default_str();
+    app->add_flag("--full", o.full, "the paper's scale: 64k iterations, the whole data, the paper's depth");
+    app->add_option("--seeds", o.seeds, "seeds per run (default: the experiment's)")->check(CLI::Range(1, 100));
+    app->add_option("--iters", o.iters, "iterations per run (default: the experiment's budget; 64000 with --full)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+    app->add_option("--train-limit", o.train_limit, "train on the first N images (0 = all; default: the experiment's)")
+        ->check(kNonNegative);
+    app->add_option("--test-limit", o.test_limit, "test on the first N images (0 = all; default: the experiment's)")
+        ->check(kNonNegative);
+    app->add_option("--eval-every", o.eval_every, "evaluate every N iterations (default: the experiment's)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+    app->add_option("--stop-after", o.stop_after, "stop every run after this step, as if interrupted")
+        ->check(kNonNegative);
+    app->add_option("--workers", o.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+    app->add_flag("--report-only", o.report_only, "train nothing: write the report from the runs there are");
+    app->add_flag("--dry-run", dry_run, "print the runs' `incres train` commands and stop");
+    app->add_flag("--no-progress", no_progress, "no progress bar");
+  }
+
+  int run() override {
+    o.progress = !no_progress;
+    if (name == "list") {
+      for (const experiments::Experiment& e : experiments::catalog()) {
+        const experiments::Scale s = experiments::scale_of(e, o);
+        std::printf("%-18s %s (%s); %zu runs x %d seed%s of %lld iterations\n", e.name.c_str(), e.title.c_str(),
+                    e.paper.c_str(), e.runs(s).size(), o.seeds ? o.seeds : e.seeds, (o.seeds ? o.seeds : e.seeds) > 1 ? "s" : "",
+                    static_cast<long long>(s.iters));
+      }
+      return 0;
+    }
+    const experiments::Experiment& e = experiments::find(name);
+    if (dry_run) {
+      for (const experiments::Run& r : e.runs(experiments::scale_of(e, o)))
+        std::printf("%s\n", experiments::train_command(experiments::run_config(e, r, o, 0)).c_str());
+      return 0;
+    }
+    std::printf("%s", experiments::run(e, o).c_str());
     return 0;
   }
-  std::printf("%s", experiments::run(e, o).c_str());
-  return 0;
-}
+};
+
+struct TrainCommand : Command {
+  train::TrainConfig tc;
+  bool no_aux = false;
+  ArchFlags arch;
+  std::string recipe;
+  bool no_augment = false;
+  bool no_progress = false;
+
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("train", "train a model; checkpoints and metrics go to --out");
+    app->add_option("model", tc.model, "model name (see `incres models`)")->required();
+    app->add_option("--data", tc.data, "fashion-mnist[:DIR] (Debian's dataset-fashion-mnist), cifar10:DIR, cifar100:DIR, "
+                    "or imagefolder:DIR (DIR/train and DIR/val, one sub-folder per class, JPEG/PNG; ImageNet's layout; "
+                    "the recipe's augmentation, ImageNet mean/std)")
+        ->capture_default_str();
+    app->add_flag("--skip-bad", tc.skip_bad, "image folders: log, count and skip images that fail to decode");
+    app->add_option("--shortcut", tc.shortcut,
+                    "ResNet shortcut where dimensions grow: A, B or C (default: the model's; A for CIFAR ResNets)")
+        ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
+    app->add_option("--image", tc.image,
+                    "input height = width; smaller images are zero-padded to it, and images under half of it are first resized to it - 8 (default: the model's; 32 for CIFAR nets, "
+                    "299 for Inception, which takes 75 at the least)")
+        ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+    app->add_flag("--no-aux", no_aux, "build Inception-v3 without its auxiliary classifier");
+    arch.add(app);
+    app->add_option("--epochs", tc.epochs, "length of the run in epochs")->check(CLI::Range(int64_t{1}, int64_t{1000000}));
+    app->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+    app->add_option("--batch", tc.batch, "images per step")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+    app->add_option("--recipe", recipe,
+                    "resnet | inception: the defaults of the flags below. resnet: SGD, lr 0.1 /10 at 50% and 75%, "
+                    "weight decay 1e-4. inception (Inception-v3 paper, TF's RMSProp): --optimizer rmsprop --lr 0.045 "
+                    "--schedule exp --decay-rate 0.94 --decay-epochs 2 --clip-norm 2 --label-smoothing 0.1 "
+                    "--aux-weight 0.4 --ema 0.9999 --weight-decay 4e-5 --no-decay-bn-bias. Flags given explicitly "
+                    "win. Default: inception for inception* models, resnet otherwise")
+        ->check(CLI::IsMember({"resnet", "inception"}));
+    app->add_option("--optimizer", tc.optimizer,
+                    "sgd (PyTorch's SGD with momentum) | rmsprop (TensorFlow's RMSProp: epsilon inside the root, "
+                    "mean square starting at 1, lr inside the momentum)")
+        ->capture_default_str()->check(CLI::IsMember({"sgd", "rmsprop"}));
+    app->add_option("--lr", tc.lr, "base learning rate")->capture_default_str()->check(kPositive);
+    app->add_option("--schedule", tc.schedule,
+                    "multistep | exp (lr x decay-rate every decay-epochs, staircase) | cosine | onecycle | constant")
+        ->capture_default_str()->check(CLI::IsMember({"multistep", "exp", "cosine", "onecycle", "constant"}));
+    app->add_option("--milestones", tc.milestones,
+                    "multistep: where lr *= gamma, iterations (\"32000,48000\") or epochs (\"91e,136e\"); default 50% and 75% of the run");
+    app->add_option("--gamma", tc.gamma, "multistep factor")->capture_default_str()->check(kPositive);
+    app->add_option("--decay-rate", tc.decay_rate, "exp: the factor applied every --decay-epochs")
+        ->capture_default_str()->check(kPositive);
+    app->add_option("--decay-epochs", tc.decay_epochs, "exp: epochs between decays (may be fractional)")
+        ->capture_default_str()->check(kPositive);
+    app->add_option("--warmup-iters", tc.warmup_iters, "iterations of warm-up (the paper uses 400 at lr 0.01 for ResNet-110)")
+        ->capture_default_str()->check(kNonNegative);
+    app->add_option("--warmup-lr", tc.warmup_lr, "learning rate during warm-up")->capture_default_str()->check(kPositive);
+    app->add_option("--warmup-kind", tc.warmup_kind, "constant | linear")->capture_default_str()
+        ->check(CLI::IsMember({"constant", "linear"}));
+    app->add_option("--momentum", tc.momentum, "momentum of SGD or RMSProp")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+    app->add_option("--weight-decay", tc.weight_decay, "L2 weight decay, added to the gradient")
+        ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+    app->add_flag("--nesterov", tc.nesterov, "Nesterov momentum (sgd)");
+    app->add_flag("--no-decay-bn-bias,!--decay-bn-bias", tc.no_decay_bn_bias,
+                  "no weight decay on BN parameters and biases (--decay-bn-bias: decay them)");
+    app->add_option("--rmsprop-decay", tc.rmsprop_decay, "rmsprop: decay of the mean square")
+        ->capture_default_str()->check(kUnitHalfOpen);
+    app->add_option("--rmsprop-epsilon", tc.rmsprop_epsilon, "rmsprop: epsilon, inside the square root")
+        ->capture_default_str()->check(kPositive);
+    app->add_option("--clip-norm", tc.clip_norm, "clip gradients to this global L2 norm over all parameters; 0 = off")
+        ->capture_default_str()->check(kNonNegative);
+    app->add_option("--ema", tc.ema_decay,
+                    "keep a moving average of the weights with this decay (e.g. 0.9999) and evaluate on it; 0 = off")
+        ->capture_default_str()->check(kUnitHalfOpen);
+    app->add_option("--aux-weight", tc.aux_weight, "weight of the auxiliary classifier's loss (Inception-v3)")
+        ->capture_default_str()->check(kNonNegative);
+    app->add_option("--label-smoothing", tc.label_smoothing, "label smoothing epsilon (Inception-v3 uses 0.1)")
+        ->capture_default_str()->check(CLI::Range(0.0, 0.999));
+    app->add_flag("--no-augment", no_augment, "no random crop / flip");
+    app->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str()
+        ->check(kNonNegative);
+    app->add_option("--workers", tc.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
+    app->add_option("--train-limit", tc.train_limit, "use only N training images: the first N, or for an image folder N spread evenly over its classes")->check(kNonNegative);
+    app->add_option("--test-limit", tc.test_limit, "use only N test images (as --train-limit)")->check(kNonNegative);
+    app->add_option("--backend", tc.backend, "cpu (oneDNN) or ref (naive loops; slow)")->capture_default_str()
+        ->check(CLI::IsMember({"cpu", "ref"}));
+    app->add_option("--out", tc.out_dir, "folder for last.safetensors, metrics.jsonl and curve.png");
+    app->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
+    app->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
+        ->check(kNonNegative);
+    app->add_flag("--force-resume", tc.force_resume,
+                  "resume even where the checkpoint records other settings (batch, data, recipe, architecture...): "
+                  "each change is logged. Without it such a resume is refused, listing them");
+    app->add_option("--on-nonfinite", tc.on_nonfinite,
+                    "on a NaN or Inf loss or gradient: stop, or rollback (reload the last checkpoint, skip the batch that "
+                    "diverged, go on; each rollback is logged)")->capture_default_str()
+        ->check(CLI::IsMember({"stop", "rollback"}));
+    app->add_option("--max-rollbacks", tc.max_rollbacks, "--on-nonfinite rollback: at most this many times")
+        ->capture_default_str()->check(CLI::Range(0, 1000000));
+    app->add_option("--eval-every", tc.eval_every,
+                    "also evaluate, log a metrics row and checkpoint every N steps (default: at the end of each epoch)")
+        ->check(kNonNegative);
+    app->add_flag("--no-progress", no_progress, "no progress bar");
+  }
+
+  int run() override {
+    tc.augment = !no_augment;
+    tc.progress = !no_progress;
+    tc.aux = !no_aux;
+    tc.model_options = arch.options();
+    // The recipe sets every field it governs that was not given explicitly.
+    train::apply_recipe(tc, recipe.empty() ? train::default_recipe(tc.model) : recipe,
+                        [&](const char* flag) { return app->count(flag) > 0; });
+    // Flags that would be silently ignored are refused.
+    if (tc.schedule != "exp")
+      for (const char* f : {"--decay-rate", "--decay-epochs"})
+        INCRES_CHECK(app->count(f) == 0, f, " applies to --schedule exp, not ", tc.schedule);
+    if (tc.optimizer != "rmsprop")
+      for (const char* f : {"--rmsprop-decay", "--rmsprop-epsilon"})
+        INCRES_CHECK(app->count(f) == 0, f, " applies to --optimizer rmsprop, not ", tc.optimizer);
+    train::TrainResult r;
+    try {
+      r = train::run_training(tc);
+    } catch (const Error&) {
+      // The curve of what the folder holds now (a run that fails after its first
+      // checkpoint has replaced the earlier one's rows).
+      if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
+      throw;
+    }
+    if (r.already_finished) {
+      std::printf("%s: the run is finished (step %lld); nothing to do\n", tc.resume.c_str(),
+                  static_cast<long long>(r.steps));
+      return 0;
+    }
+    std::printf("%s: %lld steps, final train error %.2f%%, test error %.2f%% (accuracy %.2f%%), %.0f images/s\n",
+                tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,
+                r.images_per_sec);
+    if (r.bad_images > 0) std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(r.bad_images));
+    if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
+    return 0;
+  }
+};
 
 }  // namespace
 
@@ -520,216 +808,21 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "incres 0.1");
 
-  app.add_subcommand("models", "list every architecture with its parameters and MACs");
-
-  auto* info = app.add_subcommand("info", "per-layer table of a model: output shape, parameters, MACs; with --memory, its planned memory");
-  std::string info_model;
-  ModelFlags info_flags;
-  info->add_option("model", info_model, "model name (see `incres models`)")->required();
-  bool info_memory = false;
-  std::string info_mode = "train";
-  int64_t info_batch = 32;
-  info->add_flag("--memory", info_memory, "also compile the model and report its planned memory");
-  info->add_option("--mode", info_mode, "with --memory: train or infer")->capture_default_str()
-      ->check(CLI::IsMember({"train", "infer"}));
-  info->add_option("--batch", info_batch, "with --memory: batch size")->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{65536}));
-  info_flags.add(info);
-
-  auto* tr = app.add_subcommand("train", "train a model; checkpoints and metrics go to --out");
-  train::TrainConfig tc;
-  tr->add_option("model", tc.model, "model name (see `incres models`)")->required();
-  tr->add_option("--data", tc.data, "fashion-mnist[:DIR] (Debian's dataset-fashion-mnist), cifar10:DIR, cifar100:DIR, "
-                 "or imagefolder:DIR (DIR/train and DIR/val, one sub-folder per class, JPEG/PNG; ImageNet's layout; "
-                 "the recipe's augmentation, ImageNet mean/std)")
-      ->capture_default_str();
-  tr->add_flag("--skip-bad", tc.skip_bad, "image folders: log, count and skip images that fail to decode");
-  tr->add_option("--shortcut", tc.shortcut,
-                 "ResNet shortcut where dimensions grow: A, B or C (default: the model's; A for CIFAR ResNets)")
-      ->check(CLI::IsMember({"A", "B", "C", "a", "b", "c"}));
-  tr->add_option("--image", tc.image,
-                 "input height = width; smaller images are zero-padded to it, and images under half of it are first resized to it - 8 (default: the model's; 32 for CIFAR nets, "
-                 "299 for Inception, which takes 75 at the least)")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  bool no_aux = false;
-  tr->add_flag("--no-aux", no_aux, "build Inception-v3 without its auxiliary classifier");
-  ArchFlags tr_arch;
-  tr_arch.add(tr);
-  tr->add_option("--epochs", tc.epochs, "length of the run in epochs")->check(CLI::Range(int64_t{1}, int64_t{1000000}));
-  tr->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  tr->add_option("--batch", tc.batch, "images per step")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
-  std::string recipe;
-  tr->add_option("--recipe", recipe,
-                 "resnet | inception: the defaults of the flags below. resnet: SGD, lr 0.1 /10 at 50% and 75%, "
-                 "weight decay 1e-4. inception (Inception-v3 paper, TF's RMSProp): --optimizer rmsprop --lr 0.045 "
-                 "--schedule exp --decay-rate 0.94 --decay-epochs 2 --clip-norm 2 --label-smoothing 0.1 "
-                 "--aux-weight 0.4 --ema 0.9999 --weight-decay 4e-5 --no-decay-bn-bias. Flags given explicitly "
-                 "win. Default: inception for inception* models, resnet otherwise")
-      ->check(CLI::IsMember({"resnet", "inception"}));
-  tr->add_option("--optimizer", tc.optimizer,
-                 "sgd (PyTorch's SGD with momentum) | rmsprop (TensorFlow's RMSProp: epsilon inside the root, "
-                 "mean square starting at 1, lr inside the momentum)")
-      ->capture_default_str()->check(CLI::IsMember({"sgd", "rmsprop"}));
-  tr->add_option("--lr", tc.lr, "base learning rate")->capture_default_str()->check(kPositive);
-  tr->add_option("--schedule", tc.schedule,
-                 "multistep | exp (lr x decay-rate every decay-epochs, staircase) | cosine | onecycle | constant")
-      ->capture_default_str()->check(CLI::IsMember({"multistep", "exp", "cosine", "onecycle", "constant"}));
-  tr->add_option("--milestones", tc.milestones,
-                 "multistep: where lr *= gamma, iterations (\"32000,48000\") or epochs (\"91e,136e\"); default 50% and 75% of the run");
-  tr->add_option("--gamma", tc.gamma, "multistep factor")->capture_default_str()->check(kPositive);
-  tr->add_option("--decay-rate", tc.decay_rate, "exp: the factor applied every --decay-epochs")
-      ->capture_default_str()->check(kPositive);
-  tr->add_option("--decay-epochs", tc.decay_epochs, "exp: epochs between decays (may be fractional)")
-      ->capture_default_str()->check(kPositive);
-  tr->add_option("--warmup-iters", tc.warmup_iters, "iterations of warm-up (the paper uses 400 at lr 0.01 for ResNet-110)")
-      ->capture_default_str()->check(kNonNegative);
-  tr->add_option("--warmup-lr", tc.warmup_lr, "learning rate during warm-up")->capture_default_str()->check(kPositive);
-  tr->add_option("--warmup-kind", tc.warmup_kind, "constant | linear")->capture_default_str()
-      ->check(CLI::IsMember({"constant", "linear"}));
-  tr->add_option("--momentum", tc.momentum, "momentum of SGD or RMSProp")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  tr->add_option("--weight-decay", tc.weight_decay, "L2 weight decay, added to the gradient")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  tr->add_flag("--nesterov", tc.nesterov, "Nesterov momentum (sgd)");
-  tr->add_flag("--no-decay-bn-bias,!--decay-bn-bias", tc.no_decay_bn_bias,
-               "no weight decay on BN parameters and biases (--decay-bn-bias: decay them)");
-  tr->add_option("--rmsprop-decay", tc.rmsprop_decay, "rmsprop: decay of the mean square")
-      ->capture_default_str()->check(kUnitHalfOpen);
-  tr->add_option("--rmsprop-epsilon", tc.rmsprop_epsilon, "rmsprop: epsilon, inside the square root")
-      ->capture_default_str()->check(kPositive);
-  tr->add_option("--clip-norm", tc.clip_norm, "clip gradients to this global L2 norm over all parameters; 0 = off")
-      ->capture_default_str()->check(kNonNegative);
-  tr->add_option("--ema", tc.ema_decay,
-                 "keep a moving average of the weights with this decay (e.g. 0.9999) and evaluate on it; 0 = off")
-      ->capture_default_str()->check(kUnitHalfOpen);
-  tr->add_option("--aux-weight", tc.aux_weight, "weight of the auxiliary classifier's loss (Inception-v3)")
-      ->capture_default_str()->check(kNonNegative);
-  tr->add_option("--label-smoothing", tc.label_smoothing, "label smoothing epsilon (Inception-v3 uses 0.1)")
-      ->capture_default_str()->check(CLI::Range(0.0, 0.999));
-  bool no_augment = false;
-  tr->add_flag("--no-augment", no_augment, "no random crop / flip");
-  tr->add_option("--seed", tc.seed, "seed of initialisation, data order and augmentation")->capture_default_str()
-      ->check(kNonNegative);
-  tr->add_option("--workers", tc.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
-  tr->add_option("--train-limit", tc.train_limit, "use only N training images: the first N, or for an image folder N spread evenly over its classes")->check(kNonNegative);
-  tr->add_option("--test-limit", tc.test_limit, "use only N test images (as --train-limit)")->check(kNonNegative);
-  tr->add_option("--backend", tc.backend, "cpu (oneDNN) or ref (naive loops; slow)")->capture_default_str()
-      ->check(CLI::IsMember({"cpu", "ref"}));
-  tr->add_option("--out", tc.out_dir, "folder for last.safetensors, metrics.jsonl and curve.png");
-  tr->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
-  tr->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
-      ->check(kNonNegative);
-  tr->add_flag("--force-resume", tc.force_resume,
-               "resume even where the checkpoint records other settings (batch, data, recipe, architecture...): "
-               "each change is logged. Without it such a resume is refused, listing them");
-  tr->add_option("--on-nonfinite", tc.on_nonfinite,
-                 "on a NaN or Inf loss or gradient: stop, or rollback (reload the last checkpoint, skip the batch that "
-                 "diverged, go on; each rollback is logged)")->capture_default_str()
-      ->check(CLI::IsMember({"stop", "rollback"}));
-  tr->add_option("--max-rollbacks", tc.max_rollbacks, "--on-nonfinite rollback: at most this many times")
-      ->capture_default_str()->check(CLI::Range(0, 1000000));
-  tr->add_option("--eval-every", tc.eval_every,
-                 "also evaluate, log a metrics row and checkpoint every N steps (default: at the end of each epoch)")
-      ->check(kNonNegative);
-  bool no_progress = false;
-  tr->add_flag("--no-progress", no_progress, "no progress bar");
-
-  auto* ev = app.add_subcommand("eval", "evaluate a checkpoint (or a weights file) on a test set: top-1 and top-5");
-  std::string ev_path, ev_data, ev_weights, ev_model;
-  int64_t ev_batch = 256;
-  int ev_workers = 2;
-  ModelFlags ev_flags;
-  ev->add_option("checkpoint", ev_path, "a .safetensors file written by `incres train`");
-  ev->add_option("--weights", ev_weights, "instead of a checkpoint: parameters only (e.g. a torchvision state_dict "
-                 "converted by tools/pth_to_safetensors.py), with --model and --data");
-  ev->add_option("--model", ev_model, "with --weights: the architecture (see `incres models`)");
-  ev->add_option("--data", ev_data, "dataset (default: the one the checkpoint was trained on); imagefolder:DIR "
-                 "evaluates DIR/val");
-  bool ev_skip_bad = false;
-  ev->add_flag("--skip-bad", ev_skip_bad, "image folders: log, count and skip images that fail to decode");
-  ev_flags.add(ev);
-  ev->add_option("--batch", ev_batch, "images per batch")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
-  ev->add_option("--workers", ev_workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
-  bool ev_raw = false;
-  ev->add_flag("--raw-weights", ev_raw,
-               "evaluate the trained weights even when the checkpoint holds a moving average of them (--ema)");
-  bool ev_direct = false;
-  ev->add_flag("--no-winograd", ev_direct, kNoWinogradHelp);
-
-  auto* pr = app.add_subcommand("predict", "the top classes of images, with their probabilities");
-  std::vector<std::string> pr_images;
-  std::string pr_model, pr_weights, pr_checkpoint, pr_labels;
-  int pr_top = 5;
-  bool pr_raw = false;
-  ModelFlags pr_flags;
-  pr->add_option("images", pr_images, "JPEG or PNG files")->required();
-  pr->add_option("--model", pr_model, "the architecture (see `incres models`); with --weights");
-  pr->add_option("--weights", pr_weights, "parameters only, e.g. a torchvision state_dict converted by "
-                 "tools/pth_to_safetensors.py; normalised with ImageNet's mean/std");
-  pr->add_option("--checkpoint", pr_checkpoint, "a checkpoint written by `incres train` (its architecture, "
-                 "normalisation and class names)");
-  pr->add_option("--labels", pr_labels, "class names, one per line in class order (default: the checkpoint's "
-                 "class folders, else the class index)");
-  pr->add_option("--top", pr_top, "how many classes to print per image")->capture_default_str()->check(CLI::Range(1, 1000000));
-  pr->add_flag("--raw-weights", pr_raw, "with --checkpoint: the trained weights, not their moving average");
-  bool pr_direct = false;
-  pr->add_flag("--no-winograd", pr_direct, kNoWinogradHelp);
-  pr_flags.add(pr);
-
-  auto* bn = app.add_subcommand("bench", "time training steps or inference on synthetic data");
-  std::string bn_model, bn_mode = "train", bn_backend = "cpu";
-  int64_t bn_batch = 128;
-  int bn_iters = 20, bn_warmup = 3;
-  bool bn_json = false;
-  ModelFlags bn_flags;
-  bn->add_option("model", bn_model, "model name (see `incres models`)")->required();
-  bn->add_option("--mode", bn_mode, "train (forward + backward) or infer")->capture_default_str()
-      ->check(CLI::IsMember({"train", "infer"}));
-  bn->add_option("--batch", bn_batch, "batch size")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
-  bn->add_option("--iters", bn_iters, "timed iterations (the median is reported)")->capture_default_str()->check(CLI::Range(1, 100000));
-  bn->add_option("--warmup", bn_warmup, "untimed iterations first")->capture_default_str()->check(CLI::Range(0, 100000));
-  bn->add_option("--backend", bn_backend, "cpu or ref")->capture_default_str()->check(CLI::IsMember({"cpu", "ref"}));
-  bn->add_flag("--json", bn_json, "print one JSON line");
-  bool bn_profile = false;
-  bn->add_flag("--profile", bn_profile, "time every step and print where the time goes, per layer and per primitive kind "
-               "(cpu backend; the clock reads add a little)");
-  bool bn_direct = false;
-  bn->add_flag("--no-winograd", bn_direct, std::string("inference: ") + kNoWinogradHelp);
-  bn_flags.add(bn);
-
-  auto* ex = app.add_subcommand("experiment",
-                                "reproduce a finding of the papers: train every run it needs (resumable: run it again to "
-                                "continue), then write OUT/NAME/report.md, a table beside the paper's, and plot.png. "
-                                "`incres experiment list` lists them");
-  std::string ex_name;
-  experiments::Options ex_opts;
-  bool ex_dry = false;
-  ex->add_option("name", ex_name, "experiment name, or `list`")->required();
-  ex->add_option("--out", ex_opts.out, "folder of the runs and reports: OUT/NAME/RUN-sSEED")->capture_default_str();
-  ex->add_option("--data", ex_opts.data, "as `incres train --data`: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR")
-      ->capture_default_str();
-  ex->add_flag("--full", ex_opts.full, "the paper's scale: 64k iterations, the whole data, the paper's depth");
-  ex->add_option("--seeds", ex_opts.seeds, "seeds per run (default: the experiment's)")->check(CLI::Range(1, 100));
-  ex->add_option("--iters", ex_opts.iters, "iterations per run (default: the experiment's budget; 64000 with --full)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  ex->add_option("--train-limit", ex_opts.train_limit, "train on the first N images (0 = all; default: the experiment's)")
-      ->check(kNonNegative);
-  ex->add_option("--test-limit", ex_opts.test_limit, "test on the first N images (0 = all; default: the experiment's)")
-      ->check(kNonNegative);
-  ex->add_option("--eval-every", ex_opts.eval_every, "evaluate every N iterations (default: the experiment's)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  ex->add_option("--stop-after", ex_opts.stop_after, "stop every run after this step, as if interrupted")
-      ->check(kNonNegative);
-  ex->add_option("--workers", ex_opts.workers, "data loader threads")->capture_default_str()->check(CLI::Range(0, 64));
-  ex->add_flag("--report-only", ex_opts.report_only, "train nothing: write the report from the runs there are");
-  ex->add_flag("--dry-run", ex_dry, "print the runs' `incres train` commands and stop");
-  bool ex_no_progress = false;
-  ex->add_flag("--no-progress", ex_no_progress, "no progress bar");
-
+  ModelsCommand models_cmd;
+  InfoCommand info_cmd;
+  TrainCommand train_cmd;
+  EvalCommand eval_cmd;
+  PredictCommand predict_cmd;
+  BenchCommand bench_cmd;
+  ExperimentCommand experiment_cmd;
+  Command* commands[] = {&models_cmd, &info_cmd, &train_cmd, &eval_cmd, &predict_cmd, &bench_cmd, &experiment_cmd};
+  for (Command* c : commands) c->add(app);
   // Every command that computes takes --threads (oneDNN and our loops run on OpenMP).
   int threads = 0;
-  for (CLI::App* c : {tr, ev, pr, bn, ex})
-    c->add_option("--threads", threads, "compute threads (default: OMP_NUM_THREADS if set, else every core)")
+  for (Command* c : {static_cast<Command*>(&train_cmd), static_cast<Command*>(&eval_cmd),
+                     static_cast<Command*>(&predict_cmd), static_cast<Command*>(&bench_cmd),
+                     static_cast<Command*>(&experiment_cmd)})
+    c->app->add_option("--threads", threads, "compute threads (default: OMP_NUM_THREADS if set, else every core)")
         ->check(CLI::Range(1, 4096));
 
   try {
@@ -740,54 +833,8 @@ int main(int argc, char** argv) {
   if (threads > 0) omp_set_num_threads(threads);
 
   try {
-    if (app.got_subcommand("models")) return cmd_models();
-    if (app.got_subcommand("info")) return cmd_info(info_model, info_flags, info_memory, info_mode, info_batch);
-    if (app.got_subcommand("bench"))
-      return cmd_bench(bn_model, bn_flags, bn_mode, bn_batch, bn_iters, bn_warmup, bn_backend, bn_json, bn_profile, !bn_direct);
-    if (app.got_subcommand("eval"))
-      return cmd_eval(ev_path, ev_weights, ev_model, ev_flags, ev, ev_data, ev_batch, ev_workers, ev_raw, ev_skip_bad, !ev_direct);
-    if (app.got_subcommand("predict"))
-      return cmd_predict(pr_images, pr_model, pr_weights, pr_checkpoint, pr_labels, pr_top, pr_flags, pr, pr_raw, !pr_direct);
-    if (app.got_subcommand("experiment")) {
-      ex_opts.progress = !ex_no_progress;
-      return cmd_experiment(ex_name, ex_opts, ex_dry);
-    }
-    if (app.got_subcommand("train")) {
-      tc.augment = !no_augment;
-      tc.progress = !no_progress;
-      tc.aux = !no_aux;
-      tc.model_options = tr_arch.options();
-      // The recipe sets every field it governs that was not given explicitly.
-      train::apply_recipe(tc, recipe.empty() ? train::default_recipe(tc.model) : recipe,
-                          [&](const char* flag) { return tr->count(flag) > 0; });
-      // Flags that would be silently ignored are refused.
-      if (tc.schedule != "exp")
-        for (const char* f : {"--decay-rate", "--decay-epochs"})
-          INCRES_CHECK(tr->count(f) == 0, f, " applies to --schedule exp, not ", tc.schedule);
-      if (tc.optimizer != "rmsprop")
-        for (const char* f : {"--rmsprop-decay", "--rmsprop-epsilon"})
-          INCRES_CHECK(tr->count(f) == 0, f, " applies to --optimizer rmsprop, not ", tc.optimizer);
-      train::TrainResult r;
-      try {
-        r = train::run_training(tc);
-      } catch (const Error&) {
-        // The curve of what the folder holds now (a run that fails after its first
-        // checkpoint has replaced the earlier one's rows).
-        if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
-        throw;
-      }
-      if (r.already_finished) {
-        std::printf("%s: the run is finished (step %lld); nothing to do\n", tc.resume.c_str(),
-                    static_cast<long long>(r.steps));
-        return 0;
-      }
-      std::printf("%s: %lld steps, final train error %.2f%%, test error %.2f%% (accuracy %.2f%%), %.0f images/s\n",
-                  tc.model.c_str(), static_cast<long long>(r.steps), r.train_error, r.test.error, 100 - r.test.error,
-                  r.images_per_sec);
-      if (r.bad_images > 0) std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(r.bad_images));
-      if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
-      return 0;
-    }
+    for (Command* c : commands)
+      if (c->app->parsed()) return c->run();
   } catch (const Error& e) {
     std::fprintf(stderr, "incres: error: %s\n", e.what());
     return 1;
