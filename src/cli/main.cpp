@@ -778,6 +778,14 @@ struct TrainCommand : Command {
     if (tc.optimizer != "rmsprop")
       for (const char* f : {"--rmsprop-decay", "--rmsprop-epsilon"})
         INCRES_CHECK(app->count(f) == 0, f, " applies to --optimizer rmsprop, not ", tc.optimizer);
+    INCRES_CHECK(tc.schedule == "multistep" || app->count("--gamma") == 0, "--gamma applies to --schedule multistep, not ",
+                 tc.schedule);
+    if (tc.warmup_iters == 0)
+      for (const char* f : {"--warmup-lr", "--warmup-kind"})
+        INCRES_CHECK(app->count(f) == 0, f, " applies with --warmup-iters N > 0");
+    INCRES_CHECK(tc.on_nonfinite == "rollback" || app->count("--max-rollbacks") == 0,
+                 "--max-rollbacks applies with --on-nonfinite rollback");
+    if (app->count("--aux-weight")) models::check_option_applies(tc.model, "aux-weight");
     train::TrainResult r;
     try {
       r = train::run_training(tc);

@@ -14,7 +14,11 @@ namespace {
 // divided by 10 at 50% and 75% of the run (32k and 48k of 64k in the paper).
 Run cifar(std::string name, std::string label, std::string group, std::string paper, const std::string& model,
           std::vector<std::pair<std::string, std::string>> options = {}) {
-  Run r{.name = std::move(name), .label = std::move(label), .group = std::move(group), .paper = std::move(paper)};
+  Run r;
+  r.name = std::move(name);
+  r.label = std::move(label);
+  r.group = std::move(group);
+  r.paper = std::move(paper);
   r.config.model = model;
   train::apply_recipe(r.config, "resnet");
   r.config.model_options = std::move(options);
@@ -57,14 +61,15 @@ std::string points(double v) {
 std::string yes_no(bool ok, bool partly = false) { return ok ? "reproduced" : partly ? "partly reproduced" : "not reproduced"; }
 
 Experiment degradation() {
-  Experiment e{.name = "degradation",
-               .title = "the degradation of deep plain nets",
-               .paper = "ResNet paper, Fig. 1 and 6, Table 6 (CIFAR-10)",
-               .paper_metric = "CIFAR-10 test error %",
-               .seeds = 1,
-               .iters = 2000,
-               .test_limit = 5000,
-               .eval_every = 200};
+  Experiment e;
+  e.name = "degradation";
+  e.title = "the degradation of deep plain nets";
+  e.paper = "ResNet paper, Fig. 1 and 6, Table 6 (CIFAR-10)";
+  e.paper_metric = "CIFAR-10 test error %";
+  e.seeds = 1;
+  e.iters = 2000;
+  e.test_limit = 5000;
+  e.eval_every = 200;
   e.runs = [](const Scale& s) {
     std::vector<Run> runs;
     const std::vector<int> depths = s.full ? std::vector<int>{20, 32, 44, 56} : std::vector<int>{20, 32, 56};
@@ -91,14 +96,15 @@ Experiment degradation() {
 }
 
 Experiment shortcuts() {
-  Experiment e{.name = "shortcuts",
-               .title = "shortcut options A, B and C",
-               .paper = "ResNet paper, Table 3 (ImageNet ResNet-34)",
-               .paper_metric = "ResNet-34 top-1 error %, 10-crop",
-               .seeds = 3,
-               .iters = 2000,
-               .test_limit = 5000,
-               .eval_every = 250};
+  Experiment e;
+  e.name = "shortcuts";
+  e.title = "shortcut options A, B and C";
+  e.paper = "ResNet paper, Table 3 (ImageNet ResNet-34)";
+  e.paper_metric = "ResNet-34 top-1 error %, 10-crop";
+  e.seeds = 3;
+  e.iters = 2000;
+  e.test_limit = 5000;
+  e.eval_every = 250;
   e.runs = [](const Scale& s) {
     const std::string model = s.full ? "resnet56" : "resnet20";
     std::vector<Run> runs;
@@ -124,14 +130,15 @@ Experiment shortcuts() {
 
 // Identity Mappings, Table 1: the shortcut maps on one deep original-unit ResNet.
 Experiment identity_shortcut() {
-  Experiment e{.name = "identity-shortcut",
-               .title = "identity shortcuts against the other shortcut maps",
-               .paper = "Identity Mappings paper, Table 1 (ResNet-110, CIFAR-10)",
-               .paper_metric = "ResNet-110 CIFAR-10 test error %",
-               .seeds = 1,
-               .iters = 1200,
-               .test_limit = 5000,
-               .eval_every = 200};
+  Experiment e;
+  e.name = "identity-shortcut";
+  e.title = "identity shortcuts against the other shortcut maps";
+  e.paper = "Identity Mappings paper, Table 1 (ResNet-110, CIFAR-10)";
+  e.paper_metric = "ResNet-110 CIFAR-10 test error %";
+  e.seeds = 1;
+  e.iters = 1200;
+  e.test_limit = 5000;
+  e.eval_every = 200;
   e.runs = [](const Scale& s) {
     const std::string model = s.full ? "resnet110" : "resnet56";
     auto map = [&](std::string name, std::string label, std::string paper, std::string kind, std::string param) {
@@ -174,14 +181,15 @@ Experiment identity_shortcut() {
 
 // Identity Mappings, Table 2: the order of BN, ReLU and addition in a residual unit.
 Experiment unit_order() {
-  Experiment e{.name = "unit-order",
-               .title = "the five orders of BN, ReLU and addition",
-               .paper = "Identity Mappings paper, Table 2 (ResNet-110, CIFAR-10)",
-               .paper_metric = "ResNet-110 CIFAR-10 test error %",
-               .seeds = 1,
-               .iters = 1500,
-               .test_limit = 5000,
-               .eval_every = 250};
+  Experiment e;
+  e.name = "unit-order";
+  e.title = "the five orders of BN, ReLU and addition";
+  e.paper = "Identity Mappings paper, Table 2 (ResNet-110, CIFAR-10)";
+  e.paper_metric = "ResNet-110 CIFAR-10 test error %";
+  e.seeds = 1;
+  e.iters = 1500;
+  e.test_limit = 5000;
+  e.eval_every = 250;
   e.runs = [](const Scale& s) {
     const std::string model = s.full ? "resnet110" : "resnet56";
     std::vector<Run> runs;
@@ -208,14 +216,15 @@ Experiment unit_order() {
 
 // Identity Mappings, Fig. 1 and Table 3: original against pre-activation units at depth.
 Experiment depth() {
-  Experiment e{.name = "depth",
-               .title = "original against pre-activation units at great depth",
-               .paper = "Identity Mappings paper, Fig. 1 and Table 3 (CIFAR-10)",
-               .paper_metric = "CIFAR-10 test error % (164 layers; 1001 with --full)",
-               .seeds = 1,
-               .iters = 2000,
-               .test_limit = 5000,
-               .eval_every = 200};
+  Experiment e;
+  e.name = "depth";
+  e.title = "original against pre-activation units at great depth";
+  e.paper = "Identity Mappings paper, Fig. 1 and Table 3 (CIFAR-10)";
+  e.paper_metric = "CIFAR-10 test error % (164 layers; 1001 with --full)";
+  e.seeds = 1;
+  e.iters = 2000;
+  e.test_limit = 5000;
+  e.eval_every = 200;
   e.runs = [](const Scale& s) {
     const std::string model = s.full ? "preact_resnet1001" : "preact_resnet164";
     const int layers = s.full ? 1001 : 164;

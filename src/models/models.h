@@ -106,7 +106,7 @@ struct ArchOption {
   bool (*applies)(const std::string& model) = nullptr;
 };
 const std::vector<ArchOption>& arch_options();
-// Refuses (Error) an option, or "shortcut" / "aux", given for a model it does nothing
+// Refuses (Error) an option, or "shortcut" / "aux" / "aux-weight", given for a model it does nothing
 // for: "--width applies to Inception models, not resnet20".
 void check_option_applies(const std::string& model, const std::string& key);
 

@@ -150,8 +150,9 @@ void check_option_applies(const std::string& model, const std::string& key) {
     INCRES_CHECK(any_resnet(model), "--shortcut applies to the ResNets and plain nets, not ", model);
     return;
   }
-  if (key == "aux") {
-    INCRES_CHECK(inception_v3(model), "--no-aux applies to Inception-v3, not ", model);
+  if (key == "aux" || key == "aux-weight") {
+    INCRES_CHECK(inception_v3(model), key == "aux" ? "--no-aux" : "--aux-weight",
+                 " applies to Inception-v3 (the one model with an auxiliary classifier), not ", model);
     return;
   }
   for (const ArchOption& o : arch_options())

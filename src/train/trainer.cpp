@@ -398,7 +398,8 @@ namespace {
 // caller of run_training gets the same one-line errors.
 // The settings a resumed run would change, as "--flag recorded -> given" joined by
 // "; ": every recorded key that decides the result (not --eval-every, which only logs
-// more often). Keys a checkpoint does not record (written by an older incres) pass.
+// more often, nor what follows from --data). Keys a checkpoint does not record
+// (written by an older incres) pass.
 std::string resume_differences(const std::string& recorded_text, const std::string& given_text) {
   const nlohmann::json recorded = nlohmann::json::parse(recorded_text, nullptr, false);
   const nlohmann::json given = nlohmann::json::parse(given_text, nullptr, false);
@@ -408,7 +409,10 @@ std::string resume_differences(const std::string& recorded_text, const std::stri
       {"model_options", "the architecture options"}};
   std::string out;
   for (auto it = given.begin(); it != given.end(); ++it) {
-    if (it.key() == "eval_every" || !recorded.contains(it.key()) || recorded[it.key()] == it.value()) continue;
+    // Not compared: logging only, and what follows from the data (compared itself).
+    static const std::set<std::string> skip = {"eval_every", "in_channels", "num_classes", "mean", "std",
+                                               "class_names"};
+    if (skip.count(it.key()) || !recorded.contains(it.key()) || recorded[it.key()] == it.value()) continue;
     std::string flag = "--" + it.key();
     std::replace(flag.begin(), flag.end(), '_', '-');
     if (auto f = flags.find(it.key()); f != flags.end()) flag = f->second;
@@ -517,314 +521,396 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 
 }  // namespace
 
-TrainResult run_training(const TrainConfig& cfg) {
-  check_config(cfg);
-  // The output folder first: a bad --out or a folder in use fails before any work.
-  std::optional<RunFolder> run_folder;
-  if (!cfg.out_dir.empty()) run_folder.emplace(cfg.out_dir);
+namespace {
 
-  // The data: an in-memory dataset through data::Loader, or an image folder decoded
-  // on the fly by data::ImageFolderLoader; the loop sees a data::BatchSource.
-  const bool folder = is_image_folder(cfg.data);
-  DataPair data;
-  data::ImageFolder train_folder, val_folder;
-  int64_t in_channels = 3, classes = 0, train_count = 0;
-  std::string source;
-  std::vector<std::string> class_names;
-  if (folder) {
-    train_folder = scan_split(cfg.data, "train");
-    val_folder = scan_split(cfg.data, "val", train_folder.classes);
-    train_folder = limit_files(train_folder, cfg.train_limit);
-    val_folder = limit_files(val_folder, cfg.test_limit);
-    classes = static_cast<int64_t>(train_folder.classes.size());
-    train_count = train_folder.count();
-    source = train_folder.root;
-    class_names = train_folder.class_names;
-  } else {
-    data = load_data(cfg.data);
-    in_channels = data.train.channels;
-    classes = data.train.classes;
-    class_names = data.train.class_names;
+// What a run trains and evaluates on: the loaders, and what the model and the run
+// record need of the data. Read in two steps, since the model's input size, which
+// the loaders need, depends on the data's channels and classes.
+struct TrainingData {
+  // Reads the dataset (in memory) or scans the image folder's splits, limited.
+  explicit TrainingData(const TrainConfig& cfg) : folder(is_image_folder(cfg.data)) {
+    if (folder) {
+      train_folder = limit_files(scan_split(cfg.data, "train"), cfg.train_limit);
+      val_folder = limit_files(scan_split(cfg.data, "val", train_folder.classes), cfg.test_limit);
+      classes = static_cast<int64_t>(train_folder.classes.size());
+      count = train_folder.count();
+      source = train_folder.root;
+      class_names = train_folder.class_names;
+    } else {
+      raw = load_data(cfg.data);
+      in_channels = raw.train.channels;
+      classes = raw.train.classes;
+      class_names = raw.train.class_names;
+    }
   }
-  const models::ModelConfig mc = model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux, in_channels, classes,
-                                              cfg.model_options);
-  const int64_t image = mc.image;
-  std::unique_ptr<data::BatchSource> train_loader, test_loader;
-  data::ImageFolderLoader *train_images = nullptr, *val_images = nullptr;  // for their bad-file counts
-  std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
-  if (folder) {
-    INCRES_CHECK(train_count >= cfg.batch, "the training set has ", train_count, " images, fewer than one batch of ",
-                 cfg.batch);
-    auto tl = std::make_unique<data::ImageFolderLoader>(
-        train_folder, image_loader_options(cfg.recipe, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers,
+
+  // The loaders for a model of input `image`.
+  void open(const TrainConfig& cfg, int64_t image) {
+    if (folder) {
+      INCRES_CHECK(count >= cfg.batch, "the training set has ", count, " images, fewer than one batch of ", cfg.batch);
+      auto tl = std::make_unique<data::ImageFolderLoader>(
+          train_folder, image_loader_options(cfg.recipe, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers,
+                                             cfg.skip_bad));
+      auto vl = std::make_unique<data::ImageFolderLoader>(
+          val_folder, image_loader_options(cfg.recipe, image, cfg.batch, false, false, cfg.seed, cfg.workers,
                                            cfg.skip_bad));
-    auto vl = std::make_unique<data::ImageFolderLoader>(
-        val_folder, image_loader_options(cfg.recipe, image, cfg.batch, false, false, cfg.seed, cfg.workers,
-                                         cfg.skip_bad));
-    train_images = tl.get();
-    val_images = vl.get();
-    train_loader = std::move(tl);
-    test_loader = std::move(vl);
-  } else {
-    FittedData fitted = fit_data(std::move(data), image, cfg.train_limit, cfg.test_limit);
-    data::LoaderOptions train_opts = loader_options(fitted, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers);
-    data::LoaderOptions test_opts = loader_options(fitted, image, cfg.batch, false, false, cfg.seed, cfg.workers);
+      train_images = tl.get();
+      val_images = vl.get();
+      train = std::move(tl);
+      test = std::move(vl);
+      return;
+    }
+    fitted = fit_data(std::move(raw), image, cfg.train_limit, cfg.test_limit);
     mean = fitted.mean;
     std = fitted.std;
-    data.train = std::move(fitted.train);
-    data.test = std::move(fitted.test);
-    INCRES_CHECK(data.train.count >= cfg.batch, "the training set has ", data.train.count,
+    INCRES_CHECK(fitted.train.count >= cfg.batch, "the training set has ", fitted.train.count,
                  " images, fewer than one batch of ", cfg.batch);
-    train_count = data.train.count;
-    source = data.train.source;
-    train_loader = std::make_unique<data::Loader>(data.train, train_opts);
-    test_loader = std::make_unique<data::Loader>(data.test, test_opts);
+    count = fitted.train.count;
+    source = fitted.train.source;
+    train = std::make_unique<data::Loader>(fitted.train, loader_options(fitted, image, cfg.batch, true, cfg.augment,
+                                                                        cfg.seed, cfg.workers));
+    test = std::make_unique<data::Loader>(fitted.test, loader_options(fitted, image, cfg.batch, false, false, cfg.seed,
+                                                                      cfg.workers));
   }
-  auto bad_images = [&] {
+
+  // Image folders with skip_bad: the files skipped so far, train and val.
+  int64_t bad_images() const {
     return (train_images ? train_images->bad_count() : 0) + (val_images ? val_images->bad_count() : 0);
-  };
-
-  graph::Graph g = models::build_model(cfg.model, mc);
-  graph::ParamStore store(g);
-  store.init(g, cfg.seed);
-
-  const int64_t ipe = train_loader->batches_per_epoch();
-  const int64_t total = cfg.iters > 0 ? cfg.iters : cfg.epochs * ipe;
-  Schedule schedule = make_schedule(cfg, ipe, total);
-
-  std::unique_ptr<Optimizer> opt = make_optimizer(cfg, g, store);
-  // The average starts at the initial weights; a resume overwrites it with the saved one.
-  std::unique_ptr<Ema> ema = cfg.ema_decay > 0 ? std::make_unique<Ema>(g, store, cfg.ema_decay) : nullptr;
-  std::unique_ptr<MetricsLog> metrics;
-  std::string ckpt;
-  CheckpointState cs;
-  cs.seed = cfg.seed;
-  cs.model = cfg.model;
-  {
-    // Recorded as resolved, so that `incres eval` rebuilds the same model.
-    RunRecord record;
-    record.config = cfg;
-    record.config.shortcut = mc.shortcut == models::Shortcut::A ? "A" : mc.shortcut == models::Shortcut::B ? "B" : "C";
-    record.config.image = mc.image;
-    record.in_channels = in_channels;
-    record.classes = classes;
-    record.mean = mean;
-    record.std = std;
-    record.class_names = class_names;
-    cs.config = to_json(record).dump();
   }
-  int64_t step = 0;
-  if (!cfg.resume.empty()) {
-    CheckpointState s = load_checkpoint(cfg.resume, g, store, opt.get(), ema.get());
-    INCRES_CHECK(s.model.empty() || s.model == cfg.model, cfg.resume, " holds a ", s.model,
-                 " checkpoint, not ", cfg.model);
-    INCRES_CHECK(s.seed == cfg.seed, cfg.resume, " was trained with --seed ", s.seed,
-                 "; resume with the same seed (got ", cfg.seed, ")");
-    INCRES_CHECK(s.has_ema == (ema != nullptr), cfg.resume,
+
+  bool folder;
+  DataPair raw;        // in memory: as read, until open() fits it
+  FittedData fitted;   // ... and as the loaders read it
+  data::ImageFolder train_folder, val_folder;
+  int64_t in_channels = 3, classes = 0, count = 0;
+  std::string source;
+  std::vector<std::string> class_names;
+  std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
+  std::unique_ptr<data::BatchSource> train, test;
+  data::ImageFolderLoader *train_images = nullptr, *val_images = nullptr;  // for their bad-file counts
+};
+
+// One span of training steps: from a log point (or a resume) to the next one, or to
+// the step a non-finite loss or gradient stopped it at.
+struct Span {
+  int64_t start = 0;
+  double lr = 0, loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0, seconds = 0;
+  int64_t correct = 0, seen = 0, steps = 0, clipped = 0, skipped = 0;
+  std::string diverged;  // what went non-finite, when a rollback follows
+  int64_t bad_step = -1;
+};
+
+// A training run: set up in phases by the constructor (output folder, data, model,
+// optimizer, resume, programs, log), then train() runs span after span, each ended by
+// an evaluation, a metrics row and a checkpoint, or by a rollback.
+class Run {
+ public:
+  explicit Run(const TrainConfig& cfg)
+      : cfg_(cfg), folder_(open_folder(cfg)), data_(cfg),
+        mc_(model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux, data_.in_channels, data_.classes,
+                         cfg.model_options)),
+        g_(models::build_model(cfg.model, mc_)), store_(g_) {
+    data_.open(cfg_, mc_.image);
+    store_.init(g_, cfg_.seed);
+    ipe_ = data_.train->batches_per_epoch();
+    total_ = cfg_.iters > 0 ? cfg_.iters : cfg_.epochs * ipe_;
+    schedule_ = make_schedule(cfg_, ipe_, total_);
+    opt_ = make_optimizer(cfg_, g_, store_);
+    // The average starts at the initial weights; a resume overwrites it with the saved one.
+    if (cfg_.ema_decay > 0) ema_ = std::make_unique<Ema>(g_, store_, cfg_.ema_decay);
+    record();
+    if (!cfg_.resume.empty()) restore();
+  }
+
+  TrainResult train() {
+    result_.params = g_.param_count();
+    result_.macs = g_.macs();
+    if (result_.already_finished) return result_;
+    compile();
+    open_log();
+    log_info(cat("training ", cfg_.model, " (", g_.param_count(), " params, ", g_.macs() / 1e6, " MMACs) on ",
+                 data_.source, ": ", data_.count, " images, ", ipe_, " steps/epoch, ", total_, " steps, batch ",
+                 cfg_.batch, ", ", opt_->name(), cfg_.clip_norm > 0 ? cat(", clip ", cfg_.clip_norm) : "",
+                 ema_ ? cat(", ema ", cfg_.ema_decay) : "", ", backend ", program_->backend_name()));
+    losses_ = std::make_unique<OutputLosses>(g_, cfg_.batch, mc_.classes, cfg_.label_smoothing, cfg_.aux_weight,
+                                             cfg_.backend);
+    while (step_ < total_) {
+      Span span = run_span();
+      if (!span.diverged.empty()) {
+        roll_back(span);
+        continue;
+      }
+      end_span(span);
+      if (step_ == cfg_.stop_after) break;
+    }
+    return result_;
+  }
+
+ private:
+  // First: a bad --out or a folder in use fails before any work.
+  static std::unique_ptr<RunFolder> open_folder(const TrainConfig& cfg) {
+    return cfg.out_dir.empty() ? nullptr : std::make_unique<RunFolder>(cfg.out_dir);
+  }
+
+  // Where metrics rows fall; a row whose span starts elsewhere (a resume mid-epoch) is
+  // marked partial.
+  bool log_point(int64_t s) const {
+    return s % ipe_ == 0 || s == total_ || (cfg_.eval_every > 0 && s % cfg_.eval_every == 0);
+  }
+  // Where a span stops: a log point, or stop_after (an interruption asked for).
+  bool span_end(int64_t s) const { return s == cfg_.stop_after || (cfg_.eval_every > 0 && s % cfg_.eval_every == 0); }
+
+  // The run record the checkpoints carry, as resolved, so that `incres eval` rebuilds
+  // the same model.
+  void record() {
+    cs_.seed = cfg_.seed;
+    cs_.model = cfg_.model;
+    RunRecord r;
+    r.config = cfg_;
+    r.config.shortcut = mc_.shortcut == models::Shortcut::A ? "A" : mc_.shortcut == models::Shortcut::B ? "B" : "C";
+    r.config.image = mc_.image;
+    r.in_channels = data_.in_channels;
+    r.classes = data_.classes;
+    r.mean = data_.mean;
+    r.std = data_.std;
+    r.class_names = data_.class_names;
+    cs_.config = to_json(r).dump();
+  }
+
+  // Continues from cfg.resume after checking that it is this run.
+  void restore() {
+    CheckpointState s = load_checkpoint(cfg_.resume, g_, store_, opt_.get(), ema_.get());
+    INCRES_CHECK(s.model.empty() || s.model == cfg_.model, cfg_.resume, " holds a ", s.model, " checkpoint, not ",
+                 cfg_.model);
+    INCRES_CHECK(s.seed == cfg_.seed, cfg_.resume, " was trained with --seed ", s.seed, "; resume with the same seed (got ",
+                 cfg_.seed, ")");
+    INCRES_CHECK(s.has_ema == (ema_ != nullptr), cfg_.resume,
                  s.has_ema ? " holds a moving average of the weights but this run keeps none; resume with the "
                              "original run's --ema DECAY"
                            : " holds no moving average of the weights but this run keeps one (--ema "
-                             + std::to_string(cfg.ema_decay) + "); resume without --ema (--ema 0)");
-    const std::string changed = resume_differences(s.config, cs.config);
+                             + std::to_string(cfg_.ema_decay) + "); resume without --ema (--ema 0)");
+    const std::string changed = resume_differences(s.config, cs_.config);
     if (!changed.empty()) {
-      INCRES_CHECK(cfg.force_resume, cfg.resume, " was trained with other settings, so the resumed run would not be the run it continues: ",
-                   changed, ". Resume with the recorded values, or give --force-resume to continue with these");
-      log_warn(cat("--force-resume: continuing ", cfg.resume, " with changed settings: ", changed));
+      INCRES_CHECK(cfg_.force_resume, cfg_.resume,
+                   " was trained with other settings, so the resumed run would not be the run it continues: ", changed,
+                   ". Resume with the recorded values, or give --force-resume to continue with these");
+      log_warn(cat("--force-resume: continuing ", cfg_.resume, " with changed settings: ", changed));
     }
-    step = s.step;
-    if (step >= total) {
-      log_info(cat(cfg.resume, " is a finished run (step ", step, " of ", total, "); nothing to do"));
-      TrainResult done;
-      done.steps = step;
-      done.already_finished = true;
-      done.params = g.param_count();
-      done.macs = g.macs();
-      return done;
+    step_ = s.step;
+    good_checkpoint_ = cfg_.resume;
+    if (step_ >= total_) {
+      log_info(cat(cfg_.resume, " is a finished run (step ", step_, " of ", total_, "); nothing to do"));
+      result_.steps = step_;
+      result_.already_finished = true;
+      return;
     }
-    log_info(cat("resuming ", cfg.model, " from ", cfg.resume, " at step ", step, " (epoch ", step / ipe, ")"));
+    log_info(cat("resuming ", cfg_.model, " from ", cfg_.resume, " at step ", step_, " (epoch ", step_ / ipe_, ")"));
   }
-  std::string bad = first_non_finite(g, store);
-  INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
 
-  // Dropout masks follow the run's seed.
-  auto program = compile_checked(cfg, g, store);
-  // Dropout masks are keyed by step: a resumed run drops what the straight one did.
-  program->set_step(step);
-  // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
-  // tensors are updated in place, so this program always sees the current one.
-  auto evaluator = backend::compile(cfg.backend, g, ema ? ema->averages() : store,
-                                    {.batch = cfg.batch, .mode = backend::Mode::infer});
+  void compile() {
+    const std::string bad = first_non_finite(g_, store_);
+    INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
+    // Dropout masks follow the run's seed, keyed by step: a resumed run drops what the
+    // straight one did.
+    program_ = compile_checked(cfg_, g_, store_);
+    program_->set_step(step_);
+    // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
+    // tensors are updated in place, so this program always sees the current one.
+    evaluator_ = backend::compile(cfg_.backend, g_, ema_ ? ema_->averages() : store_,
+                                  {.batch = cfg_.batch, .mode = backend::Mode::infer});
+  }
 
-  if (run_folder) {
+  void open_log() {
+    if (!folder_) return;
     // Rows past the checkpoint's step (a kill between a row and its checkpoint) are
     // dropped: the resumed run writes them again. A new run replaces the log only once
     // its first checkpoint is durable.
-    if (step > 0) {
-      const int64_t dropped = drop_metrics_after(run_folder->metrics(), step);
-      if (dropped > 0) log_info(cat("dropped ", dropped, " metrics row", dropped > 1 ? "s" : "", " past step ", step,
-                                    " from ", run_folder->metrics(), " (written after the checkpoint it resumes)"));
-      metrics = std::make_unique<MetricsLog>(run_folder->metrics(), true);
+    if (step_ > 0) {
+      const int64_t dropped = drop_metrics_after(folder_->metrics(), step_);
+      if (dropped > 0)
+        log_info(cat("dropped ", dropped, " metrics row", dropped > 1 ? "s" : "", " past step ", step_, " from ",
+                     folder_->metrics(), " (written after the checkpoint it resumes)"));
+      metrics_ = std::make_unique<MetricsLog>(folder_->metrics(), true);
     } else {
-      metrics = std::make_unique<MetricsLog>(MetricsLog::replacing_at_commit(run_folder->metrics()));
+      metrics_ = std::make_unique<MetricsLog>(MetricsLog::replacing_at_commit(folder_->metrics()));
     }
-    ckpt = run_folder->checkpoint();
+    ckpt_ = folder_->checkpoint();
   }
-  log_info(cat("training ", cfg.model, " (", g.param_count(), " params, ", g.macs() / 1e6, " MMACs) on ",
-               source, ": ", train_count, " images, ", ipe, " steps/epoch, ", total,
-               " steps, batch ", cfg.batch, ", ", opt->name(), cfg.clip_norm > 0 ? cat(", clip ", cfg.clip_norm) : "",
-               ema ? cat(", ema ", cfg.ema_decay) : "", ", backend ", program->backend_name()));
 
-  const int64_t K = mc.classes;
-  OutputLosses losses(g, cfg.batch, K, cfg.label_smoothing, cfg.aux_weight, cfg.backend);
-  TrainResult result;
-  result.params = g.param_count();
-  result.macs = g.macs();
-  const bool terminal = cfg.progress && stderr_is_terminal();
-  // Where metrics rows fall; a row whose span starts elsewhere (a resume mid-epoch) is
-  // marked partial.
-  auto log_point = [&](int64_t s) {
-    return s % ipe == 0 || s == total || (cfg.eval_every > 0 && s % cfg.eval_every == 0);
-  };
-  // Divergence: the checkpoint a rollback returns to (this run's last one, or the one
-  // it resumed from), the steps whose batches are skipped after one, and the count.
-  std::string good_checkpoint = cfg.resume;
-  std::set<int64_t> skipped;
-  int rollbacks = 0;
-  const int64_t nan_at = test_nan_step();
-  while (step < total) {
-    const int64_t epoch = step / ipe, span_start = step;
-    train_loader->start_epoch(epoch, step % ipe);
-    Progress bar(cat("epoch ", epoch + 1, "/", (total + ipe - 1) / ipe), ipe, terminal);
-    double loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0;
-    int64_t correct = 0, seen = 0, steps = 0, clipped = 0, skipped_here = 0;
+  // Trains from step_ to the next span end, the end of the epoch or of the run.
+  Span run_span() {
+    Span sp;
+    sp.start = step_;
+    const int64_t epoch = step_ / ipe_;
+    data_.train->start_epoch(epoch, step_ % ipe_);
+    Progress bar(cat("epoch ", epoch + 1, "/", (total_ + ipe_ - 1) / ipe_), ipe_, cfg_.progress && stderr_is_terminal());
     auto t0 = std::chrono::steady_clock::now();
     // The progress text, built only when the bar redraws (it allocates).
     auto progress_text = [&] {
-      return cat("loss ", loss_sum / seen, "  err ", 100.0 * (1 - double(correct) / seen), "%  ",
-                 static_cast<int64_t>(seen / seconds_since(t0)), " img/s");
+      return cat("loss ", sp.loss_sum / sp.seen, "  err ", 100.0 * (1 - double(sp.correct) / sp.seen), "%  ",
+                 static_cast<int64_t>(sp.seen / seconds_since(t0)), " img/s");
     };
-    double lr = schedule.lr(step);
+    sp.lr = schedule_->lr(step_);
     int64_t done = 0;  // batches of this epoch finished, for the bar
-    std::string diverged;  // what went non-finite, when a rollback follows
-    int64_t bad_step = -1;
-    while (step < total) {
-      const data::Batch* b = train_loader->next();
+    while (step_ < total_) {
+      const data::Batch* b = data_.train->next();
       if (!b) break;
-      lr = schedule.lr(step);
+      sp.lr = schedule_->lr(step_);
       done = b->index + 1;
-      if (skipped.count(step)) {  // its batch diverged before a rollback: not trained on
-        ++step;
-        ++skipped_here;
-        if (step == cfg.stop_after || (cfg.eval_every > 0 && step % cfg.eval_every == 0)) break;
+      if (skipped_.count(step_)) {  // its batch diverged before a rollback: not trained on
+        ++step_;
+        ++sp.skipped;
+        program_->set_step(step_);  // dropout masks stay keyed by the step
+        if (span_end(step_)) break;
         continue;
       }
-      program->forward(b->images.data<float>());
-      const OutputLosses::Result l = losses.backward(*program, b->labels.data(), b->size);
-      const double loss = step == nan_at ? std::nan("") : l.total;
+      program_->forward(b->images.data<float>());
+      const OutputLosses::Result l = losses_->backward(*program_, b->labels.data(), b->size);
+      const double loss = step_ == nan_at_ ? std::nan("") : l.total;
       // Measured on every step (one pass over the gradients) for the metrics and to
       // stop on a non-finite gradient; scaled only when clipping is on. Weight decay
       // is added later, inside the optimizer, so it is neither measured nor clipped
       // (as torch.nn.utils.clip_grad_norm_ with the optimizer's weight_decay; TF-slim
       // clips the regularised loss's gradient, which differs by wd * w).
-      const double norm = std::isfinite(loss) ? clip_grad_norm(g, store, cfg.clip_norm) : 0;
+      const double norm = std::isfinite(loss) ? clip_grad_norm(g_, store_, cfg_.clip_norm) : 0;
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
-        const std::string what = cat(std::isfinite(loss) ? "gradient norm is " : "loss is ",
-                                     std::isfinite(loss) ? norm : loss, " at step ", step, " (epoch ", epoch + 1,
-                                     ", batch ", b->index, ", lr ", lr, ")");
-        const bool can_roll_back = cfg.on_nonfinite == "rollback" && !good_checkpoint.empty();
-        if (can_roll_back && rollbacks < cfg.max_rollbacks) {
-          diverged = what;
-          bad_step = step;
-          break;
-        }
-        fail(what, "; stopping. Lower --lr", std::isfinite(loss) ? ", set --clip-norm" : "",
-             can_roll_back ? cat(" (", rollbacks, " rollbacks done: --max-rollbacks ", cfg.max_rollbacks, ")") : "",
-             good_checkpoint.empty()
-                 ? (cfg.on_nonfinite == "rollback" ? " (no checkpoint was written yet to roll back to)"
-                                                   : ", or give --on-nonfinite rollback")
-                 : cat(", resume from the last checkpoint ", good_checkpoint,
-                       cfg.on_nonfinite == "rollback" ? "" : ", or give --on-nonfinite rollback"));
+        non_finite(sp, loss, norm, epoch, b->index);
+        break;
       }
-      opt->step(lr);
-      if (ema) ema->update(step);
-      ++step;
-      ++steps;
-      loss_sum += l.main.loss * static_cast<double>(b->size);
-      aux_sum += l.aux * static_cast<double>(b->size);
-      correct += l.main.correct;
-      seen += b->size;
-      norm_sum += norm;
-      norm_max = std::max(norm_max, norm);
-      clipped += cfg.clip_norm > 0 && norm > cfg.clip_norm;
-      if (cfg.progress && bar.due(done)) bar.update(done, progress_text());
-      if (step == cfg.stop_after || (cfg.eval_every > 0 && step % cfg.eval_every == 0)) break;
+      opt_->step(sp.lr);
+      if (ema_) ema_->update(step_);
+      ++step_;
+      ++sp.steps;
+      sp.loss_sum += l.main.loss * static_cast<double>(b->size);
+      sp.aux_sum += l.aux * static_cast<double>(b->size);
+      sp.correct += l.main.correct;
+      sp.seen += b->size;
+      sp.norm_sum += norm;
+      sp.norm_max = std::max(sp.norm_max, norm);
+      sp.clipped += cfg_.clip_norm > 0 && norm > cfg_.clip_norm;
+      if (cfg_.progress && bar.due(done)) bar.update(done, progress_text());
+      if (span_end(step_)) break;
     }
-    if (seen > 0) bar.finish(done, cfg.progress ? progress_text() : std::string());
+    if (sp.seen > 0) bar.finish(done, cfg_.progress ? progress_text() : std::string());
     else bar.finish();
-    if (!diverged.empty()) {
-      // Back to the last good checkpoint; the steps since are trained again, without
-      // the batch that diverged.
-      const CheckpointState back = load_checkpoint(good_checkpoint, g, store, opt.get(), ema.get());
-      skipped.insert(bad_step);
-      ++rollbacks;
-      log_warn(cat(diverged, ": rolled back to ", good_checkpoint, " at step ", back.step, "; the batch of step ",
-                   bad_step, " will be skipped (rollback ", rollbacks, " of at most ", cfg.max_rollbacks, ")"));
-      if (metrics)
-        metrics->write({{"event", "rollback"}, {"rollback", rollbacks}, {"nonfinite_at_step", bad_step},
-                        {"to_step", back.step}, {"what", diverged}});
-      step = back.step;
-      program->set_step(step);
-      continue;
+    sp.seconds = seconds_since(t0);
+    return sp;
+  }
+
+  // A non-finite loss or gradient: marks the span for a rollback where one is allowed,
+  // else stops the run with what to do.
+  void non_finite(Span& sp, double loss, double norm, int64_t epoch, int64_t batch) {
+    const std::string what = cat(std::isfinite(loss) ? "gradient norm is " : "loss is ", std::isfinite(loss) ? norm : loss,
+                                 " at step ", step_, " (epoch ", epoch + 1, ", batch ", batch, ", lr ", sp.lr, ")");
+    const bool can_roll_back = cfg_.on_nonfinite == "rollback" && !good_checkpoint_.empty();
+    if (can_roll_back && rollbacks_ < cfg_.max_rollbacks) {
+      sp.diverged = what;
+      sp.bad_step = step_;
+      return;
     }
-    const double secs = seconds_since(t0);
-    result.steps = step;
-    result.train_loss = seen ? loss_sum / seen : 0;
-    result.train_error = seen ? 100.0 * (1 - double(correct) / seen) : 0;
-    result.grad_norm = steps ? norm_sum / static_cast<double>(steps) : 0;
-    result.images_per_sec = seen / secs;
-    result.rollbacks = rollbacks;
-    // Rows at the end of each epoch, of the run, and every eval_every steps.
-    if (log_point(step)) {
-      result.test = evaluate(*evaluator, *test_loader, K);
-      result.bad_images = bad_images();
-      log_info(cat("epoch ", (step + ipe - 1) / ipe, "  step ", step, "  lr ", lr, "  train loss ", result.train_loss,
-                   " err ", result.train_error, "%", losses.num_aux() && cfg.aux_weight > 0 && seen ? cat(" aux loss ", aux_sum / seen) : "",
-                   "  grad norm ", result.grad_norm, "  test", ema ? " (ema)" : "",
-                   " loss ", result.test.loss, " err ", result.test.error, "%  ",
-                   static_cast<int64_t>(result.images_per_sec), " img/s",
-                   result.bad_images ? cat(", ", result.bad_images, " bad images skipped") : ""));
-      if (metrics) {
-        nlohmann::json row{{"epoch", (step + ipe - 1) / ipe}, {"step", step},
-                           {"epochs_done", static_cast<double>(step) / static_cast<double>(ipe)}, {"lr", lr},
-                           {"train_loss", result.train_loss}, {"train_error", result.train_error},
-                           {"grad_norm", result.grad_norm}, {"grad_norm_max", norm_max},
-                           {"test_loss", result.test.loss}, {"test_error", result.test.error},
-                           {"test_top5_error", result.test.top5_error}, {"eval_weights", ema ? "ema" : "raw"},
-                           {"images_per_sec", result.images_per_sec}};
-        // The train figures cover the steps since span_start; after a resume
-        // mid-span, fewer than a whole span.
-        if (!log_point(span_start)) {
-          row["partial"] = true;
-          row["from_step"] = span_start;
-        }
-        if (skipped_here > 0) row["skipped_steps"] = skipped_here;
-        if (cfg.clip_norm > 0) row["clipped_steps"] = clipped;
-        if (cfg.skip_bad) row["bad_images"] = result.bad_images;  // of this epoch's steps
-        if (losses.num_aux() > 0 && cfg.aux_weight > 0) row["train_aux_loss"] = seen ? aux_sum / seen : 0;
-        metrics->write(row);
-      }
-    }
-    if (!ckpt.empty()) {
-      cs.step = step;
-      save_checkpoint(ckpt, g, store, opt.get(), ema.get(), cs);
-      good_checkpoint = ckpt;
+    fail(what, "; stopping. Lower --lr", std::isfinite(loss) ? ", set --clip-norm" : "",
+         can_roll_back ? cat(" (", rollbacks_, " rollbacks done: --max-rollbacks ", cfg_.max_rollbacks, ")") : "",
+         good_checkpoint_.empty()
+             ? (cfg_.on_nonfinite == "rollback" ? " (no checkpoint was written yet to roll back to)"
+                                                : ", or give --on-nonfinite rollback")
+             : cat(", resume from the last checkpoint ", good_checkpoint_,
+                   cfg_.on_nonfinite == "rollback" ? "" : ", or give --on-nonfinite rollback"));
+  }
+
+  // Back to the last good checkpoint; the steps since are trained again, without the
+  // batch that diverged.
+  void roll_back(const Span& sp) {
+    const CheckpointState back = load_checkpoint(good_checkpoint_, g_, store_, opt_.get(), ema_.get());
+    skipped_.insert(sp.bad_step);
+    ++rollbacks_;
+    log_warn(cat(sp.diverged, ": rolled back to ", good_checkpoint_, " at step ", back.step, "; the batch of step ",
+                 sp.bad_step, " will be skipped (rollback ", rollbacks_, " of at most ", cfg_.max_rollbacks, ")"));
+    if (metrics_)
+      metrics_->write({{"event", "rollback"}, {"rollback", rollbacks_}, {"nonfinite_at_step", sp.bad_step},
+                       {"to_step", back.step}, {"what", sp.diverged}});
+    step_ = back.step;
+    program_->set_step(step_);
+  }
+
+  // The span's figures; at a log point the evaluation and a metrics row; the checkpoint.
+  void end_span(const Span& sp) {
+    result_.steps = step_;
+    result_.train_loss = sp.seen ? sp.loss_sum / sp.seen : 0;
+    result_.train_error = sp.seen ? 100.0 * (1 - double(sp.correct) / sp.seen) : 0;
+    result_.grad_norm = sp.steps ? sp.norm_sum / static_cast<double>(sp.steps) : 0;
+    result_.images_per_sec = sp.seen / sp.seconds;
+    result_.rollbacks = rollbacks_;
+    if (log_point(step_)) log_row(sp);
+    if (!ckpt_.empty()) {
+      cs_.step = step_;
+      save_checkpoint(ckpt_, g_, store_, opt_.get(), ema_.get(), cs_);
+      good_checkpoint_ = ckpt_;
       // The rows this checkpoint covers are now in the log for good (a new run's
       // first commit replaces an earlier run's log).
-      if (metrics) metrics->commit();
+      if (metrics_) metrics_->commit();
     }
-    if (step == cfg.stop_after) break;
   }
-  return result;
+
+  void log_row(const Span& sp) {
+    result_.test = evaluate(*evaluator_, *data_.test, mc_.classes);
+    result_.bad_images = data_.bad_images();
+    const bool aux = losses_->num_aux() > 0 && cfg_.aux_weight > 0;
+    log_info(cat("epoch ", (step_ + ipe_ - 1) / ipe_, "  step ", step_, "  lr ", sp.lr, "  train loss ",
+                 result_.train_loss, " err ", result_.train_error, "%", aux && sp.seen ? cat(" aux loss ", sp.aux_sum / sp.seen) : "",
+                 "  grad norm ", result_.grad_norm, "  test", ema_ ? " (ema)" : "", " loss ", result_.test.loss, " err ",
+                 result_.test.error, "%  ", static_cast<int64_t>(result_.images_per_sec), " img/s",
+                 result_.bad_images ? cat(", ", result_.bad_images, " bad images skipped") : ""));
+    if (!metrics_) return;
+    nlohmann::json row{{"epoch", (step_ + ipe_ - 1) / ipe_}, {"step", step_},
+                       {"epochs_done", static_cast<double>(step_) / static_cast<double>(ipe_)}, {"lr", sp.lr},
+                       {"train_loss", result_.train_loss}, {"train_error", result_.train_error},
+                       {"grad_norm", result_.grad_norm}, {"grad_norm_max", sp.norm_max},
+                       {"test_loss", result_.test.loss}, {"test_error", result_.test.error},
+                       {"test_top5_error", result_.test.top5_error}, {"eval_weights", ema_ ? "ema" : "raw"},
+                       {"images_per_sec", result_.images_per_sec}};
+    // The train figures cover the steps since the span's start; after a resume
+    // mid-span, fewer than a whole span.
+    if (!log_point(sp.start)) {
+      row["partial"] = true;
+      row["from_step"] = sp.start;
+    }
+    if (sp.skipped > 0) row["skipped_steps"] = sp.skipped;
+    if (cfg_.clip_norm > 0) row["clipped_steps"] = sp.clipped;
+    if (cfg_.skip_bad) row["bad_images"] = result_.bad_images;  // of this epoch's steps
+    if (aux) row["train_aux_loss"] = sp.seen ? sp.aux_sum / sp.seen : 0;
+    metrics_->write(row);
+  }
+
+  const TrainConfig& cfg_;
+  std::unique_ptr<RunFolder> folder_;
+  TrainingData data_;
+  models::ModelConfig mc_;
+  graph::Graph g_;
+  graph::ParamStore store_;
+  int64_t ipe_ = 0, total_ = 0, step_ = 0;
+  std::optional<Schedule> schedule_;  // set once the data gives the epoch's length
+  std::unique_ptr<Optimizer> opt_;
+  std::unique_ptr<Ema> ema_;
+  CheckpointState cs_;
+  std::unique_ptr<backend::Program> program_, evaluator_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::string ckpt_;
+  std::unique_ptr<OutputLosses> losses_;
+  TrainResult result_;
+  // Divergence: the checkpoint a rollback returns to (this run's last one, or the one
+  // it resumed from), the steps whose batches are skipped after one, and the count.
+  std::string good_checkpoint_;
+  std::set<int64_t> skipped_;
+  int rollbacks_ = 0;
+  const int64_t nan_at_ = test_nan_step();
+};
+
+}  // namespace
+
+TrainResult run_training(const TrainConfig& cfg) {
+  check_config(cfg);
+  Run run(cfg);
+  return run.train();
 }
 
 }  // namespace incres::train

@@ -685,6 +685,14 @@ class RunFolder(unittest.TestCase):
             self.assertIn("--width applies to Inception models, not resnet20", w.stderr)
             n = run("train", "resnet20", "--seed", "-1", "--iters", "1", expect_ok=False)
             self.assertIn("--seed: Value -1 is not >= 0", n.stderr)
+            for flags, message in ((["--aux-weight", "0.3"], "--aux-weight applies to Inception-v3"),
+                                   (["--nesterov", "--optimizer", "rmsprop"], "--nesterov applies to --optimizer sgd"),
+                                   (["--warmup-lr", "0.01"], "--warmup-lr applies with --warmup-iters N > 0"),
+                                   (["--max-rollbacks", "2"], "--max-rollbacks applies with --on-nonfinite rollback"),
+                                   (["--gamma", "0.5", "--schedule", "cosine"], "--gamma applies to --schedule multistep"),
+                                   (["--no-aux"], "--no-aux applies to Inception-v3")):
+                r = run("train", "resnet20", "--iters", "1", *flags, expect_ok=False)
+                self.assertIn(message, r.stderr, flags)
             # Trailing bytes after an IDX file's gzip stream.
             fake_fashion_mnist(f"{d}/fm")
             with open(f"{d}/fm/t10k-labels-idx1-ubyte.gz", "ab") as f:
