@@ -200,14 +200,16 @@ void plot(const Experiment& e, const std::vector<Run>& runs, const fs::path& dir
     s += cat("set title ", train::gnuplot_quote(p.title), "\nset ylabel ", train::gnuplot_quote(p.ylabel), "\n",
              p.log_y ? "set logscale y\n" : "unset logscale y\n", "plot ");
     bool first = true;
+    int colour = 0;  // by position in the panel: the same depth draws alike in every panel
     for (size_t r = 0; r < runs.size(); ++r) {
       if (!p.group.empty() && !runs[r].group.empty() && runs[r].group != p.group) continue;
+      ++colour;
       const std::string file = train::gnuplot_quote((dir / "curves" / (runs[r].name + ".tsv")).string());
       for (const std::string& m : p.metrics) {
         const auto col = std::find(kCurveMetrics.begin(), kCurveMetrics.end(), m) - kCurveMetrics.begin() + 2;
         const bool train = m.rfind("train", 0) == 0;
         const std::string title = p.metrics.size() > 1 ? runs[r].label + (train ? " train" : " test") : runs[r].label;
-        s += cat(first ? "" : ", ", file, " using 1:", col, " with lines lw 2 dt ", train ? 2 : 1, " lc ", r + 1,
+        s += cat(first ? "" : ", ", file, " using 1:", col, " with lines lw 2 dt ", train ? 2 : 1, " lc ", colour,
                  " title ", train::gnuplot_quote(title));
         first = false;
       }
@@ -235,6 +237,7 @@ std::string run(const Experiment& e, const Options& o) {
   // The results, by run: the last row of each finished seed.
   fs::create_directories(dir / "curves");
   std::map<std::string, Result> results;
+  std::map<std::string, int64_t> last_step;  // of runs started, the furthest seed's last row
   int finished_runs = 0;
   for (const Run& r : runs) {
     Result res{.run = &r};
@@ -254,6 +257,7 @@ std::string run(const Experiment& e, const Options& o) {
       train_loss.push_back(last["train_loss"].get<double>());
     }
     write_curve(dir / "curves" / (r.name + ".tsv"), curves);
+    for (const auto& rows : curves) last_step[r.name] = std::max(last_step[r.name], rows.back()["step"].get<int64_t>());
     res.seeds = static_cast<int>(test_err.size());
     if (res.seeds == seeds) ++finished_runs;
     if (res.seeds > 0) {
@@ -282,7 +286,8 @@ std::string run(const Experiment& e, const Options& o) {
   for (const Run& r : runs) {
     auto it = results.find(r.name);
     if (it == results.end()) {
-      md << "| " << r.label << " | | | not run | not run | " << r.paper << " |\n";
+      const std::string state = last_step.count(r.name) ? cat("unfinished (step ", last_step[r.name], ")") : "not run";
+      md << "| " << r.label << " | | | " << state << " | " << state << " | " << r.paper << " |\n";
       continue;
     }
     const Result& x = it->second;
