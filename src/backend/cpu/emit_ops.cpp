@@ -1,0 +1,311 @@
+// Every op but the convolution on the oneDNN backend: a primitive where oneDNN has
+// one that matches PyTorch's semantics, else our own loop (backend/cpu/kernels.h).
+#include "backend/cpu/cpu_program.h"
+#include "backend/dropout_mask.h"
+#include "core/error.h"
+
+namespace incres::backend::cpu {
+
+void CpuProgram::compile_batchnorm(Site& at, const graph::BatchNorm& bn) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  auto& fs = at.fwd;
+  auto& bs = at.bwd;
+  const bool fuse = plan_.nodes[at.id].fused_relu >= 0;
+  using nf = dnnl::normalization_flags;
+  nf flags = nf::use_scale | nf::use_shift;
+  if (fuse) flags = flags | nf::fuse_norm_relu;
+  memory gamma = param(at.n.params[0], false), beta = param(at.n.params[1], false);
+  memory rmean = param(at.n.params[2], false), rvar = param(at.n.params[3], false);
+
+  if (!training()) {
+    dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_inference, val_[x].md, bn.eps,
+                                              flags | nf::use_global_stats);
+    dnnl::batch_normalization_forward::primitive_desc pd(d, attr(), eng_);
+    fs.push_back(step(pd, {{DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_DST, val_[y].act}, {DNNL_ARG_SCALE, gamma},
+                           {DNNL_ARG_SHIFT, beta}, {DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
+    return;
+  }
+  dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_training, val_[x].md, bn.eps, flags);
+  dnnl::batch_normalization_forward::primitive_desc pd(d, attr(), eng_);
+  memory mean = alloc(pd.mean_desc()), var = alloc(pd.variance_desc());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_DST, val_[y].act},
+                                       {DNNL_ARG_SCALE, gamma},      {DNNL_ARG_SHIFT, beta},
+                                       {DNNL_ARG_MEAN, mean},        {DNNL_ARG_VARIANCE, var}};
+  memory ws;
+  if (fuse) args[DNNL_ARG_WORKSPACE] = ws = alloc(pd.workspace_desc());
+  fs.push_back(step(pd, std::move(args)));
+  // Running statistics as PyTorch keeps them: the variance is the unbiased one.
+  const auto& xd = val_[x].md.dims();
+  const int64_t C = xd[1], count = xd[0] * (xd.size() == 4 ? xd[2] * xd[3] : 1);
+  const float m = bn.momentum, unbias = count > 1 ? float(count) / float(count - 1) : 1.f;
+  fs.push_back(loop({mean, var}, [=]() mutable {
+    kernels::update_running_stats(data(rmean), data(rvar), data(mean), data(var), C, m, unbias);
+  }));
+
+  dnnl::batch_normalization_backward::desc bd(dnnl::prop_kind::backward, val_[x].md, val_[x].md, bn.eps, flags);
+  dnnl::batch_normalization_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  memory dx = contribution(at.id, 0);
+  std::unordered_map<int, memory> bargs{
+      {DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_MEAN, mean}, {DNNL_ARG_VARIANCE, var},
+      {DNNL_ARG_DIFF_DST, val_[y].grad}, {DNNL_ARG_SCALE, gamma}, {DNNL_ARG_SHIFT, beta},
+      {DNNL_ARG_DIFF_SRC, dx},
+      {DNNL_ARG_DIFF_SCALE, param(at.n.params[0], true)}, {DNNL_ARG_DIFF_SHIFT, param(at.n.params[1], true)}};
+  if (fuse) bargs[DNNL_ARG_WORKSPACE] = ws;
+  bs.push_back(step(bpd, std::move(bargs)));
+  finish_contribution(bs, at.id, 0, dx);
+}
+
+void CpuProgram::compile_eltwise(Site& at, dnnl::algorithm algo) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  // The "use_dst" forms: backward reads the output (ReLU: d(x) = d(y) [y > 0];
+  // sigmoid: d(x) = d(y) y (1 - y)), so the op may overwrite its input (ReLUs do).
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  dnnl::eltwise_forward::desc d(pk, algo, val_[x].md, 0.f, 0.f);
+  dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
+  at.fwd.push_back(step(pd, {{DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_DST, val_[y].act}}));
+  if (!training() || !val_[x].grad) return;
+  dnnl::eltwise_backward::desc bd(algo, val_[y].md, val_[y].md, 0.f, 0.f);
+  dnnl::eltwise_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  auto& bs = at.bwd;
+  memory dx = contribution(at.id, 0);
+  bs.push_back(step(bpd, {{DNNL_ARG_DST, val_[y].act}, {DNNL_ARG_DIFF_DST, val_[y].grad}, {DNNL_ARG_DIFF_SRC, dx}}));
+  finish_contribution(bs, at.id, 0, dx);
+}
+
+void CpuProgram::compile_add(Site& at, const graph::Add& add) {
+  const int a = at.n.inputs[0], b = at.n.inputs[1], y = at.n.output;
+  INCRES_CHECK(val_[a].md == val_[b].md, "cpu backend: add of two layouts at ", at.n.name);
+  // In place on the second input (unscaled): b + a, since oneDNN sums in place onto
+  // its first source.
+  const int slot = plan_.nodes[at.id].in_place_slot;
+  const int s0 = slot == 1 ? b : a, s1 = slot == 1 ? a : b;
+  dnnl::binary::desc d(dnnl::algorithm::binary_add, val_[s0].md, val_[s1].md, val_[y].md);
+  dnnl::primitive_attr scaled = attr();
+  if (add.scale != 1.f) scaled.set_scales(DNNL_ARG_SRC_1, 0, {add.scale});  // y = a + scale * b
+  dnnl::binary::primitive_desc pd(d, scaled, eng_);
+  at.fwd.push_back(
+      step(pd, {{DNNL_ARG_SRC_0, val_[s0].act}, {DNNL_ARG_SRC_1, val_[s1].act}, {DNNL_ARG_DST, val_[y].act}}));
+  if (!training()) return;
+  // d(a) = d(y), d(b) = scale * d(y): written by a first contributor, added by a later
+  // one. The input summed over in place has d(y) as its gradient already.
+  if (val_[a].grad && slot != 0) add_scaled(at.bwd, at.id, 0, val_[y].grad, 1.f);
+  if (val_[b].grad && slot != 1) add_scaled(at.bwd, at.id, 1, val_[y].grad, add.scale);
+}
+
+void CpuProgram::compile_shortcut_a(Site& at, const graph::ShortcutA& s) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  auto X = blocked(val_[x].md), Y = blocked(val_[y].md);
+  memory xm = val_[x].act, ym = val_[y].act;
+  int stride = s.stride;
+  at.fwd.push_back(loop({xm, ym}, [=]() {
+    kernels::shortcut_a_forward(data(ym), Y, data(xm), X, stride);
+  }));
+  if (!training() || !val_[x].grad) return;
+  memory dx = val_[x].grad, dy = val_[y].grad;
+  bool accumulate = !first_contribution(at.id, 0);
+  at.bwd.push_back(loop({dx, dy}, [=]() {
+    kernels::shortcut_a_backward(data(dx), X, data(dy), Y, stride, accumulate);
+  }));
+}
+
+void CpuProgram::compile_avgpool(Site& at) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  auto X = blocked(val_[x].md);
+  memory xm = val_[x].act, ym = val_[y].act;
+  at.fwd.push_back(loop({xm, ym}, [=]() {
+    kernels::avgpool_forward(data(ym), data(xm), X);
+  }));
+  if (!training() || !val_[x].grad) return;
+  memory dx = val_[x].grad, dy = val_[y].grad;
+  bool accumulate = !first_contribution(at.id, 0);
+  at.bwd.push_back(loop({dx, dy}, [=]() {
+    kernels::avgpool_backward(data(dx), X, data(dy), accumulate);
+  }));
+}
+
+void CpuProgram::compile_linear(Site& at, const graph::Linear& l) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  memory w = param(at.n.params[0], false), b = l.bias ? param(at.n.params[1], false) : memory();
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  auto d = l.bias ? dnnl::inner_product_forward::desc(pk, val_[x].md, w.get_desc(), b.get_desc(), val_[y].md)
+                  : dnnl::inner_product_forward::desc(pk, val_[x].md, w.get_desc(), val_[y].md);
+  dnnl::inner_product_forward::primitive_desc pd(d, attr(), eng_);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, val_[y].act}};
+  if (l.bias) args[DNNL_ARG_BIAS] = b;
+  at.fwd.push_back(step(pd, std::move(args)));
+  if (!training()) return;
+  auto& bs = at.bwd;
+  if (val_[x].grad) {
+    dnnl::inner_product_backward_data::desc bd(val_[x].md, w.get_desc(), val_[y].md);
+    dnnl::inner_product_backward_data::primitive_desc bpd(bd, attr(), eng_, pd);
+    memory dx = contribution(at.id, 0);
+    bs.push_back(step(bpd, {{DNNL_ARG_DIFF_DST, val_[y].grad}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}}));
+    finish_contribution(bs, at.id, 0, dx);
+  }
+  memory dw = param(at.n.params[0], true), db = l.bias ? param(at.n.params[1], true) : memory();
+  auto wd = l.bias ? dnnl::inner_product_backward_weights::desc(val_[x].md, dw.get_desc(), db.get_desc(), val_[y].md)
+                   : dnnl::inner_product_backward_weights::desc(val_[x].md, dw.get_desc(), val_[y].md);
+  dnnl::inner_product_backward_weights::primitive_desc wpd(wd, attr(), eng_, pd);
+  std::unordered_map<int, memory> wargs{
+      {DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_DIFF_DST, val_[y].grad}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+  if (l.bias) wargs[DNNL_ARG_DIFF_BIAS] = db;
+  bs.push_back(step(wpd, std::move(wargs)));
+}
+
+void CpuProgram::compile_pool(Site& at, const graph::Pool2d& p) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  const auto& xd = val_[x].md.dims();
+  const auto& yd = val_[y].md.dims();
+  // oneDNN takes both paddings; the right one is whatever gives PyTorch's output size:
+  // smaller than the left one in floor mode, larger in ceil mode.
+  memory::dims strides{p.stride, p.stride}, kernel{p.kernel, p.kernel}, pad_l{p.pad, p.pad};
+  memory::dims pad_r{(yd[2] - 1) * p.stride + p.kernel - xd[2] - p.pad,
+                     (yd[3] - 1) * p.stride + p.kernel - xd[3] - p.pad};
+  auto& bs = at.bwd;
+  // oneDNN's avg_include_padding divides by the whole kernel, PyTorch by the window
+  // clipped to [-pad, H + pad): they differ where a ceil-mode window reaches past the
+  // padding (right padding > pad), so that case runs our own loop.
+  if (p.kind == graph::Pool2d::avg && p.count_include_pad && (pad_r[0] > p.pad || pad_r[1] > p.pad)) {
+    auto X = blocked(val_[x].md), Y = blocked(val_[y].md);
+    memory xm = val_[x].act, ym = val_[y].act;
+    at.fwd.push_back(loop({xm, ym}, [=]() {
+      kernels::avg_pool2d_forward(data(ym), Y, data(xm), X, p);
+    }));
+    if (!training() || !val_[x].grad) return;
+    memory dx = val_[x].grad, dy = val_[y].grad;
+    bool accumulate = !first_contribution(at.id, 0);
+    bs.push_back(loop({dx, dy}, [=]() {
+      kernels::avg_pool2d_backward(data(dx), X, data(dy), Y, p, accumulate);
+    }));
+    return;
+  }
+  const auto algo = p.kind == graph::Pool2d::max ? dnnl::algorithm::pooling_max
+                    : p.count_include_pad        ? dnnl::algorithm::pooling_avg_include_padding
+                                                 : dnnl::algorithm::pooling_avg_exclude_padding;
+  const auto pk = training() ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  dnnl::pooling_forward::desc d(pk, algo, val_[x].md, val_[y].md, strides, kernel, pad_l, pad_r);
+  dnnl::pooling_forward::primitive_desc pd(d, attr(), eng_);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_DST, val_[y].act}};
+  memory ws;  // max pooling in training: where each maximum was, for backward
+  if (pd.workspace_desc().get_size() > 0) args[DNNL_ARG_WORKSPACE] = ws = alloc(pd.workspace_desc());
+  at.fwd.push_back(step(pd, std::move(args)));
+  if (!training() || !val_[x].grad) return;
+  dnnl::pooling_backward::desc bd(algo, val_[x].md, val_[y].md, strides, kernel, pad_l, pad_r);
+  dnnl::pooling_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  memory dx = contribution(at.id, 0);
+  std::unordered_map<int, memory> bargs{{DNNL_ARG_DIFF_DST, val_[y].grad}, {DNNL_ARG_DIFF_SRC, dx}};
+  if (ws) bargs[DNNL_ARG_WORKSPACE] = ws;
+  bs.push_back(step(bpd, std::move(bargs)));
+  finish_contribution(bs, at.id, 0, dx);
+}
+
+void CpuProgram::compile_concat(Site& at) {
+  const int y = at.n.output;
+  const kernels::Blocked Y = blocked(val_[y].md);
+  // A channel slice of the output is a oneDNN view (submemory) only when it starts
+  // and ends on a block boundary; other slices are copied by our own loop.
+  auto aligned = [&](int64_t offset, int64_t C) { return offset % Y.block == 0 && C % Y.block == 0; };
+  std::vector<int64_t> offsets;
+  bool all_aligned = true;
+  for (int64_t offset = 0; int v : at.n.inputs) {
+    offsets.push_back(offset);
+    all_aligned = all_aligned && aligned(offset, val_[v].md.dims()[1]);
+    offset += val_[v].md.dims()[1];
+  }
+  auto& fs = at.fwd;
+  auto& bs = at.bwd;
+  if (all_aligned) {
+    std::vector<memory::desc> srcs;
+    std::unordered_map<int, memory> args{{DNNL_ARG_DST, val_[y].act}};
+    for (size_t i = 0; i < at.n.inputs.size(); ++i) {
+      srcs.push_back(val_[at.n.inputs[i]].md);
+      args[DNNL_ARG_MULTIPLE_SRC + static_cast<int>(i)] = val_[at.n.inputs[i]].act;
+    }
+    dnnl::concat::primitive_desc pd(val_[y].md, 1, srcs, eng_, attr());
+    fs.push_back(step(pd, std::move(args)));
+  } else {
+    for (size_t i = 0; i < at.n.inputs.size(); ++i) {
+      const int v = at.n.inputs[i];
+      const kernels::Blocked X = blocked(val_[v].md);
+      memory xm = val_[v].act, ym = val_[y].act;
+      const int64_t offset = offsets[i];
+      fs.push_back(loop({xm, ym}, [=]() {
+        kernels::copy_channels(data(ym), Y, offset, data(xm), X, 0, X.C, false);
+      }));
+    }
+  }
+  if (!training()) return;
+  // Each input's gradient is its slice of d(y).
+  for (size_t i = 0; i < at.n.inputs.size(); ++i) {
+    const int v = at.n.inputs[i];
+    if (!val_[v].grad) continue;
+    const auto& xd = val_[v].md.dims();
+    if (aligned(offsets[i], xd[1])) {
+      memory::desc slice = val_[y].md.submemory_desc(xd, {0, offsets[i], 0, 0});
+      add_scaled(bs, at.id, i, view(val_[y].grad, slice), 1.f);
+      continue;
+    }
+    const kernels::Blocked X = blocked(val_[v].md);
+    memory dx = val_[v].grad, dy = val_[y].grad;
+    const int64_t offset = offsets[i];
+    const bool accumulate = !first_contribution(at.id, i);
+    bs.push_back(loop({dx, dy}, [=]() {
+      kernels::copy_channels(data(dx), X, 0, data(dy), Y, offset, X.C, accumulate);
+    }));
+  }
+}
+
+void CpuProgram::compile_dropout(Site& at, const graph::Dropout& d) {
+  const int node = at.id;  // the masks are drawn per node
+  const int x = at.n.inputs[0], y = at.n.output;
+  const kernels::Blocked X = blocked(val_[x].md);
+  memory xm = val_[x].act, ym = val_[y].act;
+  if (!training()) {  // the identity
+    const int64_t count = static_cast<int64_t>(val_[x].md.get_size() / sizeof(float));
+    at.fwd.push_back(loop({xm, ym}, [=]() {
+      kernels::copy(data(ym), data(xm), count);
+    }));
+    return;
+  }
+  // The mask of the current step, drawn by element index (backend/dropout_mask.h).
+  const float p = d.p;
+  at.fwd.push_back(loop({xm, ym}, [=, this]() {
+    kernels::dropout_forward(data(ym), data(xm), X, DropoutMask(opt_.seed, drawn_step_, node, p));
+  }));
+  if (!val_[x].grad) return;
+  memory dx = val_[x].grad, dy = val_[y].grad;
+  const bool accumulate = !first_contribution(at.id, 0);
+  at.bwd.push_back(loop({dx, dy}, [=, this]() {
+    kernels::dropout_backward(data(dx), data(dy), X, DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);
+  }));
+}
+
+void CpuProgram::compile_mul(Site& at) {
+  const int a = at.n.inputs[0], b = at.n.inputs[1], y = at.n.output;
+  INCRES_CHECK(val_[a].md == val_[b].md, "cpu backend: mul of two layouts at ", at.n.name);
+  dnnl::binary::desc d(dnnl::algorithm::binary_mul, val_[a].md, val_[b].md, val_[y].md);
+  dnnl::binary::primitive_desc pd(d, attr(), eng_);
+  at.fwd.push_back(
+      step(pd, {{DNNL_ARG_SRC_0, val_[a].act}, {DNNL_ARG_SRC_1, val_[b].act}, {DNNL_ARG_DST, val_[y].act}}));
+  if (!training()) return;
+  // d(a) = d(y) * b, d(b) = d(y) * a.
+  auto& bs = at.bwd;
+  for (size_t slot : {0, 1}) {
+    const int v = at.n.inputs[slot], other = at.n.inputs[1 - slot];
+    if (!val_[v].grad) continue;
+    memory dx = contribution(at.id, slot);
+    bs.push_back(step(pd, {{DNNL_ARG_SRC_0, val_[y].grad}, {DNNL_ARG_SRC_1, val_[other].act}, {DNNL_ARG_DST, dx}}));
+    finish_contribution(bs, at.id, slot, dx);
+  }
+}
+
+void CpuProgram::compile_scale_shift(Site& at, const graph::ScaleShift& s) {
+  const int x = at.n.inputs[0], y = at.n.output;
+  dnnl::eltwise_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear, val_[x].md,
+                                s.scale, s.shift);
+  dnnl::eltwise_forward::primitive_desc pd(d, attr(), eng_);
+  at.fwd.push_back(step(pd, {{DNNL_ARG_SRC, val_[x].act}, {DNNL_ARG_DST, val_[y].act}}));
+  if (training() && val_[x].grad) add_scaled(at.bwd, at.id, 0, val_[y].grad, s.scale);  // d(x) = scale * d(y)
+}
+
+}  // namespace incres::backend::cpu
