@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
+#include "train/data_source.h"
 #include "train/optimizer.h"
 #include "train/plot.h"
 #include "train/trainer.h"
@@ -370,59 +371,6 @@ struct LoadedModel {
   graph::ParamStore& weights() { return ema ? ema->averages() : *store; }
 };
 
-// The evaluation split of --data behind a BatchSource: an in-memory test set, or
-// DIR/val of an image folder (CenterCrop at the model's input, ImageNet mean/std).
-struct EvalData {
-  std::string spec;
-  bool folder = false;
-  train::DataPair mem;
-  train::FittedData fitted;  // mem, made ready for the model by open()
-  std::vector<float> mean, std;  // in-memory data: normalise so (a checkpoint's record), not by the data's own
-  data::ImageFolder val;
-  int64_t in_channels = 3, classes = 0;
-  std::string source;
-  std::unique_ptr<data::BatchSource> loader;
-  data::ImageFolderLoader* images = nullptr;
-
-  explicit EvalData(const std::string& s) : spec(s), folder(train::is_image_folder(s)) {
-    if (folder) {
-      val = train::scan_split(spec, "val");
-      classes = static_cast<int64_t>(val.classes.size());
-      source = val.root;
-    } else {
-      mem = train::load_data(spec);
-      in_channels = mem.train.channels;
-      classes = mem.train.classes;
-      source = mem.test.source + " test set";
-    }
-  }
-  void check_model(const models::ModelConfig& mc) const {
-    INCRES_CHECK(mc.in_channels == in_channels, spec, " has ", in_channels, "-channel images; the model takes ",
-                 mc.in_channels, " (--in-channels)");
-    INCRES_CHECK(mc.classes == classes, source, " has ", classes, " classes; the model has ", mc.classes,
-                 folder ? " (--classes N; for ImageNet weights the class folders must be ImageNet's 1000, "
-                          "whose sorted order is torchvision's class order)"
-                        : " (--classes N)");
-  }
-  void open(int64_t image, int64_t batch, int workers, bool skip_bad) {
-    if (folder) {
-      auto l = std::make_unique<data::ImageFolderLoader>(
-          val, train::image_loader_options("resnet", image, batch, false, false, 0, workers, skip_bad));
-      images = l.get();
-      loader = std::move(l);
-    } else {
-      fitted = train::fit_data(std::move(mem), image, 0, 0);
-      if (!mean.empty()) {  // the checkpoint's own normalisation
-        fitted.mean = mean;
-        fitted.std = std;
-      }
-      loader = std::make_unique<data::Loader>(fitted.test,
-                                              train::loader_options(fitted, image, batch, false, false, 0, workers));
-    }
-  }
-};
-
-
 struct EvalCommand : Command {
   std::string path, data_spec, weights, model;
   int64_t batch = 256;
@@ -473,26 +421,26 @@ struct EvalCommand : Command {
     }
     INCRES_CHECK(!skip_bad || train::is_image_folder(data_spec), "--skip-bad applies to --data imagefolder:DIR, not ",
                  data_spec);
-    EvalData d(data_spec);
+    // The test split (DIR/val of an image folder: CenterCrop at the model's input,
+    // ImageNet's mean and std; in memory: the checkpoint's normalisation).
+    train::DataSource d(data_spec, train::Splits::test);
     if (weights.empty()) {
       m.name = record.config.model;
       m.mc = train::model_config(record, d.in_channels, record.classes > 0 ? record.classes : d.classes);
     }
     d.check_model(m.mc);
-    d.mean = record.mean;  // the checkpoint's own normalisation, where it records one
-    d.std = record.std;
     m.build();
     if (weights.empty()) m.load_checkpoint(path, raw_weights);
     else m.load_weights(weights);
-    d.open(m.mc.image, batch, workers, skip_bad);
+    d.open(m.mc.image, {.batch = batch, .workers = workers, .skip_bad = skip_bad}, record.mean, record.std);
     auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer,
                                                                .winograd = winograd});
-    train::EvalResult r = train::evaluate(*program, *d.loader, m.mc.classes);
+    train::EvalResult r = train::evaluate(*program, *d.test, m.mc.classes);
     std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
                 m.name.c_str(), m.ema ? " (moving average of the weights)" : "", d.source.c_str(),
                 static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
-    if (d.images && d.images->bad_count() > 0)
-      std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(d.images->bad_count()));
+    if (d.bad_images() > 0)
+      std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(d.bad_images()));
     return 0;
   }
 };

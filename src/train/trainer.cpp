@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
+#include "train/data_source.h"
 #include "train/ema.h"
 #include "train/loss.h"
 #include "train/metrics.h"
@@ -523,73 +524,6 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 
 namespace {
 
-// What a run trains and evaluates on: the loaders, and what the model and the run
-// record need of the data. Read in two steps, since the model's input size, which
-// the loaders need, depends on the data's channels and classes.
-struct TrainingData {
-  // Reads the dataset (in memory) or scans the image folder's splits, limited.
-  explicit TrainingData(const TrainConfig& cfg) : folder(is_image_folder(cfg.data)) {
-    if (folder) {
-      train_folder = limit_files(scan_split(cfg.data, "train"), cfg.train_limit);
-      val_folder = limit_files(scan_split(cfg.data, "val", train_folder.classes), cfg.test_limit);
-      classes = static_cast<int64_t>(train_folder.classes.size());
-      count = train_folder.count();
-      source = train_folder.root;
-      class_names = train_folder.class_names;
-    } else {
-      raw = load_data(cfg.data);
-      in_channels = raw.train.channels;
-      classes = raw.train.classes;
-      class_names = raw.train.class_names;
-    }
-  }
-
-  // The loaders for a model of input `image`.
-  void open(const TrainConfig& cfg, int64_t image) {
-    if (folder) {
-      INCRES_CHECK(count >= cfg.batch, "the training set has ", count, " images, fewer than one batch of ", cfg.batch);
-      auto tl = std::make_unique<data::ImageFolderLoader>(
-          train_folder, image_loader_options(cfg.recipe, image, cfg.batch, true, cfg.augment, cfg.seed, cfg.workers,
-                                             cfg.skip_bad));
-      auto vl = std::make_unique<data::ImageFolderLoader>(
-          val_folder, image_loader_options(cfg.recipe, image, cfg.batch, false, false, cfg.seed, cfg.workers,
-                                           cfg.skip_bad));
-      train_images = tl.get();
-      val_images = vl.get();
-      train = std::move(tl);
-      test = std::move(vl);
-      return;
-    }
-    fitted = fit_data(std::move(raw), image, cfg.train_limit, cfg.test_limit);
-    mean = fitted.mean;
-    std = fitted.std;
-    INCRES_CHECK(fitted.train.count >= cfg.batch, "the training set has ", fitted.train.count,
-                 " images, fewer than one batch of ", cfg.batch);
-    count = fitted.train.count;
-    source = fitted.train.source;
-    train = std::make_unique<data::Loader>(fitted.train, loader_options(fitted, image, cfg.batch, true, cfg.augment,
-                                                                        cfg.seed, cfg.workers));
-    test = std::make_unique<data::Loader>(fitted.test, loader_options(fitted, image, cfg.batch, false, false, cfg.seed,
-                                                                      cfg.workers));
-  }
-
-  // Image folders with skip_bad: the files skipped so far, train and val.
-  int64_t bad_images() const {
-    return (train_images ? train_images->bad_count() : 0) + (val_images ? val_images->bad_count() : 0);
-  }
-
-  bool folder;
-  DataPair raw;        // in memory: as read, until open() fits it
-  FittedData fitted;   // ... and as the loaders read it
-  data::ImageFolder train_folder, val_folder;
-  int64_t in_channels = 3, classes = 0, count = 0;
-  std::string source;
-  std::vector<std::string> class_names;
-  std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
-  std::unique_ptr<data::BatchSource> train, test;
-  data::ImageFolderLoader *train_images = nullptr, *val_images = nullptr;  // for their bad-file counts
-};
-
 // One span of training steps: from a log point (or a resume) to the next one, or to
 // the step a non-finite loss or gradient stopped it at.
 struct Span {
@@ -606,11 +540,12 @@ struct Span {
 class Run {
  public:
   explicit Run(const TrainConfig& cfg)
-      : cfg_(cfg), folder_(open_folder(cfg)), data_(cfg),
+      : cfg_(cfg), folder_(open_folder(cfg)), data_(cfg.data, Splits::train_and_test, cfg.train_limit, cfg.test_limit),
         mc_(model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux, data_.in_channels, data_.classes,
                          cfg.model_options)),
         g_(models::build_model(cfg.model, mc_)), store_(g_) {
-    data_.open(cfg_, mc_.image);
+    data_.open(mc_.image, {.recipe = cfg_.recipe, .batch = cfg_.batch, .augment = cfg_.augment, .seed = cfg_.seed,
+                           .workers = cfg_.workers, .skip_bad = cfg_.skip_bad});
     store_.init(g_, cfg_.seed);
     ipe_ = data_.train->batches_per_epoch();
     total_ = cfg_.iters > 0 ? cfg_.iters : cfg_.epochs * ipe_;
@@ -883,7 +818,7 @@ class Run {
 
   const TrainConfig& cfg_;
   std::unique_ptr<RunFolder> folder_;
-  TrainingData data_;
+  DataSource data_;
   models::ModelConfig mc_;
   graph::Graph g_;
   graph::ParamStore store_;
