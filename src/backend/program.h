@@ -90,6 +90,13 @@ class Program {
   // uninterrupted run would have dropped.
   virtual void set_step(int64_t step) = 0;
 
+  // The fraction of value v's elements (the whole batch) that are exactly 0 after the
+  // last forward(), before backward() reuses its memory: a probe for units that have
+  // died (Inception-v4 paper, Sec. 3.3). NaN where the program keeps no buffer of its
+  // own for v (an inference program's BN output folded into its conv, a value not
+  // computed).
+  virtual double zero_fraction(int v) const = 0;
+
   // Bytes the program holds for activations, gradients and workspaces.
   virtual int64_t planned_bytes() const = 0;
   virtual MemoryPlan memory_plan() const {

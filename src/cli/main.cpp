@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "core/text.h"
 #include "experiments/experiments.h"
 #include "data/image.h"
 #include "data/image_folder.h"
@@ -40,15 +41,6 @@ std::string human(double v) {
   else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1f K", v / 1e3);
   else std::snprintf(buf, sizeof buf, "%.0f", v);
   return buf;
-}
-
-std::string with_commas(int64_t v) {
-  std::string s = std::to_string(v), out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
 }
 
 // Number checks with short messages: CLI11's PositiveNumber and NonNegativeNumber
@@ -436,9 +428,10 @@ struct EvalCommand : Command {
     auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer,
                                                                .winograd = winograd});
     train::EvalResult r = train::evaluate(*program, *d.test, m.mc.classes);
-    std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%\n",
+    std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%, "
+                "calibration error (ECE, 15 bins) %.2f%%\n",
                 m.name.c_str(), m.ema ? " (moving average of the weights)" : "", d.source.c_str(),
-                static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error);
+                static_cast<long long>(r.count), r.loss, r.error, 100 - r.error, r.top5_error, r.ece);
     if (d.bad_images() > 0)
       std::printf("skipped %lld bad images (--skip-bad)\n", static_cast<long long>(d.bad_images()));
     return 0;

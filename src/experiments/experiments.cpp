@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/text.h"
 #include "train/plot.h"
 
 namespace incres::experiments {
@@ -158,17 +159,17 @@ std::string fixed(double v, int digits = 2) {
   return buf;
 }
 
-std::string grouped(int64_t v) {
-  std::string s = std::to_string(v), out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
-}
-
 // The mean curve of a run over its seeds' rows, by step: step, then the metrics.
-const std::vector<std::string> kCurveMetrics = {"train_error", "test_error", "train_loss", "test_loss"};
+const std::vector<std::string> kCurveMetrics = {"train_error", "test_error",       "train_loss",   "test_loss",
+                                                "test_ece",    "pool_input_zeros", "train_seconds"};
+
+// The column of a curve file that holds `metric` (gnuplot counts from 1; 1 is the step).
+size_t curve_column(const std::string& metric) {
+  if (metric == "step") return 1;
+  const auto it = std::find(kCurveMetrics.begin(), kCurveMetrics.end(), metric);
+  INCRES_CHECK(it != kCurveMetrics.end(), "experiments: no curve of '", metric, "'");
+  return static_cast<size_t>(it - kCurveMetrics.begin()) + 2;
+}
 void write_curve(const fs::path& path, const std::vector<std::vector<nlohmann::json>>& seeds) {
   std::map<int64_t, std::vector<std::vector<double>>> at;  // step -> metric -> values
   for (const auto& rows : seeds)
@@ -195,9 +196,10 @@ void plot(const Experiment& e, const std::vector<Run>& runs, const fs::path& dir
   std::string s = cat("set terminal pngcairo size ", 520 * n, ",460 font ',10'\nset output ",
                       train::gnuplot_quote((dir / "plot.png").string()), "\nset multiplot layout 1,", n,
                       " title ", train::gnuplot_quote(e.title + " (" + e.paper + ")"),
-                      "\nset grid\nset key top right\nset xlabel 'iterations'\n");
+                      "\nset grid\nset key top right\n");
   for (const Panel& p : e.panels) {
-    s += cat("set title ", train::gnuplot_quote(p.title), "\nset ylabel ", train::gnuplot_quote(p.ylabel), "\n",
+    s += cat("set title ", train::gnuplot_quote(p.title), "\nset ylabel ", train::gnuplot_quote(p.ylabel),
+             "\nset xlabel ", p.x == "step" ? "'iterations'" : "'training time (s)'", "\n",
              p.log_y ? "set logscale y\n" : "unset logscale y\n", "plot ");
     bool first = true;
     int colour = 0;  // by position in the panel: the same depth draws alike in every panel
@@ -206,10 +208,10 @@ void plot(const Experiment& e, const std::vector<Run>& runs, const fs::path& dir
       ++colour;
       const std::string file = train::gnuplot_quote((dir / "curves" / (runs[r].name + ".tsv")).string());
       for (const std::string& m : p.metrics) {
-        const auto col = std::find(kCurveMetrics.begin(), kCurveMetrics.end(), m) - kCurveMetrics.begin() + 2;
-        const bool train = m.rfind("train", 0) == 0;
+        const size_t col = curve_column(m), x = curve_column(p.x);
+        const bool train = m.rfind("train", 0) == 0 || m == "pool_input_zeros";
         const std::string title = p.metrics.size() > 1 ? runs[r].label + (train ? " train" : " test") : runs[r].label;
-        s += cat(first ? "" : ", ", file, " using 1:", col, " with lines lw 2 dt ", train ? 2 : 1, " lc ", colour,
+        s += cat(first ? "" : ", ", file, " using ", x, ":", col, " with lines lw 2 dt ", train ? 2 : 1, " lc ", colour,
                  " title ", train::gnuplot_quote(title));
         first = false;
       }
@@ -241,7 +243,7 @@ std::string run(const Experiment& e, const Options& o) {
   int finished_runs = 0;
   for (const Run& r : runs) {
     Result res{.run = &r};
-    std::vector<double> train_err, test_err, train_loss;
+    std::vector<double> train_err, test_err, train_loss, ece, seconds;
     std::vector<std::vector<nlohmann::json>> curves;
     for (int seed = 0; seed < seeds; ++seed) {
       const fs::path rd = run_config(e, r, o, seed).out_dir;
@@ -255,6 +257,8 @@ std::string run(const Experiment& e, const Options& o) {
       train_err.push_back(last["train_error"].get<double>());
       test_err.push_back(last["test_error"].get<double>());
       train_loss.push_back(last["train_loss"].get<double>());
+      ece.push_back(last.value("test_ece", 0.0));  // runs of older builds: none
+      seconds.push_back(last.value("train_seconds", 0.0));
     }
     write_curve(dir / "curves" / (r.name + ".tsv"), curves);
     for (const auto& rows : curves) last_step[r.name] = std::max(last_step[r.name], rows.back()["step"].get<int64_t>());
@@ -264,6 +268,8 @@ std::string run(const Experiment& e, const Options& o) {
       res.train_error = mean(train_err);
       res.test_error = mean(test_err);
       res.train_loss = mean(train_loss);
+      res.test_ece = mean(ece);
+      res.train_seconds = mean(seconds);
       res.test_error_sd = sample_sd(test_err);
       res.test_error_min = *std::min_element(test_err.begin(), test_err.end());
       res.test_error_max = *std::max_element(test_err.begin(), test_err.end());
@@ -295,7 +301,7 @@ std::string run(const Experiment& e, const Options& o) {
     if (x.seeds > 1) test += cat(" ± ", fixed(x.test_error_sd), " (", x.seeds, " seeds, ", fixed(x.test_error_min), "–",
                                  fixed(x.test_error_max), ")");
     else if (seeds > 1) test += " (1 seed)";
-    md << "| " << r.label << " | " << grouped(x.params) << " | " << fixed(static_cast<double>(x.macs) / 1e6, 1)
+    md << "| " << r.label << " | " << with_commas(x.params) << " | " << fixed(static_cast<double>(x.macs) / 1e6, 1)
        << " M | " << fixed(x.train_error) << " | " << test << " | " << r.paper << " |\n";
   }
   md << "\n"
@@ -315,10 +321,10 @@ std::string run(const Experiment& e, const Options& o) {
   }
   {
     std::ofstream out(dir / "results.tsv");
-    out << "run\tseeds\tparams\tmacs\ttrain_error\ttest_error\ttest_error_sd\n";
+    out << "run\tseeds\tparams\tmacs\ttrain_error\ttest_error\ttest_error_sd\ttest_ece\ttrain_seconds\n";
     for (const auto& [name, x] : results)
       out << name << "\t" << x.seeds << "\t" << x.params << "\t" << x.macs << "\t" << x.train_error << "\t"
-          << x.test_error << "\t" << x.test_error_sd << "\n";
+          << x.test_error << "\t" << x.test_error_sd << "\t" << x.test_ece << "\t" << x.train_seconds << "\n";
   }
   log_info("report: " + (dir / "report.md").string());
   return md.str();

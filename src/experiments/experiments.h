@@ -52,16 +52,22 @@ struct Result {
   int seeds = 0;                 // finished seeds averaged
   int64_t params = 0, macs = 0;
   double train_error = 0, test_error = 0, train_loss = 0;  // means over seeds
+  double test_ece = 0;       // expected calibration error %, mean over seeds
+  double train_seconds = 0;  // time spent in training steps, mean over seeds
   double test_error_sd = 0;      // sample standard deviation over seeds (0 for one)
   double test_error_min = 0, test_error_max = 0;
 };
 
-// A panel of the plot: `metrics` of the runs in `group` ("" = all) against steps.
+// A panel of the plot: `metrics` of the runs in `group` ("" = all) against steps, or
+// against training time.
 struct Panel {
   std::string title, group;
-  std::vector<std::string> metrics;  // "train_error" (dashed), "test_error", "train_loss", "test_loss"
+  // "train_error" (dashed), "test_error", "train_loss", "test_loss", "test_ece",
+  // "pool_input_zeros" (the fraction of zeros entering the last global pool)
+  std::vector<std::string> metrics;
   std::string ylabel;
   bool log_y = false;
+  std::string x = "step";  // or "train_seconds"
 };
 
 struct Experiment {

@@ -63,7 +63,8 @@ void save_checkpoint(const std::string& path, const graph::Graph& g, const graph
                                           {"model", state.model},
                                           {"step", std::to_string(state.step)},
                                           {"seed", std::to_string(state.seed)},
-                                          {"config", state.config}};
+                                          {"config", state.config},
+                                          {"train_seconds", std::to_string(state.train_seconds)}};
   if (opt) meta["optimizer"] = opt->name();
   io::save_safetensors(path, entries, meta);
 }
@@ -142,8 +143,10 @@ CheckpointState load_checkpoint(const std::string& path, const graph::Graph& g,
   try {
     s.step = meta("step").empty() ? 0 : std::stoll(meta("step"));
     s.seed = meta("seed").empty() ? 0 : std::stoull(meta("seed"));
+    s.train_seconds = meta("train_seconds").empty() ? 0 : std::stod(meta("train_seconds"));  // older files: none
   } catch (const std::exception&) {
-    fail(path, ": metadata step/seed is not a number ('", meta("step"), "', '", meta("seed"), "')");
+    fail(path, ": metadata step/seed/train_seconds is not a number ('", meta("step"), "', '", meta("seed"), "', '",
+         meta("train_seconds"), "')");
   }
   return s;
 }

@@ -22,6 +22,7 @@ struct CheckpointState {
   uint64_t seed = 0;
   std::string model;
   std::string config;   // the run's configuration, JSON
+  double train_seconds = 0;  // spent training so far, resumed sessions included
   // Filled by load_checkpoint:
   std::string optimizer;  // "sgd" | "rmsprop"; "" when the file holds no optimizer state
   bool has_ema = false;   // the file holds "ema.*" tensors

@@ -1,5 +1,6 @@
 #include "train/loss.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/ref/ops.h"
@@ -56,6 +57,32 @@ int64_t topk_correct(const float* logits, const int32_t* labels, int64_t N, int6
     hits += rank < k;
   }
   return hits;
+}
+
+void Calibration::add(const float* logits, const int32_t* labels, int64_t N, int64_t K) {
+  check_args("Calibration::add", labels, N, K);
+  const int bins = static_cast<int>(rows_.size());
+  for (int64_t i = 0; i < N; ++i) {
+    const float* x = logits + i * K;
+    const int64_t top = std::max_element(x, x + K) - x;
+    double sum = 0;  // of exp(x_j - max): the top class's probability is 1 / sum
+    for (int64_t j = 0; j < K; ++j) sum += std::exp(static_cast<double>(x[j]) - static_cast<double>(x[top]));
+    const double p = 1.0 / sum;
+    const int b = std::min(bins - 1, static_cast<int>(p * bins));
+    ++rows_[b];
+    right_[b] += top == labels[i];
+    confidence_[b] += p;
+  }
+}
+
+double Calibration::ece() const {
+  int64_t n = 0;
+  double gap = 0;
+  for (size_t b = 0; b < rows_.size(); ++b) {
+    n += rows_[b];
+    gap += std::abs(static_cast<double>(right_[b]) - confidence_[b]);
+  }
+  return n ? 100.0 * gap / static_cast<double>(n) : 0;
 }
 
 }  // namespace incres::train

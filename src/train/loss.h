@@ -2,6 +2,7 @@
 // of the backends' Loss, backend/loss.h, and of the finite-difference tests).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "backend/loss.h"
 
@@ -31,5 +32,21 @@ LossResult softmax_cross_entropy(const double* logits, const int32_t* labels, in
 // index, as a stable sort would: an equal logit at a smaller index ranks first, so
 // k = 1 agrees with the `correct` count above (the first maximum wins).
 int64_t topk_correct(const float* logits, const int32_t* labels, int64_t N, int64_t K, int k);
+
+// Calibration: rows binned by their confidence (the softmax's largest probability)
+// into `bins` equal bins of [0, 1]; per bin, the rows, their summed confidence and
+// how many were right (the first maximum is the prediction, as above). The expected
+// calibration error (Guo et al. 2017) is sum over bins of |right - confidence| / rows.
+class Calibration {
+ public:
+  explicit Calibration(int bins = 15) : rows_(bins), right_(bins), confidence_(bins) {}
+  void add(const float* logits, const int32_t* labels, int64_t N, int64_t K);
+  // In percent, as the errors are; 0 before any row.
+  double ece() const;
+
+ private:
+  std::vector<int64_t> rows_, right_;
+  std::vector<double> confidence_;
+};
 
 }  // namespace incres::train

@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
+#include "backend/outputs.h"
 #include "train/data_source.h"
 #include "train/ema.h"
 #include "train/loss.h"
@@ -365,6 +366,7 @@ EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0, correct5 = 0;
+  Calibration calibration;
   std::unique_ptr<backend::Loss> loss;  // the program's backend's, planned for the largest batch so far
   int64_t planned = 0;
   loader.start_epoch(0);
@@ -378,12 +380,14 @@ EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_
     // With fewer than 5 classes every label is in the top K: top-5 error is 0.
     correct5 += topk_correct(logits, b->labels.data(), b->size, classes,
                              static_cast<int>(std::min<int64_t>(5, classes)));
+    calibration.add(logits, b->labels.data(), b->size, classes);
     r.count += b->size;
   }
   INCRES_CHECK(r.count > 0, "evaluation set is empty");
   r.loss = loss_sum / static_cast<double>(r.count);
   r.error = 100.0 * (1.0 - static_cast<double>(correct) / static_cast<double>(r.count));
   r.top5_error = 100.0 * (1.0 - static_cast<double>(correct5) / static_cast<double>(r.count));
+  r.ece = calibration.ece();
   return r;
 }
 
@@ -524,11 +528,21 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 
 namespace {
 
+// The value entering the main head's global average pool: the last block's output,
+// where Inception-v4's Sec. 3.3 saw units die. -1 for a net without one.
+int pool_input(const graph::Graph& g) {
+  const std::vector<bool> live = backend::live_nodes(g, backend::Mode::infer);
+  for (size_t i = g.nodes.size(); i-- > 0;)
+    if (live[i] && std::holds_alternative<graph::GlobalAvgPool>(g.nodes[i].op)) return g.nodes[i].inputs[0];
+  return -1;
+}
+
 // One span of training steps: from a log point (or a resume) to the next one, or to
 // the step a non-finite loss or gradient stopped it at.
 struct Span {
   int64_t start = 0;
   double lr = 0, loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0, seconds = 0;
+  double pool_zeros = std::nan("");  // at the span's last step (Program::zero_fraction)
   int64_t correct = 0, seen = 0, steps = 0, clipped = 0, skipped = 0;
   std::string diverged;  // what went non-finite, when a rollback follows
   int64_t bad_step = -1;
@@ -632,6 +646,7 @@ class Run {
       log_warn(cat("--force-resume: continuing ", cfg_.resume, " with changed settings: ", changed));
     }
     step_ = s.step;
+    train_seconds_ = s.train_seconds;
     good_checkpoint_ = cfg_.resume;
     if (step_ >= total_) {
       log_info(cat(cfg_.resume, " is a finished run (step ", step_, " of ", total_, "); nothing to do"));
@@ -700,6 +715,7 @@ class Run {
         continue;
       }
       program_->forward(b->images.data<float>());
+      if (pool_in_ >= 0) sp.pool_zeros = program_->zero_fraction(pool_in_);  // before backward reuses it
       const OutputLosses::Result l = losses_->backward(*program_, b->labels.data(), b->size);
       const double loss = step_ == nan_at_ ? std::nan("") : l.total;
       // Measured on every step (one pass over the gradients) for the metrics and to
@@ -775,9 +791,11 @@ class Run {
     result_.grad_norm = sp.steps ? sp.norm_sum / static_cast<double>(sp.steps) : 0;
     result_.images_per_sec = sp.seen / sp.seconds;
     result_.rollbacks = rollbacks_;
+    train_seconds_ += sp.seconds;
     if (log_point(step_)) log_row(sp);
     if (!ckpt_.empty()) {
       cs_.step = step_;
+      cs_.train_seconds = train_seconds_;
       save_checkpoint(ckpt_, g_, store_, opt_.get(), ema_.get(), cs_);
       good_checkpoint_ = ckpt_;
       // The rows this checkpoint covers are now in the log for good (a new run's
@@ -801,8 +819,10 @@ class Run {
                        {"train_loss", result_.train_loss}, {"train_error", result_.train_error},
                        {"grad_norm", result_.grad_norm}, {"grad_norm_max", sp.norm_max},
                        {"test_loss", result_.test.loss}, {"test_error", result_.test.error},
-                       {"test_top5_error", result_.test.top5_error}, {"eval_weights", ema_ ? "ema" : "raw"},
-                       {"images_per_sec", result_.images_per_sec}};
+                       {"test_top5_error", result_.test.top5_error}, {"test_ece", result_.test.ece},
+                       {"eval_weights", ema_ ? "ema" : "raw"}, {"images_per_sec", result_.images_per_sec},
+                       {"train_seconds", train_seconds_}};
+    if (std::isfinite(sp.pool_zeros)) row["pool_input_zeros"] = sp.pool_zeros;
     // The train figures cover the steps since the span's start; after a resume
     // mid-span, fewer than a whole span.
     if (!log_point(sp.start)) {
@@ -823,6 +843,8 @@ class Run {
   graph::Graph g_;
   graph::ParamStore store_;
   int64_t ipe_ = 0, total_ = 0, step_ = 0;
+  double train_seconds_ = 0;  // spent in training steps, over every session of the run (not evaluating)
+  const int pool_in_ = pool_input(g_);
   std::optional<Schedule> schedule_;  // set once the data gives the epoch's length
   std::unique_ptr<Optimizer> opt_;
   std::unique_ptr<Ema> ema_;

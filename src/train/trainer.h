@@ -127,6 +127,7 @@ std::string default_recipe(const std::string& model);
 struct EvalResult {
   int64_t count = 0;
   double loss = 0, error = 0, top5_error = 0;  // error in percent
+  double ece = 0;  // expected calibration error, 15 bins, in percent (train/loss.h)
 };
 
 struct TrainResult {

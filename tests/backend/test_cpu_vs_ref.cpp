@@ -401,3 +401,37 @@ TEST(CpuVsRef, SmallInceptionTrainsWithoutReferenceKernels) {
   auto p = backend::compile_cpu(g, store, {2, backend::Mode::train});
   for (const auto& s : p->steps()) EXPECT_EQ(s.impl.find("ref"), std::string::npos) << s.phase << " " << s.node << " runs " << s.impl;
 }
+
+// The dead-unit probe: the fraction of exact zeros in a value after forward(), the
+// same on both backends (the ReLU outputs of resnet20 at initialisation hold about
+// half zeros; the few pre-activations near 0 may round to either side), and NaN
+// where an inference program keeps no buffer of the value (a BN folded into its conv).
+TEST(CpuVsRef, ZeroFractionProbe) {
+  const graph::Graph g = models::build_model("resnet20", models::ModelConfig{1, 10, 32, models::Shortcut::A});
+  graph::ParamStore cpu_store(g), ref_store(g);
+  cpu_store.init(g, 7);
+  ref_store.init(g, 7);
+  const int64_t batch = 4;
+  std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
+  Rng rng(3);
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  auto cpu = backend::compile_cpu(g, cpu_store, {batch, backend::Mode::train});
+  auto ref = backend::compile_ref(g, ref_store, {batch, backend::Mode::train});
+  cpu->forward(x.data());
+  ref->forward(x.data());
+  int pool_in = -1, bn_out = -1;
+  for (const graph::Node& n : g.nodes) {
+    if (std::holds_alternative<graph::GlobalAvgPool>(n.op)) pool_in = n.inputs[0];
+    if (std::holds_alternative<graph::BatchNorm>(n.op) && bn_out < 0) bn_out = n.output;
+  }
+  ASSERT_GE(pool_in, 0);
+  const double z = ref->zero_fraction(pool_in);
+  EXPECT_GT(z, 0.2);
+  EXPECT_LT(z, 0.8);
+  EXPECT_NEAR(cpu->zero_fraction(pool_in), z, 1e-3);
+  EXPECT_NEAR(cpu->zero_fraction(g.input), 0.0, 1e-12);
+  auto infer = backend::compile_cpu(g, cpu_store, {batch, backend::Mode::infer});
+  infer->forward(x.data());
+  EXPECT_TRUE(std::isnan(infer->zero_fraction(bn_out))) << "a folded BN's output has no buffer";
+  EXPECT_GT(infer->zero_fraction(pool_in), 0.0);
+}

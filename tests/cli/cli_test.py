@@ -310,10 +310,14 @@ class ImageFolder(unittest.TestCase):
         with open(f"{self.dir}/run/metrics.jsonl") as f:
             row = [json.loads(l) for l in f][-1]
         self.assertIn("test_top5_error", row)
+        self.assertTrue(0 <= row["test_ece"] <= 100, row)
+        self.assertGreater(row["train_seconds"], 0)
+        self.assertTrue(0 <= row["pool_input_zeros"] <= 1, row)  # the ReLU output entering the global pool
         e = run("eval", ckpt)  # the recorded imagefolder data: DIR/val, 9 images
         self.assertIn("9 images", e.stdout)
         self.assertIn(f"{self.data}/val", e.stdout)
         self.assertIn("top-5 error 0.00%", e.stdout)  # 3 classes: every label is in the top 5
+        self.assertIn("calibration error (ECE, 15 bins)", e.stdout)
 
         # predict with the checkpoint: class names from the recorded folder names.
         img = f"{self.data}/val/red/000.png"
@@ -398,8 +402,15 @@ class ImageFolder(unittest.TestCase):
         # 24 images, batch 8: 3 steps per epoch; interrupted at step 2 of 5, with the
         # ResNet scale augmentation drawing crops and flips.
         self.train(f"{self.dir}/straight", "--seed", "4", iters=5)
-        self.train(f"{self.dir}/split", "--seed", "4", "--stop-after", "2", iters=5)
-        self.train(f"{self.dir}/split", "--seed", "4", "--resume", f"{self.dir}/split/last.safetensors", iters=5)
+        self.train(f"{self.dir}/split", "--seed", "4", "--stop-after", "2", "--eval-every", "1", iters=5)
+        with open(f"{self.dir}/split/metrics.jsonl") as f:
+            before = [json.loads(l) for l in f][-1]["train_seconds"]
+        self.train(f"{self.dir}/split", "--seed", "4", "--resume", f"{self.dir}/split/last.safetensors",
+                   "--eval-every", "1", iters=5)
+        with open(f"{self.dir}/split/metrics.jsonl") as f:
+            rows = [json.loads(l) for l in f]
+        # The training time goes on from the checkpoint's, over both sessions.
+        self.assertGreater(rows[-1]["train_seconds"], before)
         a, b = tensors(f"{self.dir}/straight/last.safetensors"), tensors(f"{self.dir}/split/last.safetensors")
         self.assertEqual(sorted(a), sorted(b))
         for k in a:

@@ -247,5 +247,31 @@ TEST(Progress, DueExactlyWhenAPlainUpdateWouldPrint) {
   EXPECT_FALSE(p.due(100));
 }
 
+// Expected calibration error by hand: two confident rows (p = 0.9 in bin 13), one
+// right and one wrong, give |1 - 1.8| / 2 = 40%; a uniform row over 4 classes
+// (p = 0.25, bin 3) that is right adds |1 - 0.25| to the sum.
+TEST(Loss, CalibrationErrorByHand) {
+  const float l9 = std::log(9.f * 3.f);  // softmax of (l9, 0, 0, 0) over 4 classes: 27 / 30 = 0.9
+  const std::vector<float> x = {l9, 0, 0, 0, l9, 0, 0, 0};
+  const std::vector<int32_t> y = {0, 1};
+  Calibration c;
+  EXPECT_DOUBLE_EQ(c.ece(), 0.0);
+  c.add(x.data(), y.data(), 2, 4);
+  EXPECT_NEAR(c.ece(), 40.0, 1e-4);
+  const std::vector<float> u = {0, 0, 0, 0};
+  const std::vector<int32_t> first = {0};  // the first maximum is the prediction: right
+  c.add(u.data(), first.data(), 1, 4);
+  EXPECT_NEAR(c.ece(), 100.0 * (0.8 + 0.75) / 3, 1e-4);
+  // A calibrated set: two rows of equal logits over 2 classes (p = 0.5, the first
+  // class predicted), one of them right.
+  Calibration half;
+  const std::vector<float> h = {0, 0, 0, 0};
+  const std::vector<int32_t> yh = {0, 1};
+  half.add(h.data(), yh.data(), 2, 2);
+  EXPECT_NEAR(half.ece(), 0.0, 1e-9);
+  const std::vector<int32_t> bad = {5};
+  EXPECT_THROW(c.add(u.data(), bad.data(), 1, 4), Error);
+}
+
 }  // namespace
 }  // namespace incres::train

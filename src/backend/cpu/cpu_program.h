@@ -101,6 +101,7 @@ class CpuProgram final : public Program {
   int num_outputs() const override { return static_cast<int>(outputs_.size()); }
   const float* input_grad() const override;
   void set_step(int64_t step) override { step_ = step; }
+  double zero_fraction(int v) const override;
   int64_t planned_bytes() const override;
   MemoryPlan memory_plan() const override;
   std::string backend_name() const override { return "cpu"; }

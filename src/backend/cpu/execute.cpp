@@ -1,6 +1,7 @@
 // Running a compiled CPU program: the steps recorded at compile time, in order, with
 // profiling on demand; nothing is allocated here.
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "backend/cpu/cpu_program.h"
@@ -87,6 +88,16 @@ void CpuProgram::backward_impl(const float* dy, std::span<const float* const> au
 const float* CpuProgram::input_grad() const {
   INCRES_CHECK(opt_.input_grad, "input_grad() needs a program compiled with Options::input_grad");
   return data(din_plain_);
+}
+
+double CpuProgram::zero_fraction(int v) const {
+  INCRES_CHECK(v >= 0 && v < static_cast<int>(val_.size()), "cpu backend: no value ", v);
+  const ValueMemory& m = val_[v];
+  // Blocked layouts hold whole blocks of channels (layout.cpp), so every element of
+  // the buffer is one of the value's.
+  if (!m.act || plan_.values[v].hidden) return std::nan("");
+  const int64_t n = static_cast<int64_t>(m.md.get_size() / sizeof(float));
+  return static_cast<double>(kernels::count_zeros(data(m.act), n)) / static_cast<double>(n);
 }
 
 int64_t CpuProgram::planned_bytes() const {

@@ -14,6 +14,13 @@ void copy(float* dst, const float* src, int64_t count) {
   }
 }
 
+int64_t count_zeros(const float* x, int64_t count) {
+  int64_t zeros = 0;
+#pragma omp parallel for reduction(+ : zeros) schedule(static)
+  for (int64_t i = 0; i < count; ++i) zeros += x[i] == 0.f;
+  return zeros;
+}
+
 void fold_conv(float* w_out, float* b_out, const float* w, const float* b, const float* const* bn, float eps,
                float scale, int64_t K, int64_t per_k) {
   for (int64_t k = 0; k < K; ++k) {

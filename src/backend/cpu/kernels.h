@@ -20,6 +20,8 @@ struct Blocked {
 };
 
 void copy(float* dst, const float* src, int64_t count);
+// How many of x[0..count) are exactly zero (either sign).
+int64_t count_zeros(const float* x, int64_t count);
 // running = (1 - m) * running + m * batch, with the batch variance made unbiased.
 void update_running_stats(float* running_mean, float* running_var, const float* mean,
                           const float* var, int64_t C, float momentum, float unbias);

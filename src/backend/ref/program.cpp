@@ -12,6 +12,8 @@
 //     in reverse; each kernel ADDS its
 //     contribution, so a value read by several nodes gets the sum of its consumers'
 //     gradients, and store.grads ends up overwritten with this step's gradient.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <variant>
 
@@ -37,6 +39,13 @@ class RefProgram final : public Program {
   const float* input_grad() const override;
   void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
+  double zero_fraction(int v) const override {
+    INCRES_CHECK(v >= 0 && v < static_cast<int>(act_.size()), "ref backend: no value ", v);
+    if (act_[v].empty()) return std::nan("");
+    const float* x = act_[v].data<float>();
+    const int64_t n = count(v);
+    return static_cast<double>(std::count(x, x + n, 0.f)) / static_cast<double>(n);
+  }
   std::string backend_name() const override { return "ref"; }
 
  private:
