@@ -284,7 +284,51 @@ void check_image(const ModelConfig& cfg, int64_t min, const char* model) {
   INCRES_CHECK(cfg.width > 0 && cfg.width <= 4, model, ": --width must be in (0, 4], got ", cfg.width);
 }
 
+// ---- inception_mini: the factorisation study (Rethinking §3) at CIFAR size ----
+//
+// Each block is Inception-v3's four-branch shape on its grid; its spatial conv c -> c
+// is factorised or not (ModelConfig::factorize). A factorised pair keeps c channels
+// inside and out, so it costs 18/25 (5x5 as two 3x3: the paper's 28% fewer), 6/9
+// (3x3 as 3x1 then 1x3: 33% fewer) or 14/49 (7x7 as 1x7 then 7x1) of the conv.
+
+// 1x1 | 1x1 -> the block's spatial conv (n x n, or its factorised pair) | avg pool -> 1x1.
+int mini_block(Net& n, int x, int64_t c1, int64_t c, int64_t cp, int k, bool factorised, const std::string& name) {
+  auto s = n.b.scope(name);
+  int b1 = n.conv(x, c1, 1, "branch1x1");
+  int bk = n.conv(x, c, 1, "branch_1");
+  if (!factorised) bk = n.conv(bk, c, k, cat("branch", k, "x", k));
+  else if (k == 5) bk = n.conv(n.conv(bk, c, 3, "branch3x3a"), c, 3, "branch3x3b");
+  else if (k == 3) bk = n.conv_1xn(n.conv_nx1(bk, c, 3, "branch3x1"), c, 3, "branch1x3");
+  else bk = n.conv_nx1(n.conv_1xn(bk, c, k, cat("branch1x", k)), c, k, cat("branch", k, "x1"));
+  int bp = n.conv(n.b.avg_pool(x, 3, 1, 1), cp, 1, "branch_pool");
+  return n.b.concat({b1, bk, bp});
+}
+
 }  // namespace
+
+//   32x32  | stem 3x3 32, 3x3/2 64
+//   16x16  | 2 x block A (5x5), 3x3/2 128
+//   8x8    | 2 x block B (7x7), 3x3/2 192
+//   4x4    | 2 x block C (3x3)
+//          | average pool, fc
+graph::Graph inception_mini(const ModelConfig& cfg) {
+  check_image(cfg, 16, "inception_mini");
+  Builder b(Shape{cfg.in_channels, cfg.image, cfg.image});
+  b.set_weight_init(graph::Init::truncated_normal, 0.1f);
+  Net n{b, cfg.width};
+  const auto has = [&](int which) { return (cfg.factorize & which) != 0; };
+  int x = n.conv(b.input(), 32, 3, "stem_1");
+  x = n.conv(x, 64, 3, 2, 1, "stem_2");
+  x = mini_block(n, x, 32, 32, 32, 5, has(kFactorize5x5), "block_a1");
+  x = mini_block(n, x, 32, 32, 32, 5, has(kFactorize5x5), "block_a2");
+  x = n.conv(x, 128, 3, 2, 1, "reduce_a");
+  x = mini_block(n, x, 48, 64, 48, 7, has(kFactorize7x7), "block_b1");
+  x = mini_block(n, x, 48, 64, 48, 7, has(kFactorize7x7), "block_b2");
+  x = n.conv(x, 192, 3, 2, 1, "reduce_b");
+  x = mini_block(n, x, 64, 96, 64, 3, has(kFactorize3x3), "block_c1");
+  x = mini_block(n, x, 64, 96, 64, 3, has(kFactorize3x3), "block_c2");
+  return b.finish(classifier(n, x, 0.f, cfg, "fc"));
+}
 
 graph::Graph inception_v3(const ModelConfig& cfg, bool stem_stride1, bool stem_pool) {
   check_image(cfg, stem_pool ? (stem_stride1 ? 43 : 75) : 27, "inception_v3");

@@ -32,6 +32,10 @@ enum class ShortcutMap {
   dropout,         // h(x) = dropout(x, p)
 };
 
+// inception_mini's factorisations (Rethinking §3), as bits of ModelConfig::factorize:
+// 5x5 as two 3x3, 7x7 as 1x7 then 7x1, 3x3 as 3x1 then 1x3.
+constexpr int kFactorize5x5 = 1, kFactorize7x7 = 2, kFactorize3x3 = 4, kFactorizeAll = 7;
+
 struct ModelConfig {
   int64_t in_channels = 3;
   int64_t classes = 10;
@@ -52,6 +56,7 @@ struct ModelConfig {
   double width = 1.0;           // Inception channel multiplier (rounded to multiples of 8)
   bool paper_layout = false;    // Inception-ResNet-v2: the paper's 5/10/5 blocks, not 10/20/10
   float dropout = -1.f;         // before the classifier; < 0 means the model's default
+  int factorize = kFactorizeAll;  // inception_mini: which spatial convs are factorised (bits below)
 };
 
 struct ModelInfo {
@@ -82,6 +87,9 @@ graph::Graph inception_v3(const ModelConfig& cfg, bool stem_stride1 = false, boo
 graph::Graph inception_v4(const ModelConfig& cfg);
 graph::Graph inception_resnet_v1(const ModelConfig& cfg);
 graph::Graph inception_resnet_v2(const ModelConfig& cfg);
+// A small Inception-style net for the factorisation study: Inception-v3's three grids
+// at 16x16, 8x8 and 4x4, two blocks each, with 5x5, 7x7 and 3x3 convs factorised or not.
+graph::Graph inception_mini(const ModelConfig& cfg);
 
 // Sets one architecture option by its command-line name (without the dashes):
 // shortcut A|B|C, stride v1|v1.5, unit, shortcut-map, shortcut-param, residual-scale,

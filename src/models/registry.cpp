@@ -1,4 +1,5 @@
 #include <cmath>
+#include <sstream>
 
 #include "core/error.h"
 #include "models/models.h"
@@ -92,6 +93,9 @@ const std::vector<ModelInfo>& registry() {
                  [](const ModelConfig& c) { return inception_resnet_v1(c); }});
     r.push_back({"inception_resnet_v2", "Inception-ResNet-v2 (released 10/20/10 layout, timm names)", inception,
                  [](const ModelConfig& c) { return inception_resnet_v2(c); }});
+    ModelConfig mini;  // CIFAR size
+    r.push_back({"inception_mini", "small Inception-style net, 32x32, for the factorisation study (--factorize)",
+                 mini, [](const ModelConfig& c) { return inception_mini(c); }});
     return r;
   }();
   return zoo;
@@ -130,6 +134,19 @@ bool parse_bool(const std::string& key, const std::string& v) {
   fail("--", key, ": expected true or false, got '", v, "'");
 }
 
+int parse_factorize(const std::string& v) {
+  if (v == "all") return kFactorizeAll;
+  if (v == "none") return 0;
+  int bits = 0;
+  std::stringstream items(v);
+  for (std::string item; std::getline(items, item, ',');) {
+    const int bit = item == "5x5" ? kFactorize5x5 : item == "7x7" ? kFactorize7x7 : item == "3x3" ? kFactorize3x3 : 0;
+    INCRES_CHECK(bit != 0, "--factorize: expected all, none or a comma list of 5x5, 7x7 and 3x3, got '", v, "'");
+    bits |= bit;
+  }
+  INCRES_CHECK(bits != 0, "--factorize: expected all, none or a comma list of 5x5, 7x7 and 3x3, got '", v, "'");
+  return bits;
+}
 bool starts(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 bool inception(const std::string& m) { return starts(m, "inception"); }
 bool inception_v3(const std::string& m) { return starts(m, "inception_v3"); }
@@ -180,6 +197,9 @@ const std::vector<ArchOption>& arch_options() {
       {"dropout", "dropout before the classifier (default: the model's)", false, "Inception models", inception},
       {"paper-layout", "Inception-ResNet-v2 with the paper's 5/10/5 blocks instead of 10/20/10", true,
        "Inception-ResNet-v2", [](const std::string& m) { return starts(m, "inception_resnet_v2"); }},
+      {"factorize", "inception_mini: the convs factorised, a comma list of 5x5 (two 3x3), 7x7 (1x7, 7x1), "
+                    "3x3 (3x1, 1x3), or all (default) or none", false, "inception_mini",
+       [](const std::string& m) { return m == "inception_mini"; }},
       {"aux-bn", "Inception-v3's BN-auxiliary: the auxiliary classifier's fully connected layer batch-normalised "
                  "(Sec. 7 of the paper)", true, "Inception-v3", inception_v3},
   };
@@ -222,6 +242,8 @@ void set_option(ModelConfig& c, const std::string& key, const std::string& v) {
     c.aux = parse_bool(key, v);
   } else if (key == "aux-bn") {
     c.aux_bn = parse_bool(key, v);
+  } else if (key == "factorize") {
+    c.factorize = parse_factorize(v);
   } else if (key == "dropout") {
     double p = parse_number(key, v);
     INCRES_CHECK(p >= 0 && p < 1, "--dropout must be in [0, 1), got ", v);

@@ -426,13 +426,25 @@ std::string resume_differences(const std::string& recorded_text, const std::stri
   return out;
 }
 
+// The value entering the main head's global average pool: the last block's output,
+// where Inception-v4's Sec. 3.3 saw units die. -1 for a net without one.
+int pool_input(const graph::Graph& g) {
+  const std::vector<bool> live = backend::live_nodes(g, backend::Mode::infer);
+  for (size_t i = g.nodes.size(); i-- > 0;)
+    if (live[i] && std::holds_alternative<graph::GlobalAvgPool>(g.nodes[i].op)) return g.nodes[i].inputs[0];
+  return -1;
+}
+
 // The training program, or, where the machine lacks the memory for it, an Error with
 // both figures and the largest batch that fits: the plan grows linearly with the
 // batch, so two small compiles give its slope.
 std::unique_ptr<backend::Program> compile_checked(const TrainConfig& cfg, const graph::Graph& g,
                                                   graph::ParamStore& store) {
   auto compile = [&](int64_t batch) {
-    return backend::compile(cfg.backend, g, store, {.batch = batch, .mode = backend::Mode::train, .seed = cfg.seed});
+    std::vector<int> probes;  // the dead-unit probe of the metrics (pool_input_zeros)
+    if (const int v = pool_input(g); v >= 0) probes.push_back(v);
+    return backend::compile(cfg.backend, g, store,
+                            {.batch = batch, .mode = backend::Mode::train, .seed = cfg.seed, .probes = probes});
   };
   try {
     return compile(cfg.batch);
@@ -527,15 +539,6 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 }  // namespace
 
 namespace {
-
-// The value entering the main head's global average pool: the last block's output,
-// where Inception-v4's Sec. 3.3 saw units die. -1 for a net without one.
-int pool_input(const graph::Graph& g) {
-  const std::vector<bool> live = backend::live_nodes(g, backend::Mode::infer);
-  for (size_t i = g.nodes.size(); i-- > 0;)
-    if (live[i] && std::holds_alternative<graph::GlobalAvgPool>(g.nodes[i].op)) return g.nodes[i].inputs[0];
-  return -1;
-}
 
 // One span of training steps: from a log point (or a resume) to the next one, or to
 // the step a non-finite loss or gradient stopped it at.

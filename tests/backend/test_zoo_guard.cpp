@@ -48,6 +48,10 @@ std::vector<GuardCase> cases() {
           c.aux_bn = true;
           out.push_back({n + width_name(w) + "_auxbn", n, c});
         }
+        if (n == "inception_mini") {
+          c.factorize = 0;
+          out.push_back({n + width_name(w) + "_unfactorised", n, c});
+        }
       }
       // Grey inputs (Fashion-MNIST, upscaled).
       models::ModelConfig c = m.defaults;

@@ -91,7 +91,8 @@ const float* CpuProgram::input_grad() const {
 }
 
 double CpuProgram::zero_fraction(int v) const {
-  INCRES_CHECK(v >= 0 && v < static_cast<int>(val_.size()), "cpu backend: no value ", v);
+  INCRES_CHECK(std::find(opt_.probes.begin(), opt_.probes.end(), v) != opt_.probes.end(),
+               "cpu backend: zero_fraction(", v, ") of a value not in Options::probes");
   const ValueMemory& m = val_[v];
   // Blocked layouts hold whole blocks of channels (layout.cpp), so every element of
   // the buffer is one of the value's.

@@ -74,6 +74,8 @@ void CpuProgram::plan() {
     if (auto it = buf_of_.find(m.get()); it != buf_of_.end()) bufs_[it->second].pinned = true;
   };
   for (const Step& s : prep_) for (const memory& m : s.held) pin(m);
+  for (int v : opt_.probes)
+    if (val_.at(v).act) pin(val_[v].act);
   for (int t = 0; t < F; ++t) for (const memory& m : fwd_[t].held) touch(m, t);
   for (size_t i = 0; i < out_.size(); ++i) {
     pin(out_[i].y);

@@ -40,7 +40,8 @@ class RefProgram final : public Program {
   void set_step(int64_t step) override { step_ = step; }
   int64_t planned_bytes() const override;
   double zero_fraction(int v) const override {
-    INCRES_CHECK(v >= 0 && v < static_cast<int>(act_.size()), "ref backend: no value ", v);
+    INCRES_CHECK(std::find(opt_.probes.begin(), opt_.probes.end(), v) != opt_.probes.end(),
+                 "ref backend: zero_fraction(", v, ") of a value not in Options::probes");
     if (act_[v].empty()) return std::nan("");
     const float* x = act_[v].data<float>();
     const int64_t n = count(v);
