@@ -58,6 +58,12 @@ std::string points(double v) {
   return buf;
 }
 
+std::string fixed(double v, int digits) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
 std::string yes_no(bool ok, bool partly = false) { return ok ? "reproduced" : partly ? "partly reproduced" : "not reproduced"; }
 
 Experiment degradation() {
@@ -245,10 +251,85 @@ Experiment depth() {
   return e;
 }
 
+// Rethinking the Inception Architecture, Sec. 3: factorised convolutions cost fewer
+// multiply-adds for no loss of accuracy. inception_mini (models.h) each way.
+Experiment factorization() {
+  Experiment e;
+  e.name = "factorization";
+  e.title = "factorised convolutions";
+  e.paper = "Rethinking the Inception Architecture, Sec. 3 (Fig. 1, 3, 6)";
+  e.paper_metric = "the paper's saving in those convs' multiply-adds";
+  e.seeds = 2;
+  e.iters = 2000;
+  e.test_limit = 5000;
+  e.eval_every = 250;
+  e.runs = [](const Scale&) {
+    std::vector<Run> runs;
+    for (auto [f, label, paper] :
+         {std::tuple{"none", "unfactorised (5x5, 7x7, 3x3)", ""}, {"5x5", "5x5 as two 3x3", "28% fewer"},
+          {"7x7", "7x7 as 1x7 then 7x1", "(71% fewer)"}, {"3x3", "3x3 as 3x1 then 1x3", "33% fewer"},
+          {"all", "all three factorised", ""}})
+      runs.push_back(cifar(cat("factorize-", f), label, "", paper, "inception_mini", {{"factorize", f}}));
+    return runs;
+  };
+  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result& none = r.at("factorize-none");
+    const double spread = noise(r);
+    std::string each;
+    bool kept = true;
+    for (const char* f : {"factorize-5x5", "factorize-7x7", "factorize-3x3", "factorize-all"}) {
+      const Result& x = r.at(f);
+      const double saved = 100.0 * (1.0 - static_cast<double>(x.macs) / static_cast<double>(none.macs));
+      const bool ok = x.test_error <= none.test_error + spread;
+      kept = kept && ok;
+      each += cat(each.empty() ? "" : "; ", x.run->label, ": ", fixed(saved, 1), "% fewer MACs in the net, test error ",
+                  pct(x.test_error), ok ? "" : " (worse beyond the noise)");
+    }
+    return cat(yes_no(kept), ": against the unfactorised net's ", pct(none.test_error), " (seed spread ",
+               points(spread), "): ", each, ".");
+  };
+  return e;
+}
+
+// Rethinking the Inception Architecture, Sec. 7: label smoothing (epsilon 0.1) gains a
+// little accuracy; it also changes the calibration, measured here as the expected
+// calibration error.
+Experiment label_smoothing() {
+  Experiment e;
+  e.name = "label-smoothing";
+  e.title = "label smoothing";
+  e.paper = "Rethinking the Inception Architecture, Sec. 7 (ImageNet)";
+  e.paper_metric = "ImageNet top-1 error";
+  e.seeds = 3;
+  e.iters = 2000;
+  e.test_limit = 5000;
+  e.eval_every = 250;
+  e.report_ece = true;
+  e.runs = [](const Scale&) {
+    Run off = cifar("eps-0", "no smoothing", "", "", "inception_mini");
+    Run on = cifar("eps-0.1", "smoothing 0.1", "", "about 0.2 points lower", "inception_mini");
+    on.config.label_smoothing = 0.1;
+    return std::vector<Run>{off, on};
+  };
+  e.panels = {{"test error", "", {"test_error"}, "error (%)"},
+              {"calibration (ECE, 15 bins)", "", {"test_ece"}, "expected calibration error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &off = r.at("eps-0"), &on = r.at("eps-0.1");
+    const double gain = off.test_error - on.test_error, spread = noise(r);
+    return cat(yes_no(gain > 0 && gain > spread, gain > 0), ": test error ", pct(on.test_error), " with smoothing against ",
+               pct(off.test_error), " without (a gain of ", points(gain), "; the paper: 0.2 points), ",
+               std::abs(gain) <= spread ? "within" : "beyond", " the seed spread of ", points(spread),
+               "; calibration error ", pct(on.test_ece), " against ", pct(off.test_ece), ".");
+  };
+  return e;
+}
+
 }  // namespace
 
 const std::vector<Experiment>& catalog() {
-  static const std::vector<Experiment> all = {degradation(), shortcuts(), identity_shortcut(), unit_order(), depth()};
+  static const std::vector<Experiment> all = {degradation(),   shortcuts(),     identity_shortcut(), unit_order(),
+                                              depth(),         factorization(), label_smoothing()};
   return all;
 }
 

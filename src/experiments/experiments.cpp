@@ -287,13 +287,15 @@ std::string run(const Experiment& e, const Options& o) {
      << "; " << first.iters << " iterations of batch " << first.batch << ", lr " << first.lr
      << " divided by 10 at 50% and 75%; evaluated every " << first.eval_every << " iterations; " << seeds
      << (seeds == 1 ? " seed" : " seeds") << " (the same for every run).\n\n"
-     << "| run | params | MACs | train error % | test error % | paper: " << e.paper_metric << " |\n"
-     << "|---|---:|---:|---:|---:|---:|\n";
+     << "| run | params | MACs | train error % | test error % |" << (e.report_ece ? " test ECE % |" : "")
+     << " paper: " << e.paper_metric << " |\n"
+     << "|---|---:|---:|---:|---:|" << (e.report_ece ? "---:|" : "") << "---:|\n";
   for (const Run& r : runs) {
     auto it = results.find(r.name);
     if (it == results.end()) {
       const std::string state = last_step.count(r.name) ? cat("unfinished (step ", last_step[r.name], ")") : "not run";
-      md << "| " << r.label << " | | | " << state << " | " << state << " | " << r.paper << " |\n";
+      md << "| " << r.label << " | | | " << state << " | " << state << " |" << (e.report_ece ? " |" : "") << " "
+         << r.paper << " |\n";
       continue;
     }
     const Result& x = it->second;
@@ -302,7 +304,8 @@ std::string run(const Experiment& e, const Options& o) {
                                  fixed(x.test_error_max), ")");
     else if (seeds > 1) test += " (1 seed)";
     md << "| " << r.label << " | " << with_commas(x.params) << " | " << fixed(static_cast<double>(x.macs) / 1e6, 1)
-       << " M | " << fixed(x.train_error) << " | " << test << " | " << r.paper << " |\n";
+       << " M | " << fixed(x.train_error) << " | " << test << " |"
+       << (e.report_ece ? " " + fixed(x.test_ece) + " |" : "") << " " << r.paper << " |\n";
   }
   md << "\n"
      << (finished_runs == static_cast<int>(runs.size())

@@ -80,6 +80,7 @@ struct Experiment {
   // The runs, for the scale chosen (the full scale may use deeper nets).
   std::function<std::vector<Run>(const Scale&)> runs;
   std::vector<Panel> panels;
+  bool report_ece = false;  // the table shows each run's expected calibration error
   // The finding checked on the results by run name: one sentence.
   std::function<std::string(const std::map<std::string, Result>&)> verdict;
 };

@@ -776,7 +776,8 @@ class Experiment(unittest.TestCase):
 
     def test_every_experiment_runs(self):
         names = [l.split()[0] for l in run("experiment", "list").stdout.splitlines()]
-        self.assertEqual(names, ["degradation", "shortcuts", "identity-shortcut", "unit-order", "depth"])
+        self.assertEqual(names, ["degradation", "shortcuts", "identity-shortcut", "unit-order", "depth",
+                                 "factorization", "label-smoothing"])
         with tempfile.TemporaryDirectory() as d:
             for name in names:
                 r = run("experiment", name, "--iters", "2", "--eval-every", "1", "--train-limit", "128",
@@ -784,6 +785,8 @@ class Experiment(unittest.TestCase):
                 self.assertRegex(r.stdout, r"\nVerdict: (reproduced|partly reproduced|not reproduced|ordering)", name)
                 self.assertNotIn("not run", r.stdout, name)
                 self.assertTrue(os.path.getsize(f"{d}/{name}/plot.png") > 1000, name)
+            with open(f"{d}/label-smoothing/report.md") as f:
+                self.assertRegex(f.read(), r"\| smoothing 0\.1 \| [\d,]+ \| [\d.]+ M \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|")
         bad = run("experiment", "nonsense", expect_ok=False)
         self.assertIn("no experiment named 'nonsense'; there are: degradation, shortcuts", bad.stderr)
 
