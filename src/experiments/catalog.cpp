@@ -325,11 +325,69 @@ Experiment label_smoothing() {
   return e;
 }
 
+// The training time a run took to first reach a test error of `target` or below
+// (seed 0), or -1 if it never did.
+double seconds_to(const Result& r, double target) {
+  for (const Result::Point& p : r.curve)
+    if (p.test_error <= target) return p.train_seconds;
+  return -1;
+}
+
+// Inception-v4 paper, Sec. 5 and Figs. 21-26: residual connections speed up the
+// training of Inception networks; the final errors end close.
+Experiment inception_residual() {
+  Experiment e;
+  e.name = "inception-residual";
+  e.title = "residual connections in Inception networks";
+  e.paper = "Inception-v4 paper, Figs. 21-26 (ImageNet)";
+  e.paper_metric = "ImageNet top-1 error % (single crop, Table 2)";
+  e.seeds = 1;
+  e.iters = 3000;
+  e.test_limit = 5000;
+  e.eval_every = 250;
+  e.runs = [](const Scale& s) {
+    auto net = [&](std::string name, std::string label, std::string group, std::string paper, const std::string& m) {
+      Run r = cifar(std::move(name), std::move(label), std::move(group), std::move(paper), m,
+                    s.full ? std::vector<std::pair<std::string, std::string>>{}
+                           : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
+      r.config.image = s.full ? 299 : 75;
+      r.config.batch = s.full ? 128 : 64;
+      if (m == "inception_v3") r.config.aux = false;  // the other three have no auxiliary head
+      return r;
+    };
+    return std::vector<Run>{net("inception-v3", "Inception-v3", "v3", "21.2", "inception_v3"),
+                            net("inception-resnet-v1", "Inception-ResNet-v1", "v3", "21.3", "inception_resnet_v1"),
+                            net("inception-v4", "Inception-v4", "v4", "20.0", "inception_v4"),
+                            net("inception-resnet-v2", "Inception-ResNet-v2", "v4", "19.9", "inception_resnet_v2")};
+  };
+  Panel by_time{"test error against training time", "", {"test_error"}, "error (%)"};
+  by_time.x = "train_seconds";
+  e.panels = {{"against iterations", "", {"train_error", "test_error"}, "error (%)"}, by_time};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    std::string text;
+    bool sooner_all = true, sooner_any = false;
+    for (auto [plain, residual] : {std::pair{"inception-v3", "inception-resnet-v1"}, {"inception-v4", "inception-resnet-v2"}}) {
+      const Result &p = r.at(plain), &q = r.at(residual);
+      // The time each took to reach the worse of the two final errors.
+      const double target = std::max(p.test_error, q.test_error), tp = seconds_to(p, target), tq = seconds_to(q, target);
+      const bool sooner = tq >= 0 && tp >= 0 && tq < tp;
+      sooner_all = sooner_all && sooner;
+      sooner_any = sooner_any || sooner;
+      auto when = [](double t) { return t < 0 ? std::string("never") : cat("after ", fixed(t, 0), " s"); };
+      text += cat(text.empty() ? "" : "; ", q.run->label, " reached ", pct(target), " ", when(tq), " of training, ",
+                  p.run->label, " ", when(tp), "; final test errors ", pct(q.test_error), " and ", pct(p.test_error));
+    }
+    return cat(yes_no(sooner_all, sooner_any), ": ", text, ".");
+  };
+  return e;
+}
+
 }  // namespace
 
 const std::vector<Experiment>& catalog() {
   static const std::vector<Experiment> all = {degradation(),   shortcuts(),     identity_shortcut(), unit_order(),
-                                              depth(),         factorization(), label_smoothing()};
+                                              depth(),         inception_residual(), factorization(),
+                                              label_smoothing()};
   return all;
 }
 

@@ -57,6 +57,8 @@ std::string train_command(const train::TrainConfig& c) {
     if (v != dv) s << " " << name << " " << v;
   };
   if (!c.shortcut.empty()) s << " --shortcut " << c.shortcut;
+  if (c.image > 0) s << " --image " << c.image;
+  if (!c.aux) s << " --no-aux";
   for (const auto& [k, v] : c.model_options) s << " --" << k << (v == "true" ? "" : " " + v);
   if (c.data != d.data) s << " --data " << c.data;
   if (c.recipe != train::default_recipe(c.model)) s << " --recipe " << c.recipe;
@@ -242,13 +244,18 @@ std::string run(const Experiment& e, const Options& o) {
   std::map<std::string, int64_t> last_step;  // of runs started, the furthest seed's last row
   int finished_runs = 0;
   for (const Run& r : runs) {
-    Result res{.run = &r};
+    Result res{.run = &r, .curve = {}};
     std::vector<double> train_err, test_err, train_loss, ece, seconds;
     std::vector<std::vector<nlohmann::json>> curves;
     for (int seed = 0; seed < seeds; ++seed) {
       const fs::path rd = run_config(e, r, o, seed).out_dir;
       std::vector<nlohmann::json> rows = train::read_metrics((rd / "metrics.jsonl").string());
       if (!rows.empty()) curves.push_back(rows);
+      if (seed == 0)
+        for (const nlohmann::json& row : rows)
+          if (row.contains("test_error"))
+            res.curve.push_back({row["step"].get<int64_t>(), row.value("train_seconds", 0.0),
+                                 row["test_error"].get<double>()});
       if (!fs::exists(rd / kDoneFile) || rows.empty()) continue;
       const nlohmann::json done = read_json(rd / kDoneFile);
       res.params = done.value("params", int64_t{0});

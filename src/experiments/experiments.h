@@ -56,6 +56,12 @@ struct Result {
   double train_seconds = 0;  // time spent in training steps, mean over seeds
   double test_error_sd = 0;      // sample standard deviation over seeds (0 for one)
   double test_error_min = 0, test_error_max = 0;
+  // Seed 0's test error at each evaluation, with the training time spent by then.
+  struct Point {
+    int64_t step = 0;
+    double train_seconds = 0, test_error = 0;
+  };
+  std::vector<Point> curve;
 };
 
 // A panel of the plot: `metrics` of the runs in `group` ("" = all) against steps, or
