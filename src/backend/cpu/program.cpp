@@ -184,7 +184,8 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
 }
 
 // Every value a live node reads or writes gets its memories: its own buffer, or a
-// view of the one the fusion plan aliases it to (concat's inputs in their slices).
+// view of the one the fusion plan aliases it to (a sum or an activation computed in
+// place over its input).
 void CpuProgram::assign_buffers() {
   for (size_t i = 0; i < g_.nodes.size(); ++i)
     if (live_[i])
