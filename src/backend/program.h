@@ -56,8 +56,8 @@ struct Options {
   // output tiles run as Winograd (backend/cpu/winograd.h): 1.4-3.5x faster, results
   // within ~3e-5 relative of a direct conv. false: every conv direct.
   bool winograd = true;
-  // Values kept intact to the end of forward() for zero_fraction(): the memory plan
-  // may otherwise reuse a value's memory once its last reader has run.
+  // Values kept intact from forward() until the next forward() for zero_fraction():
+  // the memory plan may otherwise reuse a value's memory once its last reader has run.
   std::vector<int> probes = {};
 };
 
@@ -94,7 +94,7 @@ class Program {
   virtual void set_step(int64_t step) = 0;
 
   // The fraction of value v's elements (the whole batch) that are exactly 0 after the
-  // last forward(), before backward() reuses its memory: a probe for units that have
+  // last forward() (backward() leaves probed values alone): a probe for units that have
   // died (Inception-v4 paper, Sec. 3.3). v must be one of Options::probes; NaN where
   // the program keeps no buffer of its own for it (an inference program's BN output
   // folded into its conv, a value not computed).

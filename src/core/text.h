@@ -1,6 +1,7 @@
 // Numbers as people read them in tables and messages.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 namespace incres {
@@ -14,6 +15,13 @@ inline std::string with_commas(int64_t v) {
     out += digits[i];
   }
   return out;
+}
+
+// 8.5 -> "8.50" (digits after the point).
+inline std::string fixed(double v, int digits = 2) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
 }
 
 }  // namespace incres

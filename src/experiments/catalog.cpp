@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/text.h"
 #include "experiments/experiments.h"
 
 namespace incres::experiments {
@@ -32,10 +33,11 @@ void warm_up(Run& r, const Scale& s) {
   r.config.warmup_lr = 0.01;
 }
 
-std::string pct(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f%%", v);
-  return buf;
+std::string pct(double v) { return fixed(v) + "%"; }
+
+// The usual plot: training error (dashed) and test error against iterations.
+std::vector<Panel> error_panels() {
+  return {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
 }
 
 // The run with the lowest (or highest) mean test error.
@@ -52,17 +54,7 @@ double noise(const std::map<std::string, Result>& r) {
   return n;
 }
 
-std::string points(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f points", v);
-  return buf;
-}
-
-std::string fixed(double v, int digits) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
+std::string points(double v) { return fixed(v) + " points"; }
 
 std::string yes_no(bool ok, bool partly = false) { return ok ? "reproduced" : partly ? "partly reproduced" : "not reproduced"; }
 
@@ -121,7 +113,7 @@ Experiment shortcuts() {
     }
     return runs;
   };
-  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.panels = error_panels();
   e.verdict = [](const std::map<std::string, Result>& r) {
     const Result &a = r.at("option-A"), &b = r.at("option-B"), &c = r.at("option-C");
     const bool order = c.test_error <= b.test_error && b.test_error <= a.test_error;
@@ -165,7 +157,7 @@ Experiment identity_shortcut() {
         map("dropout", "dropout 0.5 shortcut", "fails", "dropout", "0.5"),
     };
   };
-  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.panels = error_panels();
   e.verdict = [](const std::map<std::string, Result>& r) {
     const Result& id = r.at("identity");
     const bool best = extreme(r, true).run->name == "identity";
@@ -209,7 +201,7 @@ Experiment unit_order() {
     }
     return runs;
   };
-  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.panels = error_panels();
   e.verdict = [](const std::map<std::string, Result>& r) {
     const Result &lo = extreme(r, true), &hi = extreme(r, false);
     const bool best = lo.run->name == "full-preact", worst = hi.run->name == "bn-after-add";
@@ -272,7 +264,7 @@ Experiment factorization() {
       runs.push_back(cifar(cat("factorize-", f), label, "", paper, "inception_mini", {{"factorize", f}}));
     return runs;
   };
-  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.panels = error_panels();
   e.verdict = [](const std::map<std::string, Result>& r) {
     const Result& none = r.at("factorize-none");
     const double spread = noise(r);

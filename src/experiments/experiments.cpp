@@ -155,12 +155,6 @@ double sample_sd(const std::vector<double>& v) {
   return std::sqrt(s / static_cast<double>(v.size() - 1));
 }
 
-std::string fixed(double v, int digits = 2) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
-
 // The mean curve of a run over its seeds' rows, by step: step, then the metrics.
 const std::vector<std::string> kCurveMetrics = {"train_error", "test_error",       "train_loss",   "test_loss",
                                                 "test_ece",    "pool_input_zeros", "train_seconds"};

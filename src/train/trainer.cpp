@@ -545,7 +545,6 @@ namespace {
 struct Span {
   int64_t start = 0;
   double lr = 0, loss_sum = 0, aux_sum = 0, norm_sum = 0, norm_max = 0, seconds = 0;
-  double pool_zeros = std::nan("");  // at the span's last step (Program::zero_fraction)
   int64_t correct = 0, seen = 0, steps = 0, clipped = 0, skipped = 0;
   std::string diverged;  // what went non-finite, when a rollback follows
   int64_t bad_step = -1;
@@ -718,7 +717,6 @@ class Run {
         continue;
       }
       program_->forward(b->images.data<float>());
-      if (pool_in_ >= 0) sp.pool_zeros = program_->zero_fraction(pool_in_);  // before backward reuses it
       const OutputLosses::Result l = losses_->backward(*program_, b->labels.data(), b->size);
       const double loss = step_ == nan_at_ ? std::nan("") : l.total;
       // Measured on every step (one pass over the gradients) for the metrics and to
@@ -825,7 +823,9 @@ class Run {
                        {"test_top5_error", result_.test.top5_error}, {"test_ece", result_.test.ece},
                        {"eval_weights", ema_ ? "ema" : "raw"}, {"images_per_sec", result_.images_per_sec},
                        {"train_seconds", train_seconds_}};
-    if (std::isfinite(sp.pool_zeros)) row["pool_input_zeros"] = sp.pool_zeros;
+    // The training program keeps its probe intact through backward: this is the
+    // span's last batch.
+    if (pool_in_ >= 0 && sp.steps > 0) row["pool_input_zeros"] = program_->zero_fraction(pool_in_);
     // The train figures cover the steps since the span's start; after a resume
     // mid-span, fewer than a whole span.
     if (!log_point(sp.start)) {

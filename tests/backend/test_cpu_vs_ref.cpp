@@ -452,6 +452,11 @@ TEST(CpuVsRef, ZeroFractionProbe) {
   EXPECT_NEAR(cpu->zero_fraction(pool_in), z, 1e-3);
   EXPECT_NEAR(cpu->zero_fraction(g.input), 0.0, 1e-12);
   EXPECT_THROW(cpu->zero_fraction(g.output), Error);  // not a probe
+  // backward() reuses dead activations' memory for gradients, but not a probe's.
+  const double before = cpu->zero_fraction(first_relu);
+  std::vector<float> dy(static_cast<size_t>(batch * 10), 1.f);
+  cpu->backward(dy.data());
+  EXPECT_EQ(cpu->zero_fraction(first_relu), before);
   auto infer = backend::compile_cpu(g, cpu_store, {.batch = batch, .mode = backend::Mode::infer, .probes = probes});
   infer->forward(x.data());
   EXPECT_TRUE(std::isnan(infer->zero_fraction(bn_out))) << "a folded BN's output has no buffer";
