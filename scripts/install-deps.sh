@@ -6,7 +6,12 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libdnnl-dev zlib1g-dev libturbojpeg0-dev libpng-dev libcli11-dev nlohmann-json3-dev
       libgtest-dev libbenchmark-dev
+      libonnx-dev libprotobuf-dev python3-onnx
       dataset-fashion-mnist gnuplot-nox)
+# Node.js runs ONNX Runtime (bench/setup.sh installs onnxruntime-node from npm): the
+# ONNX export tests and the benchmarks' peer. Debian ships npm apart from nodejs.
+command -v node >/dev/null || pkgs+=(nodejs)
+command -v npm >/dev/null || pkgs+=(npm)
 if [[ "${1:-}" == "--with-torch" ]]; then
   pkgs+=(python3 python3-numpy python3-torch python3-torchvision)
 fi

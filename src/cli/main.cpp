@@ -23,6 +23,7 @@
 #include "io/model_params.h"
 #include "io/safetensors.h"
 #include "models/models.h"
+#include "onnx/export.h"
 #include "train/checkpoint.h"
 #include "train/data_source.h"
 #include "train/optimizer.h"
@@ -547,6 +548,90 @@ struct PredictCommand : Command {
   }
 };
 
+// `incres export`: a checkpoint (or weights and a model name) as an ONNX model, in
+// eval mode with the main head only. The model's metadata records what a caller must
+// know to feed it: the input normalisation, the input size, the class names.
+struct ExportCommand : Command {
+  std::string checkpoint, weights, model, out;
+  int opset = 13;
+  int64_t batch = 0;
+  bool fold_bn = false, raw_weights = false;
+  ModelFlags mf;
+
+  void add(CLI::App& parent) override {
+    app = parent.add_subcommand("export", "write a model as ONNX (eval mode, main head), checked by ONNX's checker "
+                                "and shape inference");
+    app->add_option("checkpoint", checkpoint, "a .safetensors checkpoint written by `incres train`");
+    app->add_option("--weights", weights, "instead of a checkpoint: parameters only (e.g. a torchvision state_dict "
+                    "converted by tools/pth_to_safetensors.py), with --model");
+    app->add_option("--model", model, "with --weights: the architecture (see `incres models`)");
+    app->add_option("--onnx", out, "the .onnx file to write (replaced atomically)")->required();
+    app->add_option("--opset", opset, "ONNX opset")->capture_default_str()->check(CLI::Range(13, 17));
+    app->add_option("--batch", batch, "a fixed batch size; 0 = dynamic (the input's first dimension is named "
+                    "batch_size)")->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    app->add_flag("--fold-bn", fold_bn, "fold each BN that follows a conv into the conv's weights and bias "
+                  "(default: BatchNormalization nodes)");
+    app->add_flag("--raw-weights", raw_weights, "the trained weights even when the checkpoint holds a moving "
+                  "average of them (--ema)");
+    mf.add(app);
+  }
+
+  int run() override {
+    const auto t0 = std::chrono::steady_clock::now();
+    INCRES_CHECK(weights.empty() != checkpoint.empty(), "give a checkpoint written by `incres train`, or --weights "
+                 "FILE --model NAME");
+    LoadedModel m;
+    std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
+    std::vector<std::string> names;
+    if (!weights.empty()) {
+      INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
+      INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints, not to --weights");
+      m.name = model;
+      m.mc = mf.config(model);
+    } else {
+      const train::RunRecord record = train::read_run_record(checkpoint);
+      m.name = record.config.model;
+      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
+      const std::string flag = ModelFlags::first_given(app);
+      INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
+      INCRES_CHECK(record.classes > 0 && record.in_channels > 0, checkpoint,
+                   ": written before checkpoints recorded their classes and channels; it cannot be exported");
+      m.mc = train::model_config(record);
+      mean = record.mean;
+      std = record.std;
+      names = record.class_names;
+    }
+    m.build();
+    if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
+    else m.load_weights(weights);
+    auto list = [](const std::vector<float>& v) {
+      std::string s;
+      for (float x : v) s += (s.empty() ? "" : ",") + fixed(x, 6);
+      return s;
+    };
+    onnx::ExportOptions o{.opset = opset, .batch = batch, .fold_bn = fold_bn, .model_name = m.name, .metadata = {}};
+    o.metadata = {{"incres.model", m.name},
+                  {"incres.image", std::to_string(m.mc.image)},
+                  {"incres.classes", std::to_string(m.mc.classes)}};
+    if (!mean.empty()) {
+      o.metadata.push_back({"incres.mean", list(mean)});
+      o.metadata.push_back({"incres.std", list(std)});
+    }
+    if (!names.empty()) o.metadata.push_back({"incres.class_names", nlohmann::json(names).dump()});
+    onnx::export_file(out, *m.g, m.weights(), o);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("wrote %s: %s%s, %s parameters, opset %d, input \"%s\" [%s, %lld, %lld, %lld], output \"%s\", "
+                "BN %s, %.2f MB in %.2f s\n",
+                out.c_str(), m.name.c_str(), m.ema ? " (moving average of the weights)" : "",
+                with_commas(m.g->param_count()).c_str(), opset, onnx::kInputName,
+                batch ? std::to_string(batch).c_str() : onnx::kBatchName,
+                static_cast<long long>(m.g->input_shape()[0]), static_cast<long long>(m.g->input_shape()[1]),
+                static_cast<long long>(m.g->input_shape()[2]), onnx::kOutputName, fold_bn ? "folded" : "kept",
+                static_cast<double>(fs::file_size(out)) / 1e6, secs);
+    return 0;
+  }
+};
+
 struct ExperimentCommand : Command {
   std::string name;
   experiments::Options o;
@@ -763,8 +848,10 @@ int main(int argc, char** argv) {
   EvalCommand eval_cmd;
   PredictCommand predict_cmd;
   BenchCommand bench_cmd;
+  ExportCommand export_cmd;
   ExperimentCommand experiment_cmd;
-  Command* commands[] = {&models_cmd, &info_cmd, &train_cmd, &eval_cmd, &predict_cmd, &bench_cmd, &experiment_cmd};
+  Command* commands[] = {&models_cmd, &info_cmd,  &train_cmd,  &eval_cmd,
+                         &predict_cmd, &bench_cmd, &export_cmd, &experiment_cmd};
   for (Command* c : commands) c->add(app);
   // Every command that computes takes --threads (oneDNN and our loops run on OpenMP).
   int threads = 0;
