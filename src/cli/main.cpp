@@ -26,6 +26,7 @@
 #include "onnx/export.h"
 #include "train/checkpoint.h"
 #include "train/data_source.h"
+#include "train/loaded_model.h"
 #include "train/optimizer.h"
 #include "train/plot.h"
 #include "train/trainer.h"
@@ -340,30 +341,6 @@ struct BenchCommand : Command {
 // raw_weights) or from a weights file of parameters only (a converted torchvision
 // state_dict; architecture from the flags). Both loads are strict: every missing,
 // unexpected or wrong-shaped tensor is listed in one Error.
-struct LoadedModel {
-  std::string name;
-  models::ModelConfig mc;
-  std::unique_ptr<graph::Graph> g;
-  std::unique_ptr<graph::ParamStore> store;
-  std::unique_ptr<train::Ema> ema;  // set when evaluating on the checkpoint's moving average
-
-  void build() {
-    g = std::make_unique<graph::Graph>(models::build_model(name, mc));
-    store = std::make_unique<graph::ParamStore>(*g);
-  }
-  void load_weights(const std::string& path) {
-    io::SafeTensors st = io::load_safetensors(path);
-    io::load_params(st, *g, *store, /*strict=*/true);
-  }
-  void load_checkpoint(const std::string& path, bool raw_weights) {
-    // The decay given here is not used: the file's averages are.
-    auto avg = std::make_unique<train::Ema>(*g, *store, 0.5);
-    train::CheckpointState s = train::load_checkpoint(path, *g, *store, nullptr, raw_weights ? nullptr : avg.get());
-    if (s.has_ema && !raw_weights) ema = std::move(avg);
-  }
-  graph::ParamStore& weights() { return ema ? ema->averages() : *store; }
-};
-
 struct EvalCommand : Command {
   std::string path, data_spec, weights, model;
   int64_t batch = 256;
@@ -393,7 +370,7 @@ struct EvalCommand : Command {
   int run() override {
     const CLI::App* ev = app;
     const bool winograd = !no_winograd;
-    LoadedModel m;
+    train::LoadedModel m;
     if (!weights.empty()) {
       INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
       INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
@@ -471,73 +448,41 @@ struct PredictCommand : Command {
     const bool winograd = !no_winograd;
     INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
                  "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
-    LoadedModel m;
-    std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
-    // The evaluation crop: ImageNet's (shorter side to size / 0.875, centre crop), except
-    // for a checkpoint trained on an in-memory dataset (CIFAR), whose images were seen
-    // whole: shorter side to the input, centre crop.
-    double crop_fraction = 0.875;
-    std::vector<std::string> names;
+    train::LoadedModel m;
     if (!weights.empty()) {
       INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
       INCRES_CHECK(!raw_weights, "--raw-weights applies to --checkpoint, not to --weights");
-      m.name = model;
-      m.mc = mf.config(model);
+      m = train::load_weights_model(weights, model, mf.config(model));
     } else {
-      const train::RunRecord record = train::read_run_record(checkpoint);
-      m.name = record.config.model;
-      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
       const std::string flag = ModelFlags::first_given(pr);
       INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
-      INCRES_CHECK(record.classes > 0 && record.in_channels > 0, checkpoint,
-                   ": written before checkpoints recorded their classes; evaluate it with `incres eval`");
-      INCRES_CHECK(record.in_channels == 3, checkpoint, ": the model takes ", record.in_channels,
-                   "-channel images (trained on ", record.config.data, "); predict feeds RGB images to 3-channel models");
-      m.mc = train::model_config(record);
-      if (!record.mean.empty()) {
-        mean = record.mean;
-        std = record.std;
-      }
-      names = record.class_names;
-      if (!train::is_image_folder(record.config.data)) crop_fraction = 1.0;
+      m = train::load_checkpoint_model(checkpoint, raw_weights);
+      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
     }
-    INCRES_CHECK(m.mc.in_channels == 3, "predict feeds RGB images; the model takes ", m.mc.in_channels,
-                 " channels (--in-channels)");
+    INCRES_CHECK(m.mc.in_channels == 3, weights.empty() ? checkpoint : "--in-channels", ": the model takes ",
+                 m.mc.in_channels, "-channel images; predict feeds RGB images to 3-channel models");
     const int64_t K = m.mc.classes;
+    std::vector<std::string> names = m.class_names;
     if (!labels.empty()) names = data::read_labels_file(labels, static_cast<size_t>(K));
     if (static_cast<int64_t>(names.size()) != K) names.clear();
-    m.build();
-    if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
-    else m.load_weights(weights);
     auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer,
                                                                .winograd = winograd});
-    const int k = static_cast<int>(std::min<int64_t>(top, K));
     int failed = 0;
     for (const std::string& path : images) {
       std::vector<float> x;
       try {
-        x = data::load_eval_image(path, m.mc.image, mean, std, {}, crop_fraction);
+        x = data::load_eval_image(path, m.mc.image, m.mean, m.std, {}, m.crop_fraction);
       } catch (const Error& e) {  // names the file; the other images still get their answer
         std::fprintf(stderr, "incres: error: %s\n", e.what());
         ++failed;
         continue;
       }
       program->forward(x.data());
-      const float* logits = program->output();
-      // Softmax in double, shifted by the maximum.
-      const double mx = *std::max_element(logits, logits + K);
-      std::vector<double> p(static_cast<size_t>(K));
-      double sum = 0;
-      for (int64_t c = 0; c < K; ++c) sum += p[c] = std::exp(static_cast<double>(logits[c]) - mx);
-      std::vector<int64_t> order(static_cast<size_t>(K));
-      std::iota(order.begin(), order.end(), int64_t{0});
-      std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                        [&](int64_t a, int64_t b) { return p[a] != p[b] ? p[a] > p[b] : a < b; });
       std::printf("%s\n", path.c_str());
-      for (int r = 0; r < k; ++r) {
-        const int64_t c = order[static_cast<size_t>(r)];
-        if (names.empty()) std::printf("  %d. %.4f  class %lld\n", r + 1, p[c] / sum, static_cast<long long>(c));
-        else std::printf("  %d. %.4f  %s (class %lld)\n", r + 1, p[c] / sum, names[c].c_str(), static_cast<long long>(c));
+      int rank = 0;
+      for (const auto& [c, p] : train::top_classes(program->output(), K, top)) {
+        if (names.empty()) std::printf("  %d. %.4f  class %lld\n", ++rank, p, static_cast<long long>(c));
+        else std::printf("  %d. %.4f  %s (class %lld)\n", ++rank, p, names[c].c_str(), static_cast<long long>(c));
       }
     }
     if (failed) {
@@ -580,30 +525,17 @@ struct ExportCommand : Command {
     const auto t0 = std::chrono::steady_clock::now();
     INCRES_CHECK(weights.empty() != checkpoint.empty(), "give a checkpoint written by `incres train`, or --weights "
                  "FILE --model NAME");
-    LoadedModel m;
-    std::vector<float> mean = data::kImageNetMean, std = data::kImageNetStd;
-    std::vector<std::string> names;
+    train::LoadedModel m;
     if (!weights.empty()) {
       INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
       INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints, not to --weights");
-      m.name = model;
-      m.mc = mf.config(model);
+      m = train::load_weights_model(weights, model, mf.config(model));
     } else {
-      const train::RunRecord record = train::read_run_record(checkpoint);
-      m.name = record.config.model;
-      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
       const std::string flag = ModelFlags::first_given(app);
       INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
-      INCRES_CHECK(record.classes > 0 && record.in_channels > 0, checkpoint,
-                   ": written before checkpoints recorded their classes and channels; it cannot be exported");
-      m.mc = train::model_config(record);
-      mean = record.mean;
-      std = record.std;
-      names = record.class_names;
+      m = train::load_checkpoint_model(checkpoint, raw_weights);
+      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
     }
-    m.build();
-    if (weights.empty()) m.load_checkpoint(checkpoint, raw_weights);
-    else m.load_weights(weights);
     auto list = [](const std::vector<float>& v) {
       std::string s;
       for (float x : v) s += (s.empty() ? "" : ",") + fixed(x, 6);
@@ -613,11 +545,9 @@ struct ExportCommand : Command {
     o.metadata = {{"incres.model", m.name},
                   {"incres.image", std::to_string(m.mc.image)},
                   {"incres.classes", std::to_string(m.mc.classes)}};
-    if (!mean.empty()) {
-      o.metadata.push_back({"incres.mean", list(mean)});
-      o.metadata.push_back({"incres.std", list(std)});
-    }
-    if (!names.empty()) o.metadata.push_back({"incres.class_names", nlohmann::json(names).dump()});
+    o.metadata.push_back({"incres.mean", list(m.mean)});
+    o.metadata.push_back({"incres.std", list(m.std)});
+    if (!m.class_names.empty()) o.metadata.push_back({"incres.class_names", nlohmann::json(m.class_names).dump()});
     onnx::export_file(out, *m.g, m.weights(), o);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("wrote %s: %s%s, %s parameters, opset %d, input \"%s\" [%s, %lld, %lld, %lld], output \"%s\", "

@@ -1,17 +1,11 @@
 // incres::Error and the check macros every layer uses.
 #pragma once
 #include <sstream>
-#include <stdexcept>
 #include <string>
 
-namespace incres {
+#include <incres/error.h>  // the class itself: part of the public API
 
-// The one exception type of the library. Its message is a single line that names
-// the thing (file, field, tensor, flag), the expected and the actual value.
-class Error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace incres {
 
 template <class... Parts>
 std::string cat(const Parts&... parts) {

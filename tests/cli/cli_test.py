@@ -715,6 +715,93 @@ class RunFolder(unittest.TestCase):
                                        r"from byte \d+")
 
 
+class Export(unittest.TestCase):
+    """`incres export`: a trained checkpoint becomes an ONNX model with torchvision's
+    names and the recorded normalisation in its metadata; bad input is one clear line
+    and leaves no file behind. (tests/onnx runs the exports in ONNX Runtime.)"""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        data = f"{cls.dir}/fmnist"
+        fake_fashion_mnist(data)
+        run("train", "resnet20", "--data", f"fashion-mnist:{data}", "--iters", "2", "--batch", "16",
+            "--no-progress", "--out", f"{cls.dir}/run")
+        cls.ckpt = f"{cls.dir}/run/last.safetensors"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check_error(self, args, *needles):
+        p = run(*args, expect_ok=False)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        err = p.stderr.strip()
+        lines = [l for l in err.splitlines() if l != "Run with --help for more information."]
+        self.assertEqual(len(lines), 1, err)
+        for bad in ("Traceback", "terminate called"):
+            self.assertNotIn(bad, err)
+        for needle in needles:
+            self.assertIn(needle, err)
+
+    def test_checkpoint_export(self):
+        out = f"{self.dir}/resnet20.onnx"
+        p = run("export", self.ckpt, "--onnx", out)
+        self.assertIn('input "input" [batch_size, 1, 32, 32], output "output"', p.stdout)
+        try:
+            import onnx
+        except ImportError:
+            self.skipTest("python3-onnx is not installed")
+        m = onnx.load(out)
+        onnx.checker.check_model(m, full_check=True)
+        self.assertEqual([i.name for i in m.graph.input], ["input"])
+        self.assertEqual([o.name for o in m.graph.output], ["output"])
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        self.assertEqual(dims[0].dim_param, "batch_size")
+        self.assertEqual([d.dim_value for d in dims[1:]], [1, 32, 32])  # Fashion-MNIST padded to 32
+        self.assertEqual(m.opset_import[0].version, 13)
+        meta = {e.key: e.value for e in m.metadata_props}
+        self.assertEqual(meta["incres.model"], "resnet20")
+        self.assertEqual(meta["incres.classes"], "10")
+        self.assertEqual(len(meta["incres.mean"].split(",")), 1)  # the recorded, one-channel normalisation
+        self.assertNotEqual(meta["incres.mean"], meta["incres.std"])
+        self.assertEqual(len(json.loads(meta["incres.class_names"])), 10)
+        ops = {n.op_type for n in m.graph.node}
+        self.assertIn("BatchNormalization", ops)
+        run("export", self.ckpt, "--onnx", out, "--fold-bn", "--batch", "4", "--opset", "17")
+        m = onnx.load(out)
+        self.assertNotIn("BatchNormalization", {n.op_type for n in m.graph.node})
+        self.assertEqual(m.graph.input[0].type.tensor_type.shape.dim[0].dim_value, 4)
+        self.assertEqual(m.opset_import[0].version, 17)
+
+    def test_unwritable_out(self):
+        # OUT is a folder: the temporary file is written, the rename fails; nothing is left.
+        folder = f"{self.dir}/taken"
+        os.makedirs(folder, exist_ok=True)
+        before = sorted(os.listdir(self.dir))
+        self.check_error(["export", self.ckpt, "--onnx", folder], folder)
+        self.assertEqual(sorted(os.listdir(self.dir)), before)
+        self.assertEqual(os.listdir(folder), [])
+        self.check_error(["export", self.ckpt, "--onnx", f"{self.dir}/no/such/dir/m.onnx"], "no/such/dir")
+        self.assertFalse(os.path.exists(f"{self.dir}/no"))
+
+    def test_bad_arguments(self):
+        out = f"{self.dir}/bad.onnx"
+        self.check_error(["export", "--onnx", out], "give a checkpoint")
+        self.check_error(["export", self.ckpt, "--weights", self.ckpt, "--model", "resnet20", "--onnx", out],
+                         "give a checkpoint")
+        self.check_error(["export", "--weights", self.ckpt, "--onnx", out], "--model")
+        self.check_error(["export", self.ckpt, "--model", "resnet56", "--onnx", out], "resnet20", "resnet56")
+        self.check_error(["export", self.ckpt, "--shortcut", "B", "--onnx", out], "--shortcut")
+        self.check_error(["export", f"{self.dir}/missing.safetensors", "--onnx", out], "missing.safetensors")
+        self.check_error(["export", "--weights", self.ckpt, "--model", "nosuchnet", "--onnx", out], "nosuchnet")
+        self.check_error(["export", self.ckpt, "--onnx", out, "--opset", "12"], "--opset")
+        self.check_error(["export", "--weights", self.ckpt, "--model", "resnet56", "--onnx", out],
+                         "does not match the model")
+        self.assertFalse(os.path.exists(out))
+
+
 class Experiment(unittest.TestCase):
     """`incres experiment`'s machinery at a tiny scale: it runs, resumes after an
     interruption, skips what is finished, refuses another configuration in the same

@@ -193,6 +193,14 @@ class Runner:
                         rel_err(self.ort(out, x.numpy()), ref), secs)
 
 
+def uncovered_models(incres):
+    """Registered models (`incres models`) that no group exports."""
+    out = subprocess.run([incres, "models"], capture_output=True, text=True, check=True).stdout.splitlines()
+    listed = {line.split()[0] for line in out[1:] if line.strip() and not line.startswith("(")}
+    covered = {case[1] for cases in GROUPS.values() for case in cases}
+    return sorted(listed - covered)
+
+
 def ort_available():
     """Installs onnxruntime-node into bench/ when missing (bench/setup.sh); the reason when it cannot."""
     check = ["node", "-e", "require('onnxruntime-node')"]
@@ -215,6 +223,10 @@ def main():
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--keep", help="work in this folder and keep its files")
     a = ap.parse_args()
+    missing = uncovered_models(a.incres)
+    if missing:
+        print(f"FAIL: no group exports {', '.join(missing)}: add them to GROUPS")
+        sys.exit(1)
     reason = ort_available()
     if reason:
         print(f"skipped: {reason}")
