@@ -1,12 +1,21 @@
 #include "train/plot.h"
 
-#include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+
+#include "core/error.h"
 #include "core/log.h"
+#include "io/atomic_file.h"
+
+extern char** environ;
 
 namespace incres::train {
 
@@ -34,22 +43,56 @@ std::string gnuplot_quote(const std::string& s) {
 }
 
 bool gnuplot(const std::string& script) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return false;
-  fs::path file = fs::temp_directory_path() / ("incres-plot-" + std::to_string(getpid()) + ".gp");
+  // The script goes to a file and gnuplot gets its name as its one argument, with no
+  // shell between: no file or folder name in the script can be read as a command.
+  static std::atomic<int> serial{0};
+  const fs::path file = fs::temp_directory_path() /
+                        ("incres-plot-" + std::to_string(getpid()) + "-" + std::to_string(serial++) + ".gp");
   {
     std::ofstream out(file);
     out << script << "\n";
     if (!out) return false;
   }
-  const bool ok = std::system(("gnuplot " + file.string() + " 2>/dev/null").c_str()) == 0;
-  fs::remove(file);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+  std::string arg0 = "gnuplot", arg1 = file.string();
+  char* argv[] = {arg0.data(), arg1.data(), nullptr};
+  pid_t pid = 0;
+  int status = 0;
+  // posix_spawnp reports a gnuplot that is not on PATH as an error (ENOENT).
+  const bool ok = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv, environ) == 0 &&
+                  waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  posix_spawn_file_actions_destroy(&actions);
+  std::error_code ec;
+  fs::remove(file, ec);
   return ok;
+}
+
+void write_summary_csv(const std::string& path, const std::vector<nlohmann::json>& rows) {
+  std::string csv = "epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\n";
+  auto num = [](const nlohmann::json& j, const char* key) {
+    return j.contains(key) && j[key].is_number() ? cat(std::setprecision(8), j[key].get<double>()) : std::string();
+  };
+  auto accuracy = [](const nlohmann::json& j, const char* key) {
+    return j.contains(key) && j[key].is_number() ? cat(std::setprecision(8), 100.0 - j[key].get<double>())
+                                                  : std::string();
+  };
+  for (const nlohmann::json& j : rows) {
+    if (!j.contains("test_error")) continue;
+    const double epoch = j.contains("epochs_done") ? j["epochs_done"].get<double>() : j["epoch"].get<double>();
+    csv += cat(std::setprecision(8), epoch, ",", num(j, "train_loss"), ",", num(j, "test_loss"), ",",
+               accuracy(j, "test_error"), ",", accuracy(j, "test_top5_error"), ",", num(j, "lr"), "\n");
+  }
+  io::write_file_atomic(path, csv);
 }
 
 void plot_run(const std::string& dir_name) {
   fs::path dir(dir_name), tsv = dir / "curve.tsv", png = dir / "curve.png";
   std::vector<nlohmann::json> rows = read_metrics((dir / "metrics.jsonl").string());
   if (rows.empty()) return;
+  write_summary_csv((dir / "summary.csv").string(), rows);
   std::FILE* out = std::fopen(tsv.c_str(), "w");
   if (!out) return;
   std::fprintf(out, "epoch\ttrain_error\ttest_error\ttrain_loss\ttest_loss\n");

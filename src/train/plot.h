@@ -21,7 +21,12 @@ bool gnuplot(const std::string& script);
 // gnuplot's quoting of a file name or title: single quotes, doubled inside.
 std::string gnuplot_quote(const std::string& s);
 
-// DIR/curve.tsv (epoch, errors, losses by row of DIR/metrics.jsonl) and DIR/curve.png:
+// The evaluated rows of a run's metrics as timm's summary.csv: epoch (fractional for
+// spans shorter than an epoch), train_loss, eval_loss, eval_top1, eval_top5 (accuracy
+// in percent) and lr; an empty cell where a row lacks the value. Written atomically.
+void write_summary_csv(const std::string& path, const std::vector<nlohmann::json>& rows);
+
+// DIR/summary.csv (write_summary_csv), DIR/curve.tsv (epoch, errors, losses by row of DIR/metrics.jsonl) and DIR/curve.png:
 // error and loss against epochs, train and test. Logs the PNG's path when written.
 void plot_run(const std::string& dir);
 

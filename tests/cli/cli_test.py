@@ -568,6 +568,28 @@ class RunFolder(unittest.TestCase):
         with open(path, "rb") as f:
             return f.read()
 
+    def test_summary_csv_and_plot_in_any_folder(self):
+        # A folder name with a quote, a space and shell syntax: the plot is drawn (the
+        # script goes to gnuplot as a file, with no shell) and nothing is executed.
+        with tempfile.TemporaryDirectory() as d:
+            out = f"{d}/it's a \"run\" $(touch {d}/pwned); `touch {d}/pwned2`"
+            run(*self.BASE, "--iters", "4", "--out", out)
+            self.assertFalse(os.path.exists(f"{d}/pwned") or os.path.exists(f"{d}/pwned2"))
+            self.assertGreater(os.path.getsize(f"{out}/curve.png"), 1000)
+            with open(f"{out}/summary.csv") as f:
+                lines = f.read().splitlines()
+            self.assertEqual(lines[0], "epoch,train_loss,eval_loss,eval_top1,eval_top5,lr")
+            metrics = [r for r in self.rows(f"{out}/metrics.jsonl") if "test_error" in r]
+            self.assertEqual(len(lines) - 1, len(metrics))  # one row per evaluation (every 2 steps)
+            for line, r in zip(lines[1:], metrics):
+                epoch, train_loss, eval_loss, top1, top5, lr = map(float, line.split(","))
+                self.assertAlmostEqual(epoch, r["epochs_done"], places=6)
+                self.assertAlmostEqual(train_loss, r["train_loss"], places=5)
+                self.assertAlmostEqual(eval_loss, r["test_loss"], places=5)
+                self.assertAlmostEqual(top1, 100 - r["test_error"], places=5)
+                self.assertAlmostEqual(top5, 100 - r["test_top5_error"], places=5)
+                self.assertAlmostEqual(lr, r["lr"], places=8)
+
     def test_one_writer_per_folder(self):
         with tempfile.TemporaryDirectory() as d:
             a = subprocess.Popen([INCRES, *self.BASE, "--iters", "100000", "--out", d], stdout=subprocess.DEVNULL,
