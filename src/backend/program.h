@@ -20,6 +20,21 @@ namespace incres::backend {
 
 enum class Mode { train, infer };
 
+// The arithmetic of a program. bf16: activations in bfloat16 between oneDNN's bf16
+// primitives (convolutions, BN, activations, sums, pools, concat), weights rounded to
+// bf16 for the convs, accumulation, biases, BN statistics and the classifier in fp32;
+// our own fp32 loops read and write fp32 copies (reorders where the precision
+// changes). Inference only for now; the cpu backend only, on CPUs with AVX512-BF16 or
+// AMX (check_precision).
+enum class Precision { f32, bf16 };
+Precision parse_precision(const std::string& s);  // "fp32" | "bf16", else an Error
+const char* precision_name(Precision p);          // "fp32" | "bf16"
+// Refuses (Error, one line naming the missing CPU feature or the mode) a precision
+// this CPU, as capped by ONEDNN_MAX_CPU_ISA, or this mode cannot run.
+void check_precision(Precision p, Mode mode);
+// Whether this CPU runs bf16 programs (AVX512-BF16 or AMX, as oneDNN sees it).
+bool bf16_supported();
+
 // What one recorded step of a program is and, with profiling on, what it cost.
 // How a program's memory is planned (bytes). arena: activations, gradients and
 // workspaces, placed by lifetime; live_peak: the most of those live at one step (the
@@ -59,6 +74,7 @@ struct Options {
   // Values kept intact from forward() until the next forward() for zero_fraction():
   // the memory plan may otherwise reuse a value's memory once its last reader has run.
   std::vector<int> probes = {};
+  Precision precision = Precision::f32;
 };
 
 class Program {

@@ -118,6 +118,16 @@ struct ModelFlags {
   }
 };
 
+// --precision on the commands that run a model: fp32, or bf16 (inference; CPUs with
+// AVX512-BF16 or AMX).
+constexpr const char* kPrecisionHelp =
+    "fp32, or bf16: feature maps and conv weights in bfloat16, accumulation, BN statistics and the classifier in fp32 "
+    "(inference only; needs a CPU with AVX512-BF16 or AMX)";
+inline CLI::Option* add_precision(CLI::App* app, std::string& precision) {
+  return app->add_option("--precision", precision, kPrecisionHelp)->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+}
+
 // Inference programs run stride-1 3x3, 1x3 / 3x1 and 1x7 / 7x1 convs as Winograd where
 // it pays (backend/cpu/winograd.h); the flag that turns it off, in eval, predict and bench.
 constexpr const char* kNoWinogradHelp =
@@ -155,14 +165,16 @@ struct ModelsCommand : Command {
 double mb(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 // The memory a compiled program plans, against what its tensors need.
-void print_memory(const graph::Graph& g, const std::string& mode, int64_t batch) {
+void print_memory(const graph::Graph& g, const std::string& mode, int64_t batch, backend::Precision precision) {
   graph::ParamStore store(g);
   const bool train = mode == "train";
-  auto p = backend::compile_cpu(g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer});
+  auto p = backend::compile_cpu(g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer,
+                                           .precision = precision});
   const backend::MemoryPlan m = p->memory_plan();
   int64_t param_bytes = 0;
   for (const auto& t : store.values) param_bytes += static_cast<int64_t>(t.nbytes());
-  std::printf("\nmemory, %s, batch %lld, cpu backend (MiB):\n", mode.c_str(), static_cast<long long>(batch));
+  std::printf("\nmemory, %s, batch %lld, %s, cpu backend (MiB):\n", mode.c_str(), static_cast<long long>(batch),
+              backend::precision_name(precision));
   std::printf("  %-52s %10.1f\n", "planned: activations, gradients, workspaces", mb(m.arena));
   std::printf("  %-52s %10.1f   (%.2fx of it)\n", "  most of these live at one step (no plan needs less)",
               mb(m.live_peak), static_cast<double>(m.arena) / static_cast<double>(std::max<int64_t>(m.live_peak, 1)));
@@ -179,6 +191,7 @@ struct InfoCommand : Command {
   bool memory = false;
   std::string mode = "train";
   int64_t batch = 32;
+  std::string precision = "fp32";
 
   void add(CLI::App& parent) override {
     app = parent.add_subcommand("info", "per-layer table of a model: output shape, parameters, MACs; with --memory, its planned memory");
@@ -188,10 +201,13 @@ struct InfoCommand : Command {
         ->check(CLI::IsMember({"train", "infer"}));
     app->add_option("--batch", batch, "with --memory: batch size")->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{65536}));
+    add_precision(app, precision)->description(std::string("with --memory: ") + kPrecisionHelp);
     mf.add(app);
   }
 
   int run() override {
+    const backend::Precision prec = backend::parse_precision(precision);
+    if (memory) backend::check_precision(prec, mode == "train" ? backend::Mode::train : backend::Mode::infer);
     graph::Graph g = models::build_model(name, mf.config(name));
     std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
     for (const auto& n : g.nodes) {
@@ -204,7 +220,7 @@ struct InfoCommand : Command {
     }
     std::printf("\n%s: input %s, %s parameters, %s MACs per image\n", name.c_str(), g.input_shape().str().c_str(),
                 with_commas(g.param_count()).c_str(), human(static_cast<double>(g.macs())).c_str());
-    if (memory) print_memory(g, mode, batch);
+    if (memory) print_memory(g, mode, batch, prec);
     return 0;
   }
 };
@@ -259,6 +275,7 @@ struct BenchCommand : Command {
   ModelFlags mf;
   bool profile = false;
   bool no_winograd = false;
+  std::string precision = "fp32";
 
   void add(CLI::App& parent) override {
     app = parent.add_subcommand("bench", "time training steps or inference on synthetic data");
@@ -273,18 +290,21 @@ struct BenchCommand : Command {
     app->add_flag("--profile", profile, "time every step and print where the time goes, per layer and per primitive kind "
                   "(cpu backend; the clock reads add a little)");
     app->add_flag("--no-winograd", no_winograd, std::string("inference: ") + kNoWinogradHelp);
+    add_precision(app, precision);
     mf.add(app);
   }
 
   int run() override {
     const bool winograd = !no_winograd;
+    const backend::Precision prec = backend::parse_precision(precision);
+    backend::check_precision(prec, mode == "train" ? backend::Mode::train : backend::Mode::infer);
     graph::Graph g = models::build_model(name, mf.config(name));
     graph::ParamStore store(g);
     store.init(g, 0);
     const bool train = mode == "train";
     auto t_compile = std::chrono::steady_clock::now();
     auto program = backend::compile(backend, g, store, {.batch = batch, .mode = train ? backend::Mode::train : backend::Mode::infer,
-                                                        .winograd = winograd});
+                                                        .winograd = winograd, .precision = prec});
     double compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_compile).count();
     std::vector<float> x(static_cast<size_t>(batch * g.input_shape().numel()));
     std::vector<float> dy(static_cast<size_t>(batch * g.output_shape().numel()));
@@ -321,12 +341,13 @@ struct BenchCommand : Command {
                        {"images_per_sec", ips}, {"median_ms", median * 1e3}, {"mean_ms", mean * 1e3},
                        {"gflops", flops / median / 1e9}, {"iters", iters}, {"compile_s", compile_s},
                        {"planned_mb", static_cast<double>(program->planned_bytes()) / 1e6},
-                       {"threads", omp_get_max_threads()}, {"isa", backend::cpu_isa()}};
+                       {"threads", omp_get_max_threads()}, {"isa", backend::cpu_isa()}, {"precision", precision}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("%s %s batch %lld (%s, %d threads, %s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), "
+      std::printf("%s %s%s batch %lld (%s, %d threads, %s): %.1f images/s, %.2f ms/iter median (mean %.2f, %d iters), "
                   "%.1f GFLOP/s, compiled in %.2f s, %.1f MB planned\n",
-                  name.c_str(), mode.c_str(), static_cast<long long>(batch), backend.c_str(), omp_get_max_threads(),
+                  name.c_str(), mode.c_str(), prec == backend::Precision::bf16 ? " bf16" : "", static_cast<long long>(batch),
+                  backend.c_str(), omp_get_max_threads(),
                   backend.c_str() == std::string("cpu") ? backend::cpu_isa().c_str() : "naive loops", ips, median * 1e3,
                   mean * 1e3, iters, flops / median / 1e9, compile_s,
                   static_cast<double>(program->planned_bytes()) / 1e6);
@@ -349,6 +370,7 @@ struct EvalCommand : Command {
   bool skip_bad = false;
   bool raw_weights = false;
   bool no_winograd = false;
+  std::string precision = "fp32";
 
   void add(CLI::App& parent) override {
     app = parent.add_subcommand("eval", "evaluate a checkpoint (or a weights file) on a test set: top-1 and top-5");
@@ -365,11 +387,14 @@ struct EvalCommand : Command {
     app->add_flag("--raw-weights", raw_weights,
                   "evaluate the trained weights even when the checkpoint holds a moving average of them (--ema)");
     app->add_flag("--no-winograd", no_winograd, kNoWinogradHelp);
+    add_precision(app, precision);
   }
 
   int run() override {
     const CLI::App* ev = app;
     const bool winograd = !no_winograd;
+    const backend::Precision prec = backend::parse_precision(precision);
+    backend::check_precision(prec, backend::Mode::infer);
     train::LoadedModel m;
     if (!weights.empty()) {
       INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
@@ -404,7 +429,7 @@ struct EvalCommand : Command {
     else m.load_weights(weights);
     d.open(m.mc.image, {.batch = batch, .workers = workers, .skip_bad = skip_bad}, record.mean, record.std);
     auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = batch, .mode = backend::Mode::infer,
-                                                               .winograd = winograd});
+                                                               .winograd = winograd, .precision = prec});
     train::EvalResult r = train::evaluate(*program, *d.test, m.mc.classes);
     std::printf("%s%s on %s: %lld images, loss %.4f, top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%%, "
                 "calibration error (ECE, 15 bins) %.2f%%\n",
@@ -426,6 +451,7 @@ struct PredictCommand : Command {
   bool raw_weights = false;
   ModelFlags mf;
   bool no_winograd = false;
+  std::string precision = "fp32";
 
   void add(CLI::App& parent) override {
     app = parent.add_subcommand("predict", "the top classes of images, with their probabilities");
@@ -440,12 +466,15 @@ struct PredictCommand : Command {
     app->add_option("--top", top, "how many classes to print per image")->capture_default_str()->check(CLI::Range(1, 1000000));
     app->add_flag("--raw-weights", raw_weights, "with --checkpoint: the trained weights, not their moving average");
     app->add_flag("--no-winograd", no_winograd, kNoWinogradHelp);
+    add_precision(app, precision);
     mf.add(app);
   }
 
   int run() override {
     const CLI::App* pr = app;
     const bool winograd = !no_winograd;
+    const backend::Precision prec = backend::parse_precision(precision);
+    backend::check_precision(prec, backend::Mode::infer);
     INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
                  "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
     train::LoadedModel m;
@@ -466,7 +495,7 @@ struct PredictCommand : Command {
     if (!labels.empty()) names = data::read_labels_file(labels, static_cast<size_t>(K));
     if (static_cast<int64_t>(names.size()) != K) names.clear();
     auto program = backend::compile("cpu", *m.g, m.weights(), {.batch = 1, .mode = backend::Mode::infer,
-                                                               .winograd = winograd});
+                                                               .winograd = winograd, .precision = prec});
     int failed = 0;
     for (const std::string& path : images) {
       std::vector<float> x;

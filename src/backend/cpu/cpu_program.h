@@ -90,6 +90,7 @@ bool cpu_isa_has(dnnl::cpu_isa want);
 int64_t channel_block(const Graph& g);   // the channel block of a graph's blocked values
 tag blocked_tag(int64_t block);          // nChw16c or nChw8c
 tag layout_of(const memory::desc& md);   // nchw, nChw8c or nChw16c
+memory::desc with_type(const memory::desc& md, dt type);  // the same layout in another data type
 kernels::Blocked blocked(const memory::desc& md);  // a 4D or 2D value as our loops index it
 memory::dims dims_of(const Shape& s, int64_t batch);
 
@@ -151,6 +152,13 @@ class CpuProgram final : public Program {
   }
   // Reorder (or copy) `from` into a new memory of layout md, unless equal.
   memory converted(std::vector<Step>& steps, const memory& from, const memory::desc& md);
+  // Our own loops compute in f32. In a bf16 program one reads the f32 copy f32_in
+  // makes of a bf16 value (a reorder into a buffer of its own), writes the f32 buffer
+  // f32_out gives for it, and f32_flush stores that into the value; on f32 values all
+  // three are the value itself and no step.
+  memory f32_in(std::vector<Step>& steps, const memory& m);
+  memory f32_out(const memory& m);
+  void f32_flush(std::vector<Step>& steps, const memory& written, const memory& m);
 
   // Where node `node` writes its contribution to the gradient of its input `slot`:
   // d(value) itself for the first contributor in backward order, else the temporary;

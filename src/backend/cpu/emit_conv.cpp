@@ -150,7 +150,8 @@ std::pair<memory, memory> CpuProgram::plain_weights(const Site& at, const graph:
 std::optional<CpuProgram::WinogradPlan> CpuProgram::winograd_plan(const Site& at, const graph::Conv2d& c) const {
   const bool square = c.R == 3 && c.S == 3;
   const bool line = (c.R == 1 && (c.S == 3 || c.S == 7)) || (c.S == 1 && (c.R == 3 || c.R == 7));
-  if (!opt_.winograd || !(square || line) || c.stride != 1) return std::nullopt;
+  // Our transforms are f32; a bf16 program runs oneDNN's bf16 direct convs.
+  if (!opt_.winograd || opt_.precision != Precision::f32 || !(square || line) || c.stride != 1) return std::nullopt;
   const int x = at.n.inputs[0], y = plan_.nodes[at.id].chain.out;
   const int64_t block = block_;
   const tag t = blocked_tag(block);
@@ -226,7 +227,9 @@ void CpuProgram::compile_conv_infer(Site& at, const graph::Conv2d& c) {
   const int64_t K = c.K, C = val_[x].md.dims()[1];
   const auto [strides, pad_l, pad_r] = ConvGeometry(c, val_[x].md.dims(), val_[y].md.dims());
   const bool bias = c.bias || ch.bn >= 0;
-  memory::desc w_any({K, C, c.R, c.S}, dt::f32, tag::any);
+  // bf16: the conv reads bf16 weights (reordered from the folded f32 ones when the
+  // store changes) and a bf16 source; bias and accumulation stay f32.
+  memory::desc w_any({K, C, c.R, c.S}, val_[x].md.data_type(), tag::any);
   memory::desc b_md({K}, dt::f32, tag::a);
   dnnl::post_ops po;
   const auto relu = dnnl::algorithm::eltwise_relu;

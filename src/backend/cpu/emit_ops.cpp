@@ -1,5 +1,7 @@
 // Every op but the convolution on the oneDNN backend: a primitive where oneDNN has
 // one that matches PyTorch's semantics, else our own loop (backend/cpu/kernels.h).
+#include <cstring>
+
 #include "backend/cpu/cpu_program.h"
 #include "backend/dropout_mask.h"
 #include "core/error.h"
@@ -94,12 +96,29 @@ void CpuProgram::compile_add(Site& at, const graph::Add& add) {
 
 void CpuProgram::compile_shortcut_a(Site& at, const graph::ShortcutA& s) {
   const int x = at.n.inputs[0], y = at.n.output;
+  if (val_[x].md.data_type() == dt::bf16) {
+    // bf16 (nhwc, inference): y's channels past x's are zeros (zero bytes are bf16
+    // zeros); x[:, :, ::s, ::s] goes into the first ones through one reorder that
+    // reads x with strides s times its own and writes a channel view of y.
+    const memory::dims xd = val_[x].md.dims(), yd = val_[y].md.dims();
+    const int64_t C = xd[1], H = xd[2], W = xd[3], st = s.stride;
+    const memory::desc sub(memory::dims{yd[0], C, yd[2], yd[3]}, dt::bf16,
+                           memory::dims{C * H * W, 1, st * W * C, st * C});
+    memory ym = val_[y].act, part = view(ym, val_[y].md.submemory_desc({yd[0], C, yd[2], yd[3]}, {0, 0, 0, 0}));
+    memory xs = view(val_[x].act, sub);
+    const size_t bytes = val_[y].md.get_size();
+    if (yd[1] > C) at.fwd.push_back(loop({ym}, [=]() { std::memset(ym.get_data_handle(), 0, bytes); }));
+    dnnl::reorder::primitive_desc pd(eng_, sub, eng_, part.get_desc(), attr());
+    at.fwd.push_back(step(pd, {{DNNL_ARG_FROM, xs}, {DNNL_ARG_TO, part}}));
+    return;
+  }
   auto X = blocked(val_[x].md), Y = blocked(val_[y].md);
-  memory xm = val_[x].act, ym = val_[y].act;
+  memory xm = f32_in(at.fwd, val_[x].act), ym = f32_out(val_[y].act);
   int stride = s.stride;
   at.fwd.push_back(loop({xm, ym}, [=]() {
     kernels::shortcut_a_forward(data(ym), Y, data(xm), X, stride);
   }));
+  f32_flush(at.fwd, ym, val_[y].act);
   if (!training() || !val_[x].grad) return;
   memory dx = val_[x].grad, dy = val_[y].grad;
   bool accumulate = !first_contribution(at.id, 0);
@@ -111,7 +130,7 @@ void CpuProgram::compile_shortcut_a(Site& at, const graph::ShortcutA& s) {
 void CpuProgram::compile_avgpool(Site& at) {
   const int x = at.n.inputs[0], y = at.n.output;
   auto X = blocked(val_[x].md);
-  memory xm = val_[x].act, ym = val_[y].act;
+  memory xm = f32_in(at.fwd, val_[x].act), ym = val_[y].act;  // y: flat, f32
   at.fwd.push_back(loop({xm, ym}, [=]() {
     kernels::avgpool_forward(data(ym), data(xm), X);
   }));
@@ -167,10 +186,11 @@ void CpuProgram::compile_pool(Site& at, const graph::Pool2d& p) {
   // padding (right padding > pad), so that case runs our own loop.
   if (p.kind == graph::Pool2d::avg && p.count_include_pad && (pad_r[0] > p.pad || pad_r[1] > p.pad)) {
     auto X = blocked(val_[x].md), Y = blocked(val_[y].md);
-    memory xm = val_[x].act, ym = val_[y].act;
+    memory xm = f32_in(at.fwd, val_[x].act), ym = f32_out(val_[y].act);
     at.fwd.push_back(loop({xm, ym}, [=]() {
       kernels::avg_pool2d_forward(data(ym), Y, data(xm), X, p);
     }));
+    f32_flush(at.fwd, ym, val_[y].act);
     if (!training() || !val_[x].grad) return;
     memory dx = val_[x].grad, dy = val_[y].grad;
     bool accumulate = !first_contribution(at.id, 0);
@@ -224,15 +244,17 @@ void CpuProgram::compile_concat(Site& at) {
     dnnl::concat::primitive_desc pd(val_[y].md, 1, srcs, eng_, attr());
     fs.push_back(step(pd, std::move(args)));
   } else {
+    memory ym = f32_out(val_[y].act);
     for (size_t i = 0; i < at.n.inputs.size(); ++i) {
       const int v = at.n.inputs[i];
       const kernels::Blocked X = blocked(val_[v].md);
-      memory xm = val_[v].act, ym = val_[y].act;
+      memory xm = f32_in(fs, val_[v].act);
       const int64_t offset = offsets[i];
       fs.push_back(loop({xm, ym}, [=]() {
         kernels::copy_channels(data(ym), Y, offset, data(xm), X, 0, X.C, false);
       }));
     }
+    f32_flush(fs, ym, val_[y].act);
   }
   if (!training()) return;
   // Each input's gradient is its slice of d(y).
@@ -261,6 +283,10 @@ void CpuProgram::compile_dropout(Site& at, const graph::Dropout& d) {
   const kernels::Blocked X = blocked(val_[x].md);
   memory xm = val_[x].act, ym = val_[y].act;
   if (!training()) {  // the identity
+    if (val_[x].md.data_type() != dt::f32) {
+      f32_flush(at.fwd, xm, ym);  // a bf16 copy
+      return;
+    }
     const int64_t count = static_cast<int64_t>(val_[x].md.get_size() / sizeof(float));
     at.fwd.push_back(loop({xm, ym}, [=]() {
       kernels::copy(data(ym), data(xm), count);

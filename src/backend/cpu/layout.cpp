@@ -19,6 +19,8 @@ std::string cpu_isa() {
   return "none";
 }
 
+bool bf16_supported() { return cpu::cpu_isa_has(dnnl::cpu_isa::avx512_core_bf16); }
+
 namespace cpu {
 
 // oneDNN's ISA values are sets of feature bits, not an order (avx2_vnni, 0x407, is
@@ -56,8 +58,12 @@ tag blocked_tag(int64_t block) { return block == 16 ? tag::nChw16c : tag::nChw8c
 // other dims in the same layout.
 tag layout_of(const memory::desc& md) {
   for (tag t : {tag::nChw16c, tag::nChw8c})
-    if (md == memory::desc(md.dims(), dt::f32, t)) return t;
+    if (md == memory::desc(md.dims(), md.data_type(), t)) return t;
   return tag::nchw;
+}
+
+memory::desc with_type(const memory::desc& md, dt type) {
+  return md.dims().size() == 2 ? memory::desc(md.dims(), type, tag::nc) : memory::desc(md.dims(), type, layout_of(md));
 }
 
 memory::dims dims_of(const Shape& s, int64_t batch) {
@@ -81,7 +87,9 @@ void CpuProgram::assign_layouts() {
     const Shape& s = g_.values[v].shape;
     INCRES_CHECK(s.rank() == 1 || s.rank() == 3, "cpu backend: value ", v, " has unsupported shape ", s.str());
     const tag t = s.rank() == 1 ? tag::nc : (s[0] % block_ == 0 ? blocked_tag(block_) : tag::nchw);
-    val_[v].md = memory::desc(dims_of(s, opt_.batch), dt::f32, t);
+    // bf16 programs keep feature maps in bf16; flat values (pooled features, logits) in f32.
+    const bool bf16 = opt_.precision == Precision::bf16 && s.rank() == 3;
+    val_[v].md = memory::desc(dims_of(s, opt_.batch), bf16 ? dt::bf16 : dt::f32, bf16 ? tag::nhwc : t);
   }
 }
 

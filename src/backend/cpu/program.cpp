@@ -133,6 +133,21 @@ memory CpuProgram::converted(std::vector<Step>& steps, const memory& from, const
   return to;
 }
 
+memory CpuProgram::f32_in(std::vector<Step>& steps, const memory& m) {
+  if (m.get_desc().data_type() == dt::f32) return m;
+  return converted(steps, m, with_type(m.get_desc(), dt::f32));
+}
+
+memory CpuProgram::f32_out(const memory& m) {
+  return m.get_desc().data_type() == dt::f32 ? m : alloc(with_type(m.get_desc(), dt::f32));
+}
+
+void CpuProgram::f32_flush(std::vector<Step>& steps, const memory& written, const memory& m) {
+  if (written == m) return;
+  dnnl::reorder::primitive_desc pd(eng_, written.get_desc(), eng_, m.get_desc(), attr());
+  steps.push_back(step(pd, {{DNNL_ARG_FROM, written}, {DNNL_ARG_TO, m}}));
+}
+
 bool CpuProgram::first_contribution(int node, size_t slot) const {
   const std::vector<int>& inputs = g_.nodes[node].inputs;
   const int v = inputs[slot];
@@ -171,6 +186,7 @@ void CpuProgram::add_scaled(std::vector<Step>& steps, int node, size_t slot, con
 CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     : g_(g), store_(store), opt_(opt) {
   INCRES_CHECK(opt.batch > 0, "batch size must be positive, got ", opt.batch);
+  check_precision(opt.precision, opt.mode);
   outputs_ = output_values(g_);
   live_ = live_nodes(g_, opt.mode);
   assign_layouts();                                             // 1. layouts (layout.cpp)
