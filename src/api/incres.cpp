@@ -46,9 +46,12 @@ int resolve_threads(int threads) {
   return omp_get_num_procs();
 }
 
-void check_precision(Precision p) {
-  INCRES_CHECK(p == Precision::fp32, "precision bf16 is not available yet in this version of incres; use fp32");
+backend::Precision backend_precision(Precision p) {
+  return p == Precision::bf16 ? backend::Precision::bf16 : backend::Precision::f32;
 }
+
+// bf16 runs the inference programs; an Error naming the missing CPU feature where it cannot.
+void check_precision(Precision p) { backend::check_precision(backend_precision(p), backend::Mode::infer); }
 
 int64_t parse_count(const std::string& key, const std::string& value) {
   size_t used = 0;
@@ -103,7 +106,8 @@ struct Model::Impl {
     if (it != infer.end()) return *it->second;
     if (infer.size() >= 4) infer.erase(infer.begin());
     auto p = backend::compile("cpu", *m.g, m.weights(),
-                              {.batch = n, .mode = backend::Mode::infer, .winograd = options.winograd});
+                              {.batch = n, .mode = backend::Mode::infer, .winograd = options.winograd,
+                               .precision = backend_precision(options.precision)});
     return *infer.emplace(n, std::move(p)).first->second;
   }
 
@@ -204,6 +208,7 @@ void Model::set_threads(int threads) {
 void Model::set_precision(Precision p) {
   guarded([&] {
     check_precision(p);
+    if (p != impl_->options.precision) impl_->infer.clear();
     impl_->options.precision = p;
   });
 }
