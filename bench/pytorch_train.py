@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""PyTorch training-step timing, the peer of `incres bench MODEL --mode train`:
-synthetic data, untimed warm-up steps, then the median of timed steps (forward,
-cross-entropy, backward, SGD step with momentum 0.9), a fixed number of threads.
+"""PyTorch timing, the peer of `incres bench MODEL --mode train|infer [--precision
+bf16]`: synthetic data, untimed warm-up steps, then the median of timed steps, a fixed
+number of threads. train: forward, cross-entropy, backward, SGD step with momentum
+0.9. infer: eval mode, no_grad. --precision bf16: torch.autocast('cpu', bfloat16)
+(oneDNN's bf16 kernels under PyTorch), channels_last memory format, as PyTorch's CPU
+performance guide recommends.
 Models: torchvision's resnet50 and inception_v3 (without the auxiliary head), random
 weights; the CIFAR ResNets (resnet20, resnet56, ...) of bench/pytorch_cifar_resnet.py.
 Prints one JSON line, with max_rss_mb: the peak resident memory of this whole
@@ -42,6 +45,8 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mode", choices=["train", "infer"], default="train")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -50,11 +55,20 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch, 3, image, image)
     y = torch.randint(0, classes, (a.batch,))
-    model.train()
+    bf16 = a.precision == "bf16"
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    model.train(a.mode == "train")
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if a.mode == "infer":
+                with torch.no_grad():
+                    model(x)
+                return
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x).float(), y).backward()
         opt.step()
 
     for _ in range(a.warmup):
@@ -65,7 +79,8 @@ def main():
         step()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(json.dumps({"engine": "pytorch", "peer": f"pytorch {torch.__version__}", "model": a.model, "mode": "train",
+    print(json.dumps({"engine": "pytorch", "peer": f"pytorch {torch.__version__}", "model": a.model, "mode": a.mode,
+                      "precision": a.precision,
                       "batch": a.batch, "image": image, "threads": torch.get_num_threads(), "iters": a.iters,
                       "images_per_sec": a.batch / med, "median_ms": med * 1e3,
                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

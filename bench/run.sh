@@ -12,6 +12,9 @@
 # Usage: bench/run.sh [ROW|GROUP ...]      (default: every row)
 #   rows:   train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16
 #           infer-inception_v3-b16 infer-resnet50-b1 isa-inception_v3-75 memory-resnet50-b32 loader-resnet20
+#           bf16-resnet50-b16 bf16-inception_v3-b16 bf16-ort-resnet50-b16 (bf16 inference, on
+#           CPUs with AVX512-BF16 or AMX: against PyTorch with autocast bf16, and against
+#           ONNX Runtime fp32; their "of peak" is of the bf16 peak, AMX's where it has AMX)
 #   groups: train, infer, memory, infer-resnet50, ... (every row named GROUP-*)
 # Environment: ROUNDS (2), THREADS (2), ITERS and WARMUP (timed and untimed steps of
 # every row; default per row, see row_spec; the memory row always runs 2 + 1);
@@ -26,7 +29,8 @@ export OMP_NUM_THREADS=$threads
 jsonl=bench/.cache/last-run.jsonl
 
 all_rows=(train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16 infer-inception_v3-b16
-          infer-resnet50-b1 isa-inception_v3-75 memory-resnet50-b32 loader-resnet20)
+          infer-resnet50-b1 isa-inception_v3-75 memory-resnet50-b32 loader-resnet20
+          bf16-resnet50-b16 bf16-inception_v3-b16 bf16-ort-resnet50-b16)
 args=("$@"); ((${#args[@]})) || args=("${all_rows[@]}")
 rows=()
 for arg in "${args[@]}"; do
@@ -48,7 +52,24 @@ bench/setup.sh >&2
 declare -A onnx_file  # row -> its exported model, filled on the first row_spec
 row_spec() {
   local it wu
+  precision=fp32  # which peak the row's "of peak" divides by
   case $1 in
+    bf16-resnet50-b16 | bf16-inception_v3-b16 | bf16-ort-resnet50-b16)
+      local m=${1#bf16-}; m=${m#ort-}; m=${m%-b*}; local image=224 flags=()
+      [[ $m == inception_v3 ]] && { image=299; flags=(--no-aux); }
+      it=${ITERS:-10}; wu=${WARMUP:-3}; kind=thr; precision=bf16
+      inc=(build/incres bench "$m" --mode infer --batch 16 --image "$image" "${flags[@]}" --precision bf16
+           --iters "$it" --warmup "$wu" --json)
+      if [[ $1 == bf16-ort-* ]]; then
+        desc="infer bf16 $m b16 ${image}x$image (peer fp32)"; target=2.0
+        [[ -n ${onnx_file[$1]:-} ]] || onnx_file[$1]=$("$py" bench/export_onnx.py --model "$m" --batch 16 --image "$image")
+        peer=(node bench/ort_infer.mjs --model-file "${onnx_file[$1]}" --model "$m" --batch 16 --image "$image"
+              --iters "$it" --warmup "$wu" --threads "$threads")
+      else
+        desc="infer bf16 $m b16 ${image}x$image"; target=1.4
+        peer=("$py" bench/pytorch_train.py --model "$m" --mode infer --precision bf16 --batch 16 --image "$image"
+              --iters "$it" --warmup "$wu" --threads "$threads")
+      fi ;;
     train-resnet20 | train-resnet56)
       local m=${1#train-}; it=${ITERS:-20}; wu=${WARMUP:-3}
       desc="train fp32 $m b128 32x32"; kind=thr; target=1.5
@@ -138,7 +159,8 @@ key = {"thr": "images_per_sec", "lat": "median_ms", "mem": "max_rss_mb"}[kind]
 best = max if kind == "thr" else min
 inc = [l for l in lines if l["engine"] == "incres"]
 peer = [l for l in lines if l["engine"] != "incres"]
-name = ("onnxruntime" if desc.startswith("infer") else "incres, synthetic" if row.startswith("loader")
+name = ("onnxruntime fp32" if row.startswith("bf16-ort") else "pytorch bf16" if row.startswith("bf16")
+        else "onnxruntime" if desc.startswith("infer") else "incres, synthetic" if row.startswith("loader")
         else "incres, AVX2-capped" if row.startswith("isa") else "pytorch")
 unit = {"thr": "img/s", "lat": "ms", "mem": "MB"}[kind]
 i = best(inc, key=lambda l: l[key]) if inc else None
@@ -174,13 +196,16 @@ record peak 0 peak "$peak_line"
 record gemm 0 peak_matmul "$gemm_line"
 field() { "$py" -c 'import json, sys; v = json.loads(sys.argv[1]).get(sys.argv[2]); print("none" if v is None else v)' "$@"; }
 peak=$(field "$peak_line" fp32_gflops)
+# bf16's peak: AMX tile products where the CPU has them, else AVX512-BF16 dot products.
+bf16_peak=$(field "$peak_line" amx_bf16_gflops)
+[[ $bf16_peak == none ]] && bf16_peak=$(field "$peak_line" bf16_gflops)
 isa=$(build/incres bench resnet20 --batch 2 --iters 1 --warmup 0 --threads "$threads" --json | grep '^{' | tail -n1 |
   "$py" -c 'import json, sys; print(json.loads(sys.stdin.read())["isa"])')
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores;" \
      "oneDNN ISA: $isa${ONEDNN_MAX_CPU_ISA:+ (ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA)}; $threads threads;" \
      "best of $rounds interleaved rounds"
 echo "peak (FMA loop, $(field "$peak_line" fp32_vector)): fp32 $peak GFLOP/s, bf16 dot products" \
-     "$(field "$peak_line" bf16_gflops) GFLOP/s; achievable GEMM (oneDNN matmul 2048^3): fp32" \
+     "$(field "$peak_line" bf16_gflops) GFLOP/s, AMX bf16 tile products $(field "$peak_line" amx_bf16_gflops) GFLOP/s; achievable GEMM (oneDNN matmul 2048^3): fp32" \
      "$(field "$gemm_line" gflops) GFLOP/s ($(field "$gemm_line" impl)), bf16 $(field "$gemm_line" bf16_gflops) GFLOP/s" \
      "($(field "$gemm_line" bf16_impl))"
 echo
@@ -188,22 +213,27 @@ echo "| workload | incres | peer | ratio incres/peer | target | | incres GFLOP/s
 echo "|---|---|---|---|---|---|---|---|"
 for row in "${rows[@]}"; do
   row_spec "$row"
+  if [[ $precision == bf16 && $bf16_peak == none ]]; then
+    echo "| $desc | skipped: no bf16 on this CPU ($isa) | | | | | | |"
+    continue
+  fi
   for ((r = 1; r <= rounds; r++)); do
     if [[ $kind == mem ]]; then
       record "$row" "$r" incres "$(rss_json_of "${inc[@]}")"
       record "$row" "$r" pytorch "$(json_of "${peer[@]}")"
     else
       record "$row" "$r" incres "$(json_of "${inc[@]}")"
-      record "$row" "$r" "$(case $row in train-*) echo pytorch ;; loader-*) echo incres-synthetic ;; isa-*) echo incres-avx2 ;;
-                            *) echo onnxruntime ;; esac)" \
+      record "$row" "$r" "$(case $row in train-* | bf16-resnet* | bf16-inception*) echo pytorch ;;
+                            loader-*) echo incres-synthetic ;; isa-*) echo incres-avx2 ;; *) echo onnxruntime ;; esac)" \
         "$(json_of "${peer[@]}")"
     fi
   done
-  "$py" -c "$summarize" "$row" "$kind" "$desc" "$target" "$peak" <"$jsonl"
+  "$py" -c "$summarize" "$row" "$kind" "$desc" "$target" "$([[ $precision == bf16 ]] && echo "$bf16_peak" || echo "$peak")" <"$jsonl"
 done
 echo
-echo "* a direct convolution's FLOPs over the time taken, and its share of the fp32 FMA-loop peak: inference" \
-     "runs its Winograd convolutions with fewer multiplications, so its figure can pass the peak"
+echo "* a direct convolution's FLOPs over the time taken, and its share of the FMA-loop peak (fp32; bf16 rows:" \
+     "the bf16 peak, AMX's where present): fp32 inference runs its Winograd convolutions with fewer multiplications," \
+     "so its figure can pass the peak"
 echo "peers: $("$py" -c 'import json, sys
 print(", ".join(sorted({l["peer"] for l in map(json.loads, sys.stdin) if "peer" in l and l["engine"] != "incres"})))' <"$jsonl");" \
      "raw results: $jsonl"
