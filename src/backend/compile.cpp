@@ -15,11 +15,19 @@ Precision parse_precision(const std::string& s) {
 
 const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
 
-void check_precision(Precision p, Mode mode) {
+void check_bf16_cpu(Precision p) {
   if (p == Precision::f32) return;
   INCRES_CHECK(bf16_supported(), "bf16 needs a CPU with AVX512-BF16 or AMX (avx512_bf16 or amx_bf16 in /proc/cpuinfo); "
                "this one runs ", cpu_isa(), getenv("ONEDNN_MAX_CPU_ISA") ? " (capped by ONEDNN_MAX_CPU_ISA)" : "");
-  INCRES_CHECK(mode == Mode::infer, "bf16 runs inference only in this version of incres; train in fp32");
+}
+
+void check_precision(Precision p, Mode mode) {
+  check_bf16_cpu(p);
+  // The cpu backend compiles bf16 training programs, and each op's gradients match
+  // fp32's (tests/backend/test_bf16.cpp); whole deep networks do not yet (ResNet-50's
+  // training-mode logits differ from fp32's by 38%), so runs are refused until they do.
+  INCRES_CHECK(p == Precision::f32 || mode == Mode::infer,
+               "bf16 training is not available yet in this version of incres (bf16 inference is); train in fp32");
 }
 
 std::unique_ptr<Program> compile(const std::string& backend, const graph::Graph& g,

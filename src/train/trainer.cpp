@@ -47,7 +47,7 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"rmsprop_epsilon", c.rmsprop_epsilon}, {"clip_norm", c.clip_norm},
           {"ema_decay", c.ema_decay}, {"aux_weight", c.aux_weight},
           {"label_smoothing", c.label_smoothing}, {"augment", c.augment}, {"seed", c.seed},
-          {"eval_every", c.eval_every}, {"backend", c.backend}};
+          {"eval_every", c.eval_every}, {"backend", c.backend}, {"precision", c.precision}};
 }
 
 TrainConfig config_from_json(const nlohmann::json& j) {
@@ -93,6 +93,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
   get("seed", c.seed);
   get("eval_every", c.eval_every);
   get("backend", c.backend);
+  get("precision", c.precision);
   return c;
 }
 
@@ -440,11 +441,13 @@ int pool_input(const graph::Graph& g) {
 // batch, so two small compiles give its slope.
 std::unique_ptr<backend::Program> compile_checked(const TrainConfig& cfg, const graph::Graph& g,
                                                   graph::ParamStore& store) {
+  backend::check_precision(backend::parse_precision(cfg.precision), backend::Mode::train);
   auto compile = [&](int64_t batch) {
     std::vector<int> probes;  // the dead-unit probe of the metrics (pool_input_zeros)
     if (const int v = pool_input(g); v >= 0) probes.push_back(v);
     return backend::compile(cfg.backend, g, store,
-                            {.batch = batch, .mode = backend::Mode::train, .seed = cfg.seed, .probes = probes});
+                            {.batch = batch, .mode = backend::Mode::train, .seed = cfg.seed, .probes = probes,
+                             .precision = backend::parse_precision(cfg.precision)});
   };
   try {
     return compile(cfg.batch);
@@ -669,7 +672,8 @@ class Run {
     // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
     // tensors are updated in place, so this program always sees the current one.
     evaluator_ = backend::compile(cfg_.backend, g_, ema_ ? ema_->averages() : store_,
-                                  {.batch = cfg_.batch, .mode = backend::Mode::infer});
+                                  {.batch = cfg_.batch, .mode = backend::Mode::infer,
+                                   .precision = backend::parse_precision(cfg_.precision)});
   }
 
   void open_log() {

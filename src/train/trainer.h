@@ -65,6 +65,9 @@ struct TrainConfig {
   uint64_t seed = 0;
   int workers = 2;
   std::string backend = "cpu";
+  // fp32 | bf16 (backend::Precision: feature maps and conv operands in bf16; master
+  // weights, optimizer and moving-average state, BN statistics and the loss in fp32).
+  std::string precision = "fp32";
   std::string out_dir;       // checkpoints and metrics; empty = write nothing
   std::string resume;        // a checkpoint to continue from
   // Resume even where the checkpoint records other settings (each change is logged);

@@ -24,7 +24,10 @@ void CpuProgram::compile_conv(Site& at, const graph::Conv2d& c) {
   const int x = at.n.inputs[0], y = at.n.output;
   const int64_t K = c.K, C = val_[x].md.dims()[1];
   const auto [strides, pad_l, pad_r] = ConvGeometry(c, val_[x].md.dims(), val_[y].md.dims());
-  memory::desc w_any({K, C, c.R, c.S}, dt::f32, tag::any);
+  // bf16: the conv reads bf16 weights (the f32 master weights reordered at every
+  // forward) and writes its weight gradient in f32.
+  const dt type = val_[x].md.data_type();
+  memory::desc w_any({K, C, c.R, c.S}, type, tag::any), dw_any({K, C, c.R, c.S}, dt::f32, tag::any);
   memory::desc b_md({K}, dt::f32, tag::a);
   const auto algo = dnnl::algorithm::convolution_direct;
   const auto pk = dnnl::prop_kind::forward_training;
@@ -50,7 +53,8 @@ void CpuProgram::compile_conv(Site& at, const graph::Conv2d& c) {
     memory::dims xd = val_[x].md.dims(), crop_r = pad_r;
     for (int i : {0, 1}) xd[2 + i] += std::min<int64_t>(pad_r[i], 0), crop_r[i] = std::max<int64_t>(pad_r[i], 0);
     const bool crop = xd != val_[x].md.dims();
-    const memory::desc dx_md = crop ? memory::desc(xd, dt::f32, layout_of(val_[x].md)) : val_[x].md;
+    const tag dx_tag = type == dt::bf16 ? tag::nhwc : layout_of(val_[x].md);  // bf16 values are nhwc
+    const memory::desc dx_md = crop ? memory::desc(xd, type, dx_tag) : val_[x].md;
     dnnl::convolution_backward_data::desc bd(algo, dx_md, w_any, val_[y].md, strides, pad_l, crop_r);
     dnnl::convolution_backward_data::primitive_desc bpd(bd, attr(), eng_, fpd);
     // The weights were reordered for the forward pass; backward-data reuses them
@@ -82,11 +86,11 @@ void CpuProgram::compile_conv(Site& at, const graph::Conv2d& c) {
   // first conv) the jit kernels want a layout other than the plain nchw the forward
   // pass reads, and the plain one would fall back to oneDNN's slow reference code.
   auto weights_pd = [&](const memory::desc& src_md, const memory::desc& dy_md) {
-    auto wd = c.bias ? dnnl::convolution_backward_weights::desc(algo, src_md, w_any, b_md, dy_md, strides, pad_l, pad_r)
-                     : dnnl::convolution_backward_weights::desc(algo, src_md, w_any, dy_md, strides, pad_l, pad_r);
+    auto wd = c.bias ? dnnl::convolution_backward_weights::desc(algo, src_md, dw_any, b_md, dy_md, strides, pad_l, pad_r)
+                     : dnnl::convolution_backward_weights::desc(algo, src_md, dw_any, dy_md, strides, pad_l, pad_r);
     return dnnl::convolution_backward_weights::primitive_desc(wd, attr(), eng_, fpd);
   };
-  auto wpd = weights_pd(memory::desc(val_[x].md.dims(), dt::f32, tag::any), val_[y].md);
+  auto wpd = weights_pd(memory::desc(val_[x].md.dims(), type, tag::any), val_[y].md);
   // Where the padding is as large as the map (Inception's 7x1 and 3x3 convs on the
   // 3x3 and 1x1 grids of small inputs) oneDNN 2.6 has no jit backward-weights kernel
   // on blocked layouts and falls back to its reference loop; its gemm kernel on nhwc
@@ -94,7 +98,7 @@ void CpuProgram::compile_conv(Site& at, const graph::Conv2d& c) {
   // 141-171 images/s).
   // The source and d(output) are small there: reorder them for it.
   if (std::string(wpd.impl_info_str()).find("ref") != std::string::npos) {
-    const memory::desc x_nhwc(x_md.dims(), dt::f32, tag::nhwc), y_nhwc(y_md.dims(), dt::f32, tag::nhwc);
+    const memory::desc x_nhwc(x_md.dims(), type, tag::nhwc), y_nhwc(y_md.dims(), type, tag::nhwc);
     auto gemm = weights_pd(x_nhwc, y_nhwc);
     if (std::string(gemm.impl_info_str()).find("ref") == std::string::npos) wpd = gemm;
   }

@@ -110,6 +110,21 @@ void CpuProgram::compile_shortcut_a(Site& at, const graph::ShortcutA& s) {
     if (yd[1] > C) at.fwd.push_back(loop({ym}, [=]() { std::memset(ym.get_data_handle(), 0, bytes); }));
     dnnl::reorder::primitive_desc pd(eng_, sub, eng_, part.get_desc(), attr());
     at.fwd.push_back(step(pd, {{DNNL_ARG_FROM, xs}, {DNNL_ARG_TO, part}}));
+    if (!training() || !val_[x].grad) return;
+    // d(x): d(y)'s first C channels at the sampled positions, zero elsewhere (a first
+    // contribution clears d(x) first; a later one adds through the sum post-op).
+    memory dx = val_[x].grad, dy_part = view(val_[y].grad, part.get_desc()), dxs = view(dx, sub);
+    const bool first = first_contribution(at.id, 0);
+    const size_t dx_bytes = val_[x].md.get_size();
+    if (first) at.bwd.push_back(loop({dx}, [=]() { std::memset(dx.get_data_handle(), 0, dx_bytes); }));
+    dnnl::primitive_attr a = attr();
+    if (!first) {
+      dnnl::post_ops po;
+      po.append_sum(1.f);
+      a.set_post_ops(po);
+    }
+    dnnl::reorder::primitive_desc bpd(eng_, part.get_desc(), eng_, sub, a);
+    at.bwd.push_back(step(bpd, {{DNNL_ARG_FROM, dy_part}, {DNNL_ARG_TO, dxs}}));
     return;
   }
   auto X = blocked(val_[x].md), Y = blocked(val_[y].md);
@@ -136,6 +151,12 @@ void CpuProgram::compile_avgpool(Site& at) {
   }));
   if (!training() || !val_[x].grad) return;
   memory dx = val_[x].grad, dy = val_[y].grad;
+  if (dx.get_desc().data_type() != dt::f32) {  // into an f32 buffer, then converted into d(x)
+    memory t = alloc(with_type(dx.get_desc(), dt::f32));
+    at.bwd.push_back(loop({t, dy}, [=]() { kernels::avgpool_backward(data(t), X, data(dy), false); }));
+    add_scaled(at.bwd, at.id, 0, t, 1.f);
+    return;
+  }
   bool accumulate = !first_contribution(at.id, 0);
   at.bwd.push_back(loop({dx, dy}, [=]() {
     kernels::avgpool_backward(data(dx), X, data(dy), accumulate);
@@ -193,6 +214,12 @@ void CpuProgram::compile_pool(Site& at, const graph::Pool2d& p) {
     f32_flush(at.fwd, ym, val_[y].act);
     if (!training() || !val_[x].grad) return;
     memory dx = val_[x].grad, dy = val_[y].grad;
+    if (dx.get_desc().data_type() != dt::f32) {  // on f32 copies, then converted into d(x)
+      memory dyf = f32_in(bs, dy), t = alloc(with_type(dx.get_desc(), dt::f32));
+      bs.push_back(loop({t, dyf}, [=]() { kernels::avg_pool2d_backward(data(t), X, data(dyf), Y, p, false); }));
+      add_scaled(bs, at.id, 0, t, 1.f);
+      return;
+    }
     bool accumulate = !first_contribution(at.id, 0);
     bs.push_back(loop({dx, dy}, [=]() {
       kernels::avg_pool2d_backward(data(dx), X, data(dy), Y, p, accumulate);
@@ -267,6 +294,8 @@ void CpuProgram::compile_concat(Site& at) {
       add_scaled(bs, at.id, i, view(val_[y].grad, slice), 1.f);
       continue;
     }
+    INCRES_CHECK(val_[v].md.data_type() == dt::f32, "cpu backend: a bf16 concat slice off the channel blocks at ",
+                 at.n.name);  // bf16 values are nhwc, where every slice is a view
     const kernels::Blocked X = blocked(val_[v].md);
     memory dx = val_[v].grad, dy = val_[y].grad;
     const int64_t offset = offsets[i];
@@ -293,13 +322,24 @@ void CpuProgram::compile_dropout(Site& at, const graph::Dropout& d) {
     }));
     return;
   }
-  // The mask of the current step, drawn by element index (backend/dropout_mask.h).
+  // The mask of the current step, drawn by element index (backend/dropout_mask.h);
+  // a bf16 value is masked in an f32 copy.
   const float p = d.p;
-  at.fwd.push_back(loop({xm, ym}, [=, this]() {
-    kernels::dropout_forward(data(ym), data(xm), X, DropoutMask(opt_.seed, drawn_step_, node, p));
+  memory xf = f32_in(at.fwd, xm), yf = f32_out(ym);
+  at.fwd.push_back(loop({xf, yf}, [=, this]() {
+    kernels::dropout_forward(data(yf), data(xf), X, DropoutMask(opt_.seed, drawn_step_, node, p));
   }));
+  f32_flush(at.fwd, yf, ym);
   if (!val_[x].grad) return;
   memory dx = val_[x].grad, dy = val_[y].grad;
+  if (dx.get_desc().data_type() != dt::f32) {
+    memory dyf = f32_in(at.bwd, dy), t = alloc(with_type(dx.get_desc(), dt::f32));
+    at.bwd.push_back(loop({t, dyf}, [=, this]() {
+      kernels::dropout_backward(data(t), data(dyf), X, DropoutMask(opt_.seed, drawn_step_, node, p), false);
+    }));
+    add_scaled(at.bwd, at.id, 0, t, 1.f);
+    return;
+  }
   const bool accumulate = !first_contribution(at.id, 0);
   at.bwd.push_back(loop({dx, dy}, [=, this]() {
     kernels::dropout_backward(data(dx), data(dy), X, DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);

@@ -97,6 +97,13 @@ double CpuProgram::zero_fraction(int v) const {
   // Blocked layouts hold whole blocks of channels (layout.cpp), so every element of
   // the buffer is one of the value's.
   if (!m.act || plan_.values[v].hidden) return std::nan("");
+  if (m.md.data_type() == dt::bf16) {  // +0 and -0 in bf16: the high half of a float's zeros
+    const int64_t n = static_cast<int64_t>(m.md.get_size() / 2);
+    const uint16_t* p = data<uint16_t>(m.act);
+    int64_t zeros = 0;
+    for (int64_t i = 0; i < n; ++i) zeros += (p[i] & 0x7fff) == 0;
+    return static_cast<double>(zeros) / static_cast<double>(n);
+  }
   const int64_t n = static_cast<int64_t>(m.md.get_size() / sizeof(float));
   return static_cast<double>(kernels::count_zeros(data(m.act), n)) / static_cast<double>(n);
 }

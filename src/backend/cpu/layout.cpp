@@ -62,6 +62,8 @@ tag layout_of(const memory::desc& md) {
   return tag::nchw;
 }
 
+// (A bf16 value is nhwc: its f32 copy, for our loops, is nchw, which layout_of and
+// blocked() describe.)
 memory::desc with_type(const memory::desc& md, dt type) {
   return md.dims().size() == 2 ? memory::desc(md.dims(), type, tag::nc) : memory::desc(md.dims(), type, layout_of(md));
 }
