@@ -25,14 +25,13 @@ enum class Mode { train, infer };
 // bf16 for the convs, accumulation, biases, BN statistics and the classifier in fp32;
 // our own fp32 loops read and write fp32 copies (reorders where the precision
 // changes); a training program writes f32 weight gradients for the f32 master
-// weights (per op against fp32; not yet for whole networks: check_precision). The cpu
-// backend only, on CPUs with AVX512-BF16 or AMX.
+// weights. The cpu backend only, on CPUs with AVX512-BF16 or AMX.
 enum class Precision { f32, bf16 };
 Precision parse_precision(const std::string& s);  // "fp32" | "bf16", else an Error
 const char* precision_name(Precision p);          // "fp32" | "bf16"
 // Refuses (Error, one line naming the missing CPU feature or the mode) a precision
 // this CPU, as capped by ONEDNN_MAX_CPU_ISA, or this mode cannot run: the check of
-// every command and API call. bf16 training is refused there for now.
+// every command and API call.
 void check_precision(Precision p, Mode mode);
 // The CPU part alone: what compiling a program checks.
 void check_bf16_cpu(Precision p);

@@ -122,7 +122,7 @@ struct ModelFlags {
 // AVX512-BF16 or AMX).
 constexpr const char* kPrecisionHelp =
     "fp32, or bf16: feature maps and conv weights in bfloat16, accumulation, BN statistics and the classifier in fp32 "
-    "(inference; needs a CPU with AVX512-BF16 or AMX)";
+    "(needs a CPU with AVX512-BF16 or AMX)";
 inline CLI::Option* add_precision(CLI::App* app, std::string& precision) {
   return app->add_option("--precision", precision, kPrecisionHelp)->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));
@@ -729,8 +729,9 @@ struct TrainCommand : Command {
     app->add_option("--test-limit", tc.test_limit, "use only N test images (as --train-limit)")->check(kNonNegative);
     app->add_option("--backend", tc.backend, "cpu (oneDNN) or ref (naive loops; slow)")->capture_default_str()
         ->check(CLI::IsMember({"cpu", "ref"}));
-    app->add_option("--precision", tc.precision, "fp32; bf16 training is not available yet (bf16 inference is: "
-                    "eval, predict, bench --mode infer)")->capture_default_str()->check(CLI::IsMember({"fp32", "bf16"}));
+    app->add_option("--precision", tc.precision, "fp32, or bf16: feature maps and conv operands in bfloat16; master "
+                    "weights, optimizer and moving-average state, BN statistics and the loss in fp32 (needs a CPU "
+                    "with AVX512-BF16 or AMX)")->capture_default_str()->check(CLI::IsMember({"fp32", "bf16"}));
     app->add_option("--out", tc.out_dir, "folder for last.safetensors, metrics.jsonl and curve.png");
     app->add_option("--resume", tc.resume, "continue from this checkpoint (same flags as the original run)");
     app->add_option("--stop-after", tc.stop_after, "stop after this step, checkpointing, as if interrupted")
