@@ -15,6 +15,8 @@
 #           bf16-resnet50-b16 bf16-inception_v3-b16 bf16-ort-resnet50-b16 (bf16 inference, on
 #           CPUs with AVX512-BF16 or AMX: against PyTorch with autocast bf16, and against
 #           ONNX Runtime fp32; their "of peak" is of the bf16 peak, AMX's where it has AMX)
+#           bf16-train-resnet50-b16 bf16-train-resnet56-b128 (against PyTorch autocast bf16)
+#           bf16-train-self-resnet50-b16 (against incres fp32)
 #   groups: train, infer, memory, infer-resnet50, ... (every row named GROUP-*)
 # Environment: ROUNDS (2), THREADS (2), ITERS and WARMUP (timed and untimed steps of
 # every row; default per row, see row_spec; the memory row always runs 2 + 1);
@@ -30,7 +32,8 @@ jsonl=bench/.cache/last-run.jsonl
 
 all_rows=(train-resnet20 train-resnet56 train-resnet50 infer-resnet50-b16 infer-inception_v3-b16
           infer-resnet50-b1 isa-inception_v3-75 memory-resnet50-b32 loader-resnet20
-          bf16-resnet50-b16 bf16-inception_v3-b16 bf16-ort-resnet50-b16)
+          bf16-resnet50-b16 bf16-inception_v3-b16 bf16-ort-resnet50-b16
+          bf16-train-resnet50-b16 bf16-train-resnet56-b128 bf16-train-self-resnet50-b16)
 args=("$@"); ((${#args[@]})) || args=("${all_rows[@]}")
 rows=()
 for arg in "${args[@]}"; do
@@ -54,6 +57,19 @@ row_spec() {
   local it wu
   precision=fp32  # which peak the row's "of peak" divides by
   case $1 in
+    bf16-train-*)
+      local m=${1#bf16-train-}; m=${m#self-}; m=${m%-b*}; local b=${1##*-b} image=224
+      [[ $m == resnet56 ]] && image=32
+      it=${ITERS:-$((b > 16 ? 20 : 5))}; wu=${WARMUP:-2}; kind=thr; precision=bf16
+      inc=(build/incres bench "$m" --mode train --batch "$b" --image "$image" --precision bf16 --iters "$it" --warmup "$wu" --json)
+      if [[ $1 == bf16-train-self-* ]]; then
+        desc="train bf16 $m b$b ${image}x$image (peer incres fp32)"; target=1.7
+        peer=(build/incres bench "$m" --mode train --batch "$b" --image "$image" --iters "$it" --warmup "$wu" --json)
+      else
+        desc="train bf16 $m b$b ${image}x$image"; target=1.4
+        peer=("$py" bench/pytorch_train.py --model "$m" --precision bf16 --batch "$b" --image "$image"
+              --iters "$it" --warmup "$wu" --threads "$threads")
+      fi ;;
     bf16-resnet50-b16 | bf16-inception_v3-b16 | bf16-ort-resnet50-b16)
       local m=${1#bf16-}; m=${m#ort-}; m=${m%-b*}; local image=224 flags=()
       [[ $m == inception_v3 ]] && { image=299; flags=(--no-aux); }
@@ -159,7 +175,8 @@ key = {"thr": "images_per_sec", "lat": "median_ms", "mem": "max_rss_mb"}[kind]
 best = max if kind == "thr" else min
 inc = [l for l in lines if l["engine"] == "incres"]
 peer = [l for l in lines if l["engine"] != "incres"]
-name = ("onnxruntime fp32" if row.startswith("bf16-ort") else "pytorch bf16" if row.startswith("bf16")
+name = ("onnxruntime fp32" if row.startswith("bf16-ort") else "incres fp32" if row.startswith("bf16-train-self")
+        else "pytorch bf16" if row.startswith("bf16")
         else "onnxruntime" if desc.startswith("infer") else "incres, synthetic" if row.startswith("loader")
         else "incres, AVX2-capped" if row.startswith("isa") else "pytorch")
 unit = {"thr": "img/s", "lat": "ms", "mem": "MB"}[kind]
@@ -223,7 +240,8 @@ for row in "${rows[@]}"; do
       record "$row" "$r" pytorch "$(json_of "${peer[@]}")"
     else
       record "$row" "$r" incres "$(json_of "${inc[@]}")"
-      record "$row" "$r" "$(case $row in train-* | bf16-resnet* | bf16-inception*) echo pytorch ;;
+      record "$row" "$r" "$(case $row in bf16-train-self-*) echo incres-fp32 ;;
+                            train-* | bf16-resnet* | bf16-inception* | bf16-train-*) echo pytorch ;;
                             loader-*) echo incres-synthetic ;; isa-*) echo incres-avx2 ;; *) echo onnxruntime ;; esac)" \
         "$(json_of "${peer[@]}")"
     fi
