@@ -585,7 +585,7 @@ class Run {
     log_info(cat("training ", cfg_.model, " (", g_.param_count(), " params, ", g_.macs() / 1e6, " MMACs) on ",
                  data_.source, ": ", data_.count, " images, ", ipe_, " steps/epoch, ", total_, " steps, batch ",
                  cfg_.batch, ", ", opt_->name(), cfg_.clip_norm > 0 ? cat(", clip ", cfg_.clip_norm) : "",
-                 ema_ ? cat(", ema ", cfg_.ema_decay) : "", ", backend ", program_->backend_name()));
+                 ema_ ? cat(", ema ", cfg_.ema_decay) : "", ", backend ", program_->backend_name(), cfg_.precision == "bf16" ? ", bf16" : ""));
     losses_ = std::make_unique<OutputLosses>(g_, cfg_.batch, mc_.classes, cfg_.label_smoothing, cfg_.aux_weight,
                                              cfg_.backend);
     while (step_ < total_) {

@@ -737,6 +737,38 @@ class RunFolder(unittest.TestCase):
                                        r"from byte \d+")
 
 
+class Precision(unittest.TestCase):
+    """--precision bf16 end to end: a short bf16 run, its checkpoint (fp32, as always)
+    evaluated in bf16 and fp32 alike; on a CPU without bf16, one line naming what is
+    missing."""
+
+    def test_bf16_train_eval_or_refusal(self):
+        with tempfile.TemporaryDirectory() as d:
+            data = f"{d}/fm"
+            fake_fashion_mnist(data)
+            common = ["--data", f"fashion-mnist:{data}", "--no-progress"]
+            p = run("train", "resnet20", *common, "--iters", "3", "--batch", "16", "--precision", "bf16",
+                    "--out", f"{d}/run", expect_ok=False)
+            if p.returncode != 0:
+                self.assertIn("bf16 needs a CPU with AVX512-BF16 or AMX", p.stderr)
+                self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
+                self.skipTest(f"no bf16 on this CPU: {p.stderr.strip()}")
+            ckpt = f"{d}/run/last.safetensors"
+            with open(f"{d}/run/metrics.jsonl") as f:
+                self.assertEqual(json.loads(f.readlines()[-1])["step"], 3)
+            names = tensors(ckpt)
+            self.assertEqual(len(names["conv1.weight"]), 16 * 1 * 3 * 3 * 4)  # fp32 master weights
+            e16 = run("eval", ckpt, "--precision", "bf16").stdout
+            e32 = run("eval", ckpt).stdout
+            loss = lambda out: float(out.split("loss ")[1].split(",")[0])
+            self.assertAlmostEqual(loss(e16), loss(e32), delta=0.05 * loss(e32))
+            # A resume in another precision is refused, naming it (the run is bf16).
+            r = run("train", "resnet20", *common, "--iters", "4", "--batch", "16", "--resume", ckpt,
+                    "--out", f"{d}/run", expect_ok=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("precision", r.stderr)
+
+
 class Export(unittest.TestCase):
     """`incres export`: a trained checkpoint becomes an ONNX model with torchvision's
     names and the recorded normalisation in its metadata; bad input is one clear line
