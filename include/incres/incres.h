@@ -31,7 +31,7 @@ struct Options {
   // Inference arithmetic. bf16: feature maps and conv weights in bfloat16, accumulation,
   // BN statistics and the classifier in fp32 (logits within ~1% of fp32; on AMX 4-5x
   // faster). Needs a CPU with AVX512-BF16 or AMX: elsewhere an Error names the missing
-  // feature. train_step always trains in fp32.
+  // feature. train_step trains in fp32.
   Precision precision = Precision::fp32;
   // Inference runs the stride-1 3x3, 1x3/3x1 and 1x7/7x1 convs as Winograd
   // convolutions where that pays (within ~3e-5 relative of a direct conv); false:
