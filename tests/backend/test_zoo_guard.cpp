@@ -1,5 +1,6 @@
 // The zoo-wide guard: every registered model, at the options a user can ask for,
-// compiles for training and for inference (batch 2) without a single step on one of
+// compiles for training and for inference (batch 2), in fp32 and (where the CPU has
+// it) bf16, without a single step on one of
 // oneDNN's reference implementations ("ref:any" and the like run 10-1000x slower
 // than its jit kernels). Compile-only: primitives are created, nothing runs.
 // ctest runs this file natively and, on AVX-512 CPUs, again under
@@ -109,15 +110,21 @@ TEST_P(ZooGuard, NoReferenceKernels) {
   const GuardCase& gc = GetParam();
   const graph::Graph g = models::build_model(gc.model, gc.cfg);
   graph::ParamStore store(g);
-  for (backend::Mode mode : {backend::Mode::train, backend::Mode::infer}) {
-    auto p = backend::compile("cpu", g, store, {.batch = 2, .mode = mode});
-    int slow = 0;
-    for (const auto& s : p->steps())
-      if (s.impl.find("ref") != std::string::npos && ++slow <= 5)
-        ADD_FAILURE() << (mode == backend::Mode::train ? "train: " : "infer: ") << s.phase << " " << s.node << " ("
-                      << s.op << ", " << s.kind << ") runs " << s.impl;
-    EXPECT_EQ(slow, 0) << "steps on a reference implementation, " << (mode == backend::Mode::train ? "train" : "infer");
-  }
+  // fp32, and bf16 where the CPU has it (its layouts and kernels are other ones).
+  std::vector<backend::Precision> precisions{backend::Precision::f32};
+  if (backend::bf16_supported()) precisions.push_back(backend::Precision::bf16);
+  for (backend::Precision precision : precisions)
+    for (backend::Mode mode : {backend::Mode::train, backend::Mode::infer}) {
+      auto p = backend::compile("cpu", g, store, {.batch = 2, .mode = mode, .precision = precision});
+      const std::string what = std::string(mode == backend::Mode::train ? "train" : "infer") + " " +
+                               backend::precision_name(precision);
+      int slow = 0;
+      for (const auto& s : p->steps())
+        if (s.impl.find("ref") != std::string::npos && ++slow <= 5)
+          ADD_FAILURE() << what << ": " << s.phase << " " << s.node << " (" << s.op << ", " << s.kind << ") runs "
+                        << s.impl;
+      EXPECT_EQ(slow, 0) << "steps on a reference implementation, " << what;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Zoo, ZooGuard, testing::ValuesIn(cases()),
