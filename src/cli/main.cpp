@@ -441,6 +441,22 @@ struct EvalCommand : Command {
   }
 };
 
+// The model of `predict` and `export`: a checkpoint (its recorded architecture; the
+// architecture flags refused) or --weights with --model and those flags.
+train::LoadedModel load_model(const CLI::App* app, const ModelFlags& mf, const std::string& checkpoint,
+                              const std::string& weights, const std::string& model, bool raw_weights) {
+  if (!weights.empty()) {
+    INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
+    INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints, not to --weights");
+    return train::load_weights_model(weights, model, mf.config(model));
+  }
+  const std::string flag = ModelFlags::first_given(app);
+  INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
+  train::LoadedModel m = train::load_checkpoint_model(checkpoint, raw_weights);
+  INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
+  return m;
+}
+
 // `incres predict`: the top-k classes of each image, through the evaluation transform
 // (as data::load_eval_image: CenterCrop at the model's input). Normalisation: a
 // checkpoint's recorded one (ImageNet's for image folders), ImageNet's for --weights.
@@ -477,17 +493,7 @@ struct PredictCommand : Command {
     backend::check_precision(prec, backend::Mode::infer);
     INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
                  "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
-    train::LoadedModel m;
-    if (!weights.empty()) {
-      INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
-      INCRES_CHECK(!raw_weights, "--raw-weights applies to --checkpoint, not to --weights");
-      m = train::load_weights_model(weights, model, mf.config(model));
-    } else {
-      const std::string flag = ModelFlags::first_given(pr);
-      INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
-      m = train::load_checkpoint_model(checkpoint, raw_weights);
-      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
-    }
+    train::LoadedModel m = load_model(pr, mf, checkpoint, weights, model, raw_weights);
     INCRES_CHECK(m.mc.in_channels == 3, weights.empty() ? checkpoint : "--in-channels", ": the model takes ",
                  m.mc.in_channels, "-channel images; predict feeds RGB images to 3-channel models");
     const int64_t K = m.mc.classes;
@@ -554,17 +560,7 @@ struct ExportCommand : Command {
     const auto t0 = std::chrono::steady_clock::now();
     INCRES_CHECK(weights.empty() != checkpoint.empty(), "give a checkpoint written by `incres train`, or --weights "
                  "FILE --model NAME");
-    train::LoadedModel m;
-    if (!weights.empty()) {
-      INCRES_CHECK(!model.empty(), "--weights ", weights, " holds parameters only: name the architecture with --model NAME");
-      INCRES_CHECK(!raw_weights, "--raw-weights applies to checkpoints, not to --weights");
-      m = train::load_weights_model(weights, model, mf.config(model));
-    } else {
-      const std::string flag = ModelFlags::first_given(app);
-      INCRES_CHECK(flag.empty(), flag, " applies to --weights; ", checkpoint, " records its architecture");
-      m = train::load_checkpoint_model(checkpoint, raw_weights);
-      INCRES_CHECK(model.empty() || model == m.name, checkpoint, " holds a ", m.name, " checkpoint, not ", model);
-    }
+    train::LoadedModel m = load_model(app, mf, checkpoint, weights, model, raw_weights);
     auto list = [](const std::vector<float>& v) {
       std::string s;
       for (float x : v) s += (s.empty() ? "" : ",") + fixed(x, 6);

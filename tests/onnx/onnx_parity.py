@@ -45,7 +45,7 @@ except ImportError as e:
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "parity"))
 from pth_to_safetensors import write_safetensors  # noqa: E402
-from zoo_parity import read_safetensors  # noqa: E402
+from zoo_parity import randomise_bn, read_safetensors  # noqa: E402
 
 # (case name, model, image, input channels, architecture flags). Every registered model
 # appears in some group, with every option that changes which ops the graph holds.
@@ -173,13 +173,7 @@ class Runner:
             net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
         else:
             net = getattr(torchvision.models, model)(weights=None)
-        with torch.no_grad():
-            for m in net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.normal_(0, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0, 0.2)
+        randomise_bn(net)
         net.eval()
         x = torch.randn(2, 3, image, image)
         with torch.no_grad():

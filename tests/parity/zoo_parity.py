@@ -52,6 +52,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 from pth_to_safetensors import write_safetensors  # noqa: E402
 
 
+
+def randomise_bn(model):
+    """Random BN statistics and affine parameters, so that inference-mode BN is not the identity."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+
 def read_safetensors(path):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
@@ -116,15 +127,10 @@ def main():
     torch.set_num_threads(2)
     aux = args.model == "inception_v3" and args.mode == "train"
     model = build(args.model, aux)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+    randomise_bn(model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     x = torch.randn(args.batch, 3, args.image, args.image)
     classes = 1000
     dy = torch.randn(args.batch, classes) / args.batch
