@@ -51,7 +51,7 @@ backend::Precision backend_precision(Precision p) {
 }
 
 // bf16 runs the inference programs; an Error naming the missing CPU feature where it cannot.
-void check_precision(Precision p) { backend::check_precision(backend_precision(p), backend::Mode::infer); }
+void check_precision(Precision p) { backend::check_precision(backend_precision(p)); }
 
 int64_t parse_count(const std::string& key, const std::string& value) {
   size_t used = 0;
@@ -96,7 +96,6 @@ struct Model::Impl {
     info.std = m.std;
     info.class_names = m.class_names;
     threads = resolve_threads(options.threads);
-    check_precision(options.precision);
   }
 
   int64_t image_size() const { return info.channels * info.height * info.width; }

@@ -15,16 +15,12 @@ Precision parse_precision(const std::string& s) {
 
 const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
 
-void check_bf16_cpu(Precision p) {
+void check_precision(Precision p) {
   if (p == Precision::f32) return;
   INCRES_CHECK(bf16_supported(), "bf16 needs a CPU with AVX512-BF16 or AMX (avx512_bf16 or amx_bf16 in /proc/cpuinfo); "
                "this one runs ", cpu_isa(), getenv("ONEDNN_MAX_CPU_ISA") ? " (capped by ONEDNN_MAX_CPU_ISA)" : "");
 }
 
-void check_precision(Precision p, Mode mode) {
-  (void)mode;  // both modes run bf16
-  check_bf16_cpu(p);
-}
 
 std::unique_ptr<Program> compile(const std::string& backend, const graph::Graph& g,
                                  graph::ParamStore& store, Options opt) {

@@ -29,12 +29,10 @@ enum class Mode { train, infer };
 enum class Precision { f32, bf16 };
 Precision parse_precision(const std::string& s);  // "fp32" | "bf16", else an Error
 const char* precision_name(Precision p);          // "fp32" | "bf16"
-// Refuses (Error, one line naming the missing CPU feature or the mode) a precision
-// this CPU, as capped by ONEDNN_MAX_CPU_ISA, or this mode cannot run: the check of
-// every command and API call.
-void check_precision(Precision p, Mode mode);
-// The CPU part alone: what compiling a program checks.
-void check_bf16_cpu(Precision p);
+// Refuses (Error, one line naming the missing CPU feature) a precision this CPU, as
+// capped by ONEDNN_MAX_CPU_ISA, cannot run. Compiling checks it; commands call it
+// first to fail before they load anything.
+void check_precision(Precision p);
 // Whether this CPU runs bf16 programs (AVX512-BF16 or AMX, as oneDNN sees it).
 bool bf16_supported();
 

@@ -207,7 +207,7 @@ struct InfoCommand : Command {
 
   int run() override {
     const backend::Precision prec = backend::parse_precision(precision);
-    if (memory) backend::check_precision(prec, mode == "train" ? backend::Mode::train : backend::Mode::infer);
+    if (memory) backend::check_precision(prec);
     graph::Graph g = models::build_model(name, mf.config(name));
     std::printf("%-28s %-11s %-16s %12s %12s\n", "layer", "op", "output", "params", "MACs");
     for (const auto& n : g.nodes) {
@@ -297,7 +297,7 @@ struct BenchCommand : Command {
   int run() override {
     const bool winograd = !no_winograd;
     const backend::Precision prec = backend::parse_precision(precision);
-    backend::check_precision(prec, mode == "train" ? backend::Mode::train : backend::Mode::infer);
+    backend::check_precision(prec);
     graph::Graph g = models::build_model(name, mf.config(name));
     graph::ParamStore store(g);
     store.init(g, 0);
@@ -394,7 +394,7 @@ struct EvalCommand : Command {
     const CLI::App* ev = app;
     const bool winograd = !no_winograd;
     const backend::Precision prec = backend::parse_precision(precision);
-    backend::check_precision(prec, backend::Mode::infer);
+    backend::check_precision(prec);
     train::LoadedModel m;
     if (!weights.empty()) {
       INCRES_CHECK(path.empty(), "give a checkpoint or --weights, not both");
@@ -490,7 +490,7 @@ struct PredictCommand : Command {
     const CLI::App* pr = app;
     const bool winograd = !no_winograd;
     const backend::Precision prec = backend::parse_precision(precision);
-    backend::check_precision(prec, backend::Mode::infer);
+    backend::check_precision(prec);
     INCRES_CHECK(weights.empty() != checkpoint.empty(), "give one of --weights FILE (parameters only, e.g. a converted "
                  "torchvision state_dict) or --checkpoint FILE (written by `incres train`)");
     train::LoadedModel m = load_model(pr, mf, checkpoint, weights, model, raw_weights);

@@ -441,7 +441,7 @@ int pool_input(const graph::Graph& g) {
 // batch, so two small compiles give its slope.
 std::unique_ptr<backend::Program> compile_checked(const TrainConfig& cfg, const graph::Graph& g,
                                                   graph::ParamStore& store) {
-  backend::check_precision(backend::parse_precision(cfg.precision), backend::Mode::train);
+  backend::check_precision(backend::parse_precision(cfg.precision));
   auto compile = [&](int64_t batch) {
     std::vector<int> probes;  // the dead-unit probe of the metrics (pool_input_zeros)
     if (const int v = pool_input(g); v >= 0) probes.push_back(v);

@@ -186,7 +186,7 @@ void CpuProgram::add_scaled(std::vector<Step>& steps, int node, size_t slot, con
 CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
     : g_(g), store_(store), opt_(opt) {
   INCRES_CHECK(opt.batch > 0, "batch size must be positive, got ", opt.batch);
-  check_bf16_cpu(opt.precision);
+  check_precision(opt.precision);
   outputs_ = output_values(g_);
   live_ = live_nodes(g_, opt.mode);
   assign_layouts();                                             // 1. layouts (layout.cpp)
