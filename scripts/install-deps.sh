@@ -7,6 +7,7 @@ pkgs=(build-essential cmake ninja-build pkg-config
       libdnnl-dev zlib1g-dev libturbojpeg0-dev libpng-dev libcli11-dev nlohmann-json3-dev
       libgtest-dev libbenchmark-dev
       libonnx-dev libprotobuf-dev python3-onnx
+      libopenmpi-dev openmpi-bin
       dataset-fashion-mnist gnuplot-nox)
 # Node.js runs ONNX Runtime (bench/setup.sh installs onnxruntime-node from npm): the
 # ONNX export tests and the benchmarks' peer. Debian ships npm apart from nodejs.

@@ -7,6 +7,7 @@
 // writes parameter gradients into store.grads at every backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -76,6 +77,17 @@ struct Options {
   // the memory plan may otherwise reuse a value's memory once its last reader has run.
   std::vector<int> probes = {};
   Precision precision = Precision::f32;
+  // Data-parallel training (dist/). grad_ready(p) is called during backward() the
+  // moment parameter p's gradient is final, once per trainable parameter and backward,
+  // in grad_order(): the gradient exchange starts while backward goes on.
+  std::function<void(int param)> grad_ready = {};
+  // Global BatchNorm statistics (--sync-bn): sums n doubles in place across the
+  // processes, each holding its share of the batch. Null: each program normalises by
+  // its own batch. The cpu backend, fp32.
+  std::function<void(double* values, int64_t n)> sum_across = {};
+  // This program's first sample in the global batch: dropout masks are keyed by the
+  // global sample, so N processes drop what one process would on the whole batch.
+  int64_t sample_offset = 0;
 };
 
 class Program {
@@ -100,6 +112,9 @@ class Program {
   // forward(): the memory plan lets gradients reuse the memory of activations that
   // backward has finished with, so a second backward() needs a forward() before it.
   void backward(const float* dy, std::span<const float* const> aux_dy = {}) { backward_impl(dy, aux_dy); }
+  // The trainable parameters in the order backward() finishes their gradients (the
+  // order Options::grad_ready reports them in).
+  virtual std::vector<int> grad_order() const = 0;
   // d(loss)/d(input) after backward(), NCHW; requires Options::input_grad.
   virtual const float* input_grad() const = 0;
 

@@ -29,6 +29,7 @@
 #include "train/loaded_model.h"
 #include "train/optimizer.h"
 #include "train/plot.h"
+#include "dist/communicator.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -670,7 +671,8 @@ struct TrainCommand : Command {
     app->add_option("--epochs", tc.epochs, "length of the run in epochs")->check(CLI::Range(int64_t{1}, int64_t{1000000}));
     app->add_option("--iters", tc.iters, "length of the run in iterations (wins over --epochs)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-    app->add_option("--batch", tc.batch, "images per step")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
+    app->add_option("--batch", tc.batch, "images per step; under mpirun the global batch, split evenly over the processes")
+        ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{65536}));
     app->add_option("--recipe", recipe,
                     "resnet | inception: the defaults of the flags below. resnet: SGD, lr 0.1 /10 at 50% and 75%, "
                     "weight decay 1e-4. inception (Inception-v3 paper, TF's RMSProp): --optimizer rmsprop --lr 0.045 "
@@ -745,6 +747,13 @@ struct TrainCommand : Command {
                     "also evaluate, log a metrics row and checkpoint every N steps (default: at the end of each epoch)")
         ->check(kNonNegative);
     app->add_flag("--no-progress", no_progress, "no progress bar");
+    app->add_flag("--sync-bn", tc.sync_bn,
+                  "data-parallel (mpirun -np N incres train ...): BatchNorm statistics over the global batch, not each "
+                  "process's share (PyTorch's SyncBatchNorm); fp32, cpu backend");
+    app->add_option("--comm-timeout", tc.comm_timeout,
+                    "data-parallel: seconds a collective may wait for the other processes before this one exits, "
+                    "naming it and the step (a process died or hangs)")
+        ->capture_default_str()->check(kPositive);
   }
 
   int run() override {
@@ -771,14 +780,17 @@ struct TrainCommand : Command {
                  "--max-rollbacks applies with --on-nonfinite rollback");
     if (app->count("--aux-weight")) models::check_option_applies(tc.model, "aux-weight");
     train::TrainResult r;
+    // Data-parallel: rank 0 alone writes the plot and the summary.
+    const bool lead = dist::world().rank() == 0;
     try {
       r = train::run_training(tc);
     } catch (const Error&) {
       // The curve of what the folder holds now (a run that fails after its first
       // checkpoint has replaced the earlier one's rows).
-      if (!tc.out_dir.empty()) train::plot_run(tc.out_dir);
+      if (!tc.out_dir.empty() && lead) train::plot_run(tc.out_dir);
       throw;
     }
+    if (!lead) return 0;
     if (r.already_finished) {
       std::printf("%s: the run is finished (step %lld); nothing to do\n", tc.resume.c_str(),
                   static_cast<long long>(r.steps));
@@ -830,6 +842,15 @@ int main(int argc, char** argv) {
     for (Command* c : commands)
       if (c->app->parsed()) return c->run();
   } catch (const Error& e) {
+    // Data-parallel: one process's error ends them all (the others would wait for it
+    // until their --comm-timeout).
+    if (dist::launched_by_mpi() && dist::built_with_mpi()) {
+      dist::Communicator& w = dist::world();
+      if (w.size() > 1) {
+        std::fprintf(stderr, "incres: error: [rank %d] %s\n", w.rank(), e.what());
+        w.abort(1);
+      }
+    }
     std::fprintf(stderr, "incres: error: %s\n", e.what());
     return 1;
   } catch (const std::exception& e) {

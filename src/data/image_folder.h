@@ -85,6 +85,7 @@ struct ImageLoaderOptions {
   // next good sample of the epoch order, so every batch stays full.
   bool skip_bad = false;
   DecodeOptions decode;
+  Shard shard;  // data-parallel: this process's share of each batch (batch_source.h)
 };
 
 // Batches of decoded, transformed and normalised images, with the interface of

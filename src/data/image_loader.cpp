@@ -29,7 +29,9 @@ ImageFolderLoader::ImageFolderLoader(const ImageFolder& folder, ImageLoaderOptio
   size_ = output_size(o.transform);
 
   const int64_t n = folder_.count();
-  batches_ = o.drop_last ? n / o.batch : (n + o.batch - 1) / o.batch;
+  INCRES_CHECK(o.shard.count >= 1 && o.shard.index >= 0 && o.shard.index < o.shard.count,
+               "ImageLoaderOptions.shard is ", o.shard.index, " of ", o.shard.count);
+  batches_ = o.shard.batches(n, o.batch, o.drop_last);
   INCRES_CHECK(batches_ > 0, "ImageFolderLoader: ", folder_.root, " has ", n, " images, not one full batch of ",
                o.batch, (o.drop_last ? " with drop_last" : ""), "; lower the batch size");
 
@@ -58,7 +60,7 @@ const Batch* ImageFolderLoader::next() { return ring_->next(); }
 
 void ImageFolderLoader::fill(Batch& out, int64_t epoch, int64_t index) const {
   const int64_t n = opts_.batch, per = 3 * size_ * size_;
-  const int64_t start = index * n, size = std::min(n, folder_.count() - start);
+  const int64_t start = opts_.shard.start(index, n), size = opts_.shard.size(index, n, folder_.count());
   out.index = index;
   out.size = size;
   out.labels.resize(static_cast<size_t>(size));

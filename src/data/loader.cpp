@@ -39,9 +39,11 @@ Loader::Loader(const Dataset& ds, LoaderOptions opts) : ds_(ds), opts_(std::move
     H_ = W_ = o.out_size;
   }
 
-  batches_ = o.drop_last ? ds_.count / o.batch : (ds_.count + o.batch - 1) / o.batch;
+  INCRES_CHECK(o.shard.count >= 1 && o.shard.index >= 0 && o.shard.index < o.shard.count, "LoaderOptions.shard is ",
+               o.shard.index, " of ", o.shard.count);
+  batches_ = o.shard.batches(ds_.count, o.batch, o.drop_last);
   INCRES_CHECK(batches_ > 0, "Loader: ", ds_.source, " has ", ds_.count,
-               " samples, not one full batch of ", o.batch, (o.drop_last ? " with drop_last" : ""),
+               " samples, not one full batch of ", o.batch * o.shard.count, (o.drop_last ? " with drop_last" : ""),
                "; lower LoaderOptions.batch");
 
   // One table per channel: the normalised value of each of the 256 pixel bytes,
@@ -82,7 +84,7 @@ const Batch* Loader::next() { return ring_->next(); }
 
 void Loader::fill(Batch& out, int64_t epoch, int64_t index) const {
   const int64_t n = opts_.batch, per = C_ * H_ * W_;
-  const int64_t start = index * n, size = std::min(n, ds_.count - start);
+  const int64_t start = opts_.shard.start(index, n), size = opts_.shard.size(index, n, ds_.count);
   // The dataset is only referenced: catch one changed since construction rather than
   // read out of bounds.
   INCRES_CHECK(ds_.images.size() == static_cast<size_t>(ds_.count * ds_.channels * ds_.height * ds_.width) &&

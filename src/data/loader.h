@@ -38,6 +38,7 @@ struct LoaderOptions {
   uint64_t seed = 0;
   int workers = 2;   // 0 = fill batches on the calling thread inside next()
   int prefetch = 4;  // ring slots: batches filled ahead, plus the one handed out
+  Shard shard;       // data-parallel: this process's share of each batch (batch_source.h)
 };
 
 class Loader : public BatchSource {

@@ -36,12 +36,13 @@ void DataSource::open(int64_t image, const LoaderSettings& s, const std::vector<
                       const std::vector<float>& given_std) {
   const bool training = splits_ == Splits::train_and_test;
   if (folder) {
-    INCRES_CHECK(!training || count >= s.batch, "the training set has ", count, " images, fewer than one batch of ",
-                 s.batch);
+    INCRES_CHECK(!training || count >= s.batch * s.shard.count, "the training set has ", count,
+                 " images, fewer than one batch of ", s.batch * s.shard.count);
     auto images = [&](const data::ImageFolder& f, bool train_split) {
-      return std::make_unique<data::ImageFolderLoader>(
-          f, image_loader_options(s.recipe, image, s.batch, train_split, train_split && s.augment, s.seed, s.workers,
-                                  s.skip_bad));
+      data::ImageLoaderOptions o = image_loader_options(s.recipe, image, s.batch, train_split,
+                                                        train_split && s.augment, s.seed, s.workers, s.skip_bad);
+      o.shard = s.shard;
+      return std::make_unique<data::ImageFolderLoader>(f, std::move(o));
     };
     if (training) {
       auto t = images(train_folder_, true);
@@ -61,12 +62,14 @@ void DataSource::open(int64_t image, const LoaderSettings& s, const std::vector<
   mean = fitted_.mean;
   std = fitted_.std;
   auto loader = [&](const data::Dataset& d, bool train_split) {
-    return std::make_unique<data::Loader>(d, loader_options(fitted_, image, s.batch, train_split,
-                                                            train_split && s.augment, s.seed, s.workers));
+    data::LoaderOptions o = loader_options(fitted_, image, s.batch, train_split, train_split && s.augment, s.seed,
+                                           s.workers);
+    o.shard = s.shard;
+    return std::make_unique<data::Loader>(d, std::move(o));
   };
   if (training) {
-    INCRES_CHECK(fitted_.train.count >= s.batch, "the training set has ", fitted_.train.count,
-                 " images, fewer than one batch of ", s.batch);
+    INCRES_CHECK(fitted_.train.count >= s.batch * s.shard.count, "the training set has ", fitted_.train.count,
+                 " images, fewer than one batch of ", s.batch * s.shard.count);
     count = fitted_.train.count;
     source = fitted_.train.source;
     train = loader(fitted_.train, true);

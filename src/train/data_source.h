@@ -35,6 +35,9 @@ struct LoaderSettings {
   uint64_t seed = 0;
   int workers = 2;
   bool skip_bad = false;
+  // Data-parallel: this process's share of every batch, training and test (`batch` is
+  // the share's size).
+  data::Shard shard;
 };
 
 class DataSource {

@@ -75,6 +75,12 @@ void Calibration::add(const float* logits, const int32_t* labels, int64_t N, int
   }
 }
 
+void Calibration::sum_across(dist::Communicator& comm) {
+  comm.sum(rows_.data(), static_cast<int64_t>(rows_.size()), "the sum of the calibration bins");
+  comm.sum(right_.data(), static_cast<int64_t>(right_.size()), "the sum of the calibration bins");
+  comm.sum(confidence_.data(), static_cast<int64_t>(confidence_.size()), "the sum of the calibration bins");
+}
+
 double Calibration::ece() const {
   int64_t n = 0;
   double gap = 0;

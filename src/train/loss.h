@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "dist/communicator.h"
+
 #include "backend/loss.h"
 
 namespace incres::train {
@@ -43,6 +45,8 @@ class Calibration {
   void add(const float* logits, const int32_t* labels, int64_t N, int64_t K);
   // In percent, as the errors are; 0 before any row.
   double ece() const;
+  // Every process's rows (data-parallel evaluation).
+  void sum_across(dist::Communicator& comm);
 
  private:
   std::vector<int64_t> rows_, right_;

@@ -20,7 +20,8 @@ class RunFolder {
   RunFolder& operator=(const RunFolder&) = delete;
 
   const std::string& dir() const { return dir_; }
-  std::string checkpoint() const { return dir_ + "/last.safetensors"; }
+  std::string checkpoint() const { return checkpoint_in(dir_); }
+  static std::string checkpoint_in(const std::string& dir) { return dir + "/last.safetensors"; }
   std::string metrics() const { return dir_ + "/metrics.jsonl"; }
 
   // Removes the folder's `*.tmp-PID` files whose process is gone; returns how many.

@@ -9,11 +9,13 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <tuple>
 #include <type_traits>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "dist/gradient_exchange.h"
 #include "io/safetensors.h"
 #include "models/models.h"
 #include "train/checkpoint.h"
@@ -47,7 +49,8 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"rmsprop_epsilon", c.rmsprop_epsilon}, {"clip_norm", c.clip_norm},
           {"ema_decay", c.ema_decay}, {"aux_weight", c.aux_weight},
           {"label_smoothing", c.label_smoothing}, {"augment", c.augment}, {"seed", c.seed},
-          {"eval_every", c.eval_every}, {"backend", c.backend}, {"precision", c.precision}};
+          {"eval_every", c.eval_every}, {"backend", c.backend}, {"precision", c.precision},
+          {"ranks", c.ranks}, {"sync_bn", c.sync_bn}};
 }
 
 TrainConfig config_from_json(const nlohmann::json& j) {
@@ -94,6 +97,8 @@ TrainConfig config_from_json(const nlohmann::json& j) {
   get("eval_every", c.eval_every);
   get("backend", c.backend);
   get("precision", c.precision);
+  get("ranks", c.ranks);
+  get("sync_bn", c.sync_bn);
   return c;
 }
 
@@ -363,7 +368,8 @@ OutputLosses::Result OutputLosses::backward(backend::Program& program, const int
   return r;
 }
 
-EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_t classes) {
+EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_t classes,
+                    dist::Communicator& comm) {
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0, correct5 = 0;
@@ -372,6 +378,7 @@ EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_
   int64_t planned = 0;
   loader.start_epoch(0);
   while (const data::Batch* b = loader.next()) {
+    if (b->size == 0) continue;  // a shard past the end of the last partial batch
     program.forward(b->images.data<float>());
     const float* logits = program.output();
     if (b->size > planned) loss = backend::compile_loss(program.backend_name(), planned = b->size, classes, 0.f);
@@ -383,6 +390,13 @@ EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_
                              static_cast<int>(std::min<int64_t>(5, classes)));
     calibration.add(logits, b->labels.data(), b->size, classes);
     r.count += b->size;
+  }
+  if (comm.size() > 1) {
+    int64_t counts[3] = {correct, correct5, r.count};
+    comm.sum(counts, 3, "the sum of the evaluation counts");
+    comm.sum(&loss_sum, 1, "the sum of the evaluation loss");
+    calibration.sum_across(comm);
+    correct = counts[0], correct5 = counts[1], r.count = counts[2];
   }
   INCRES_CHECK(r.count > 0, "evaluation set is empty");
   r.loss = loss_sum / static_cast<double>(r.count);
@@ -412,7 +426,8 @@ std::string resume_differences(const std::string& recorded_text, const std::stri
   if (!recorded.is_object() || !given.is_object()) return "";
   const std::map<std::string, std::string> flags = {
       {"ema_decay", "--ema"}, {"aux", "--no-aux"}, {"augment", "--no-augment"},
-      {"model_options", "the architecture options"}};
+      {"model_options", "the architecture options"}, {"sync_bn", "--sync-bn"},
+      {"ranks", "the number of processes (mpirun -np; with --sync-bn any number resumes)"}};
   std::string out;
   for (auto it = given.begin(); it != given.end(); ++it) {
     // Not compared: logging only, and what follows from the data (compared itself).
@@ -439,21 +454,25 @@ int pool_input(const graph::Graph& g) {
 // The training program, or, where the machine lacks the memory for it, an Error with
 // both figures and the largest batch that fits: the plan grows linearly with the
 // batch, so two small compiles give its slope.
+// `base`: the data-parallel hooks (backend::Options); batch: this process's share.
 std::unique_ptr<backend::Program> compile_checked(const TrainConfig& cfg, const graph::Graph& g,
-                                                  graph::ParamStore& store) {
+                                                  graph::ParamStore& store, int64_t batch,
+                                                  const backend::Options& base = {}) {
   backend::check_precision(backend::parse_precision(cfg.precision));
-  auto compile = [&](int64_t batch) {
-    std::vector<int> probes;  // the dead-unit probe of the metrics (pool_input_zeros)
-    if (const int v = pool_input(g); v >= 0) probes.push_back(v);
-    return backend::compile(cfg.backend, g, store,
-                            {.batch = batch, .mode = backend::Mode::train, .seed = cfg.seed, .probes = probes,
-                             .precision = backend::parse_precision(cfg.precision)});
+  auto compile = [&](int64_t b) {
+    backend::Options o = base;
+    o.batch = b;
+    o.mode = backend::Mode::train;
+    o.seed = cfg.seed;
+    if (const int v = pool_input(g); v >= 0) o.probes = {v};  // the dead-unit probe of the metrics (pool_input_zeros)
+    o.precision = backend::parse_precision(cfg.precision);
+    return backend::compile(cfg.backend, g, store, o);
   };
   try {
-    return compile(cfg.batch);
+    return compile(batch);
   } catch (const backend::OutOfMemory& e) {
     std::string fits;
-    if (cfg.batch > 2) {
+    if (batch > 2) {
       try {
         const double one = static_cast<double>(compile(1)->planned_bytes());
         const double per_image = static_cast<double>(compile(2)->planned_bytes()) - one;
@@ -480,6 +499,7 @@ int64_t test_nan_step() {
 
 void check_config(const TrainConfig& cfg) {
   INCRES_CHECK(cfg.batch > 0, "--batch must be positive, got ", cfg.batch);
+  INCRES_CHECK(cfg.comm_timeout > 0, "--comm-timeout must be positive, got ", cfg.comm_timeout);
   INCRES_CHECK(cfg.on_nonfinite == "stop" || cfg.on_nonfinite == "rollback", "--on-nonfinite '", cfg.on_nonfinite,
                "': stop or rollback");
   INCRES_CHECK(cfg.epochs > 0 || cfg.iters > 0, "give the length of the run: --epochs N or --iters N");
@@ -543,6 +563,72 @@ Schedule make_schedule(const TrainConfig& cfg, int64_t ipe, int64_t total) {
 
 namespace {
 
+// Data-parallel: the processes this run trains on, with its --comm-timeout, and the
+// configuration as they resolve it (ranks = their number; --batch, the global batch,
+// split evenly). Ranks other than 0 log nothing: rank 0 speaks for the run.
+dist::Communicator& join_world(const TrainConfig& cfg) {
+  dist::Communicator& w = dist::world();
+  w.set_timeout(cfg.comm_timeout);
+  if (w.rank() > 0) set_log_silent(true);
+  return w;
+}
+TrainConfig resolved(TrainConfig c, const dist::Communicator& w) {
+  c.ranks = w.size();
+  INCRES_CHECK(c.batch % c.ranks == 0, "--batch ", c.batch, " is the global batch and must split evenly over the ",
+               c.ranks, " processes; give a multiple of ", c.ranks);
+  INCRES_CHECK(!c.sync_bn || c.backend == "cpu", "--sync-bn needs the cpu backend");
+  return c;
+}
+
+std::string broadcast_text(dist::Communicator& comm, std::string text, int root) {
+  int64_t n = static_cast<int64_t>(text.size());
+  comm.broadcast(&n, sizeof n, root, "the broadcast of a run's description");
+  text.resize(static_cast<size_t>(n));
+  comm.broadcast(text.data(), n, root, "the broadcast of a run's description");
+  return text;
+}
+
+// Every process must hold what rank 0 holds (`mine`): else an Error on every rank,
+// naming the lowest rank that differs and `difference(rank 0's, its)`.
+void check_same(dist::Communicator& comm, const std::string& mine, const char* differs,
+                const std::function<std::string(const std::string&, const std::string&)>& difference) {
+  const std::string first = broadcast_text(comm, mine, 0);
+  const std::string diff = comm.rank() == 0 ? "" : difference(first, mine);
+  std::vector<int64_t> differ(static_cast<size_t>(comm.size()));
+  differ[static_cast<size_t>(comm.rank())] = !diff.empty();
+  comm.sum(differ.data(), comm.size(), "the comparison of the processes' runs");
+  const auto it = std::find(differ.begin(), differ.end(), 1);
+  if (it == differ.end()) return;
+  const int r = static_cast<int>(it - differ.begin());
+  fail("rank ", r, " ", differs, ": ", broadcast_text(comm, diff, r), "; give every process the same command line");
+}
+
+// "tensor 3 is 'name' [shape] there, 'name' [shape] on rank 0", from lists of "name
+// shape" lines; "" when equal.
+std::string first_tensor_difference(const std::string& rank0, const std::string& mine) {
+  std::istringstream a(rank0), b(mine);
+  std::string la, lb;
+  for (int64_t i = 0;; ++i) {
+    const bool ha = static_cast<bool>(std::getline(a, la)), hb = static_cast<bool>(std::getline(b, lb));
+    if (!ha && !hb) return "";
+    if (ha && hb && la == lb) continue;
+    if (!hb) return cat("it has ", i, " tensors; rank 0's tensor ", i, " is ", la);
+    if (!ha) return cat("it has more tensors than rank 0's ", i, ", the next being ", lb);
+    return cat("its tensor ", i, " is ", lb, ", rank 0's ", la);
+  }
+}
+
+// A hash of the trainable weights' bytes (FNV-1a), to check that the processes agree.
+uint64_t weights_hash(const graph::Graph& g, const graph::ParamStore& store) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < g.params.size(); ++i) {
+    if (!g.params[i].trainable()) continue;
+    const auto* p = static_cast<const unsigned char*>(store.values[i].raw());
+    for (size_t k = 0; k < store.values[i].nbytes(); ++k) h = (h ^ p[k]) * 0x100000001b3ull;
+  }
+  return h;
+}
+
 // One span of training steps: from a log point (or a resume) to the next one, or to
 // the step a non-finite loss or gradient stopped it at.
 struct Span {
@@ -551,6 +637,7 @@ struct Span {
   int64_t correct = 0, seen = 0, steps = 0, clipped = 0, skipped = 0;
   std::string diverged;  // what went non-finite, when a rollback follows
   int64_t bad_step = -1;
+  double exposed = 0;  // data-parallel: seconds per step the gradient exchange outlasted backward
 };
 
 // A training run: set up in phases by the constructor (output folder, data, model,
@@ -559,20 +646,24 @@ struct Span {
 class Run {
  public:
   explicit Run(const TrainConfig& cfg)
-      : cfg_(cfg), folder_(open_folder(cfg)), data_(cfg.data, Splits::train_and_test, cfg.train_limit, cfg.test_limit),
-        mc_(model_config(cfg.model, cfg.shortcut, cfg.image, cfg.aux, data_.in_channels, data_.classes,
-                         cfg.model_options)),
-        g_(models::build_model(cfg.model, mc_)), store_(g_) {
-    data_.open(mc_.image, {.recipe = cfg_.recipe, .batch = cfg_.batch, .augment = cfg_.augment, .seed = cfg_.seed,
-                           .workers = cfg_.workers, .skip_bad = cfg_.skip_bad});
+      : comm_(join_world(cfg)), cfg_(resolved(cfg, comm_)), local_batch_(cfg_.batch / cfg_.ranks),
+        folder_(open_folder(cfg_, comm_)),
+        data_(cfg_.data, Splits::train_and_test, cfg_.train_limit, cfg_.test_limit),
+        mc_(model_config(cfg_.model, cfg_.shortcut, cfg_.image, cfg_.aux, data_.in_channels, data_.classes,
+                         cfg_.model_options)),
+        g_(models::build_model(cfg_.model, mc_)), store_(g_) {
+    data_.open(mc_.image, {.recipe = cfg_.recipe, .batch = local_batch_, .augment = cfg_.augment, .seed = cfg_.seed,
+                           .workers = cfg_.workers, .skip_bad = cfg_.skip_bad,
+                           .shard = {.index = comm_.rank(), .count = comm_.size()}});
     store_.init(g_, cfg_.seed);
     ipe_ = data_.train->batches_per_epoch();
     total_ = cfg_.iters > 0 ? cfg_.iters : cfg_.epochs * ipe_;
     schedule_ = make_schedule(cfg_, ipe_, total_);
     opt_ = make_optimizer(cfg_, g_, store_);
+    record();
+    if (comm_.size() > 1) agree();
     // The average starts at the initial weights; a resume overwrites it with the saved one.
     if (cfg_.ema_decay > 0) ema_ = std::make_unique<Ema>(g_, store_, cfg_.ema_decay);
-    record();
     if (!cfg_.resume.empty()) restore();
   }
 
@@ -586,7 +677,7 @@ class Run {
                  data_.source, ": ", data_.count, " images, ", ipe_, " steps/epoch, ", total_, " steps, batch ",
                  cfg_.batch, ", ", opt_->name(), cfg_.clip_norm > 0 ? cat(", clip ", cfg_.clip_norm) : "",
                  ema_ ? cat(", ema ", cfg_.ema_decay) : "", ", backend ", program_->backend_name(), cfg_.precision == "bf16" ? ", bf16" : ""));
-    losses_ = std::make_unique<OutputLosses>(g_, cfg_.batch, mc_.classes, cfg_.label_smoothing, cfg_.aux_weight,
+    losses_ = std::make_unique<OutputLosses>(g_, local_batch_, mc_.classes, cfg_.label_smoothing, cfg_.aux_weight,
                                              cfg_.backend);
     while (step_ < total_) {
       Span span = run_span();
@@ -601,9 +692,48 @@ class Run {
   }
 
  private:
-  // First: a bad --out or a folder in use fails before any work.
-  static std::unique_ptr<RunFolder> open_folder(const TrainConfig& cfg) {
-    return cfg.out_dir.empty() ? nullptr : std::make_unique<RunFolder>(cfg.out_dir);
+  // First: a bad --out or a folder in use fails before any work. Rank 0 alone writes
+  // the folder.
+  static std::unique_ptr<RunFolder> open_folder(const TrainConfig& cfg, const dist::Communicator& comm) {
+    return cfg.out_dir.empty() || comm.rank() > 0 ? nullptr : std::make_unique<RunFolder>(cfg.out_dir);
+  }
+
+  // Data-parallel: every process builds the same model with the same settings (an
+  // Error on every rank naming the first difference, never silent corruption), and
+  // starts from rank 0's initial weights.
+  void agree() {
+    std::string tensors;
+    for (const graph::Param& p : g_.params) tensors += cat("'", p.name, "' ", p.shape.str(), "\n");
+    check_same(comm_, tensors, "built another model than rank 0", first_tensor_difference);
+    check_same(comm_, cs_.config, "was started with other settings than rank 0 (rank 0's -> its)",
+               [](const std::string& a, const std::string& b) { return resume_differences(a, b); });
+    for (Tensor& t : store_.values)
+      comm_.broadcast(t.raw(), static_cast<int64_t>(t.nbytes()), 0, "the broadcast of rank 0's initial weights");
+    store_.changed();
+  }
+
+  // Data-parallel, before an evaluation and a checkpoint: every process takes rank 0's
+  // BatchNorm running statistics (and their moving average), as PyTorch DDP does at
+  // each forward, which each process's own batches moved; then all check that their
+  // weights are bit for bit rank 0's.
+  void share_state() {
+    for (size_t i = 0; i < g_.params.size(); ++i) {
+      if (g_.params[i].trainable()) continue;
+      Tensor& t = store_.values[i];
+      comm_.broadcast(t.raw(), static_cast<int64_t>(t.nbytes()), 0, "the broadcast of the BatchNorm statistics");
+      if (ema_) {
+        Tensor& a = ema_->averages().values[i];
+        comm_.broadcast(a.raw(), static_cast<int64_t>(a.nbytes()), 0, "the broadcast of the BatchNorm statistics");
+      }
+    }
+    store_.changed();
+    if (ema_) ema_->averages().changed();
+    uint64_t h = weights_hash(g_, store_), h0 = h;
+    comm_.broadcast(&h0, sizeof h0, 0, "the comparison of the processes' weights");
+    int64_t differ[1] = {h != h0};
+    comm_.sum(differ, 1, "the comparison of the processes' weights");
+    INCRES_CHECK(differ[0] == 0, differ[0], " process(es) hold other weights than rank 0 after step ", step_,
+                 ": the data-parallel processes diverged");
   }
 
   // Where metrics rows fall; a row whose span starts elsewhere (a resume mid-epoch) is
@@ -643,7 +773,16 @@ class Run {
                              "original run's --ema DECAY"
                            : " holds no moving average of the weights but this run keeps one (--ema "
                              + std::to_string(cfg_.ema_decay) + "); resume without --ema (--ema 0)");
-    const std::string changed = resume_differences(s.config, cs_.config);
+    std::string given = cs_.config;
+    // With global BatchNorm statistics the run does not depend on the number of
+    // processes (the global batch, its order, its augmentation and dropout do not), so
+    // any number resumes it.
+    if (cfg_.sync_bn) {
+      nlohmann::json g = nlohmann::json::parse(given), r = nlohmann::json::parse(s.config, nullptr, false);
+      if (r.is_object() && r.value("sync_bn", false) && r.contains("ranks")) g["ranks"] = r["ranks"];
+      given = g.dump();
+    }
+    const std::string changed = resume_differences(s.config, given);
     if (!changed.empty()) {
       INCRES_CHECK(cfg_.force_resume, cfg_.resume,
                    " was trained with other settings, so the resumed run would not be the run it continues: ", changed,
@@ -667,16 +806,38 @@ class Run {
     INCRES_CHECK(bad.empty(), "refusing to train: parameter ", bad, " holds NaN or Inf");
     // Dropout masks follow the run's seed, keyed by step: a resumed run drops what the
     // straight one did.
-    program_ = compile_checked(cfg_, g_, store_);
+    backend::Options hooks;
+    if (comm_.size() > 1) {
+      hooks.grad_ready = [this](int p) { exchange_->ready(exchange_index_[p]); };
+      hooks.sample_offset = comm_.rank() * local_batch_;
+      if (cfg_.sync_bn)
+        hooks.sum_across = [this](double* x, int64_t n) { comm_.sum(x, n, "the sum of BatchNorm statistics"); };
+    }
+    program_ = compile_checked(cfg_, g_, store_, local_batch_, hooks);
     program_->set_step(step_);
+    if (comm_.size() > 1) {
+      // The gradient buckets follow the order backward finishes the gradients in.
+      std::vector<std::span<float>> buffers;
+      exchange_index_.assign(g_.params.size(), -1);
+      for (int p : program_->grad_order()) {
+        exchange_index_[p] = static_cast<int>(buffers.size());
+        buffers.emplace_back(store_.grads[p].data<float>(), static_cast<size_t>(store_.grads[p].numel()));
+      }
+      exchange_ = std::make_unique<dist::GradientExchange>(comm_, std::move(buffers));
+      log_info(cat("data-parallel over ", comm_.size(), " processes (", comm_.describe(), "): ", local_batch_,
+                   " images each per step, gradients in ", exchange_->buckets(), " bucket",
+                   exchange_->buckets() > 1 ? "s" : "", " of ", exchange_->bytes() / 1e6, " MB in all",
+                   cfg_.sync_bn ? ", BatchNorm statistics over the global batch" : ", BatchNorm statistics per process"));
+    }
     // With a moving average, evaluation runs on it (Inception-v3, Sec. 8); the average's
     // tensors are updated in place, so this program always sees the current one.
     evaluator_ = backend::compile(cfg_.backend, g_, ema_ ? ema_->averages() : store_,
-                                  {.batch = cfg_.batch, .mode = backend::Mode::infer,
+                                  {.batch = local_batch_, .mode = backend::Mode::infer,
                                    .precision = backend::parse_precision(cfg_.precision)});
   }
 
   void open_log() {
+    if (!cfg_.out_dir.empty()) ckpt_ = RunFolder::checkpoint_in(cfg_.out_dir);  // rollbacks read it on every rank
     if (!folder_) return;
     // Rows past the checkpoint's step (a kill between a row and its checkpoint) are
     // dropped: the resumed run writes them again. A new run replaces the log only once
@@ -690,7 +851,6 @@ class Run {
     } else {
       metrics_ = std::make_unique<MetricsLog>(MetricsLog::replacing_at_commit(folder_->metrics()));
     }
-    ckpt_ = folder_->checkpoint();
   }
 
   // Trains from step_ to the next span end, the end of the epoch or of the run.
@@ -699,7 +859,9 @@ class Run {
     sp.start = step_;
     const int64_t epoch = step_ / ipe_;
     data_.train->start_epoch(epoch, step_ % ipe_);
-    Progress bar(cat("epoch ", epoch + 1, "/", (total_ + ipe_ - 1) / ipe_), ipe_, cfg_.progress && stderr_is_terminal());
+    Progress bar(cat("epoch ", epoch + 1, "/", (total_ + ipe_ - 1) / ipe_), ipe_,
+                 cfg_.progress && comm_.rank() == 0 && stderr_is_terminal());
+    const double exposed0 = exchange_ ? exchange_->exposed_seconds() : 0;
     auto t0 = std::chrono::steady_clock::now();
     // The progress text, built only when the bar redraws (it allocates).
     auto progress_text = [&] {
@@ -720,8 +882,23 @@ class Run {
         if (span_end(step_)) break;
         continue;
       }
+      comm_.set_step(step_);
       program_->forward(b->images.data<float>());
-      const OutputLosses::Result l = losses_->backward(*program_, b->labels.data(), b->size);
+      OutputLosses::Result l = losses_->backward(*program_, b->labels.data(), b->size);
+      int64_t size = b->size;
+      if (exchange_) {
+        // Every process's gradients, averaged; then the step's figures of the global
+        // batch, the same on every process (a non-finite loss anywhere stops them all).
+        exchange_->finish();
+        const double n = static_cast<double>(b->size);
+        double figures[5] = {l.total * n, l.main.loss * n, l.aux * n, static_cast<double>(l.main.correct), n};
+        comm_.sum(figures, 5, "the sum of the step's loss");
+        size = static_cast<int64_t>(figures[4]);
+        l.total = figures[0] / figures[4];
+        l.main.loss = figures[1] / figures[4];
+        l.aux = figures[2] / figures[4];
+        l.main.correct = static_cast<int64_t>(figures[3]);
+      }
       const double loss = step_ == nan_at_ ? std::nan("") : l.total;
       // Measured on every step (one pass over the gradients) for the metrics and to
       // stop on a non-finite gradient; scaled only when clipping is on. Weight decay
@@ -737,10 +914,10 @@ class Run {
       if (ema_) ema_->update(step_);
       ++step_;
       ++sp.steps;
-      sp.loss_sum += l.main.loss * static_cast<double>(b->size);
-      sp.aux_sum += l.aux * static_cast<double>(b->size);
+      sp.loss_sum += l.main.loss * static_cast<double>(size);
+      sp.aux_sum += l.aux * static_cast<double>(size);
       sp.correct += l.main.correct;
-      sp.seen += b->size;
+      sp.seen += size;
       sp.norm_sum += norm;
       sp.norm_max = std::max(sp.norm_max, norm);
       sp.clipped += cfg_.clip_norm > 0 && norm > cfg_.clip_norm;
@@ -750,6 +927,7 @@ class Run {
     if (sp.seen > 0) bar.finish(done, cfg_.progress ? progress_text() : std::string());
     else bar.finish();
     sp.seconds = seconds_since(t0);
+    if (exchange_ && sp.steps > 0) sp.exposed = (exchange_->exposed_seconds() - exposed0) / static_cast<double>(sp.steps);
     return sp;
   }
 
@@ -796,12 +974,18 @@ class Run {
     result_.grad_norm = sp.steps ? sp.norm_sum / static_cast<double>(sp.steps) : 0;
     result_.images_per_sec = sp.seen / sp.seconds;
     result_.rollbacks = rollbacks_;
+    result_.ranks = comm_.size();
+    result_.exchange_exposed = sp.exposed;
     train_seconds_ += sp.seconds;
+    comm_.set_step(step_);
+    if (comm_.size() > 1) share_state();
     if (log_point(step_)) log_row(sp);
     if (!ckpt_.empty()) {
-      cs_.step = step_;
-      cs_.train_seconds = train_seconds_;
-      save_checkpoint(ckpt_, g_, store_, opt_.get(), ema_.get(), cs_);
+      if (folder_) {
+        cs_.step = step_;
+        cs_.train_seconds = train_seconds_;
+        save_checkpoint(ckpt_, g_, store_, opt_.get(), ema_.get(), cs_);
+      }
       good_checkpoint_ = ckpt_;
       // The rows this checkpoint covers are now in the log for good (a new run's
       // first commit replaces an earlier run's log).
@@ -810,13 +994,14 @@ class Run {
   }
 
   void log_row(const Span& sp) {
-    result_.test = evaluate(*evaluator_, *data_.test, mc_.classes);
+    result_.test = evaluate(*evaluator_, *data_.test, mc_.classes, comm_);
     result_.bad_images = data_.bad_images();
     const bool aux = losses_->num_aux() > 0 && cfg_.aux_weight > 0;
     log_info(cat("epoch ", (step_ + ipe_ - 1) / ipe_, "  step ", step_, "  lr ", sp.lr, "  train loss ",
                  result_.train_loss, " err ", result_.train_error, "%", aux && sp.seen ? cat(" aux loss ", sp.aux_sum / sp.seen) : "",
                  "  grad norm ", result_.grad_norm, "  test", ema_ ? " (ema)" : "", " loss ", result_.test.loss, " err ",
                  result_.test.error, "%  ", static_cast<int64_t>(result_.images_per_sec), " img/s",
+                 exchange_ ? cat(" (exchange not hidden: ", 1e3 * sp.exposed, " ms/step)") : "",
                  result_.bad_images ? cat(", ", result_.bad_images, " bad images skipped") : ""));
     if (!metrics_) return;
     nlohmann::json row{{"epoch", (step_ + ipe_ - 1) / ipe_}, {"step", step_},
@@ -827,6 +1012,10 @@ class Run {
                        {"test_top5_error", result_.test.top5_error}, {"test_ece", result_.test.ece},
                        {"eval_weights", ema_ ? "ema" : "raw"}, {"images_per_sec", result_.images_per_sec},
                        {"train_seconds", train_seconds_}};
+    if (exchange_) {
+      row["ranks"] = comm_.size();
+      row["exchange_exposed_seconds"] = sp.exposed;  // per step
+    }
     // The training program keeps its probe intact through backward: this is the
     // span's last batch.
     if (pool_in_ >= 0 && sp.steps > 0) row["pool_input_zeros"] = program_->zero_fraction(pool_in_);
@@ -843,7 +1032,9 @@ class Run {
     metrics_->write(row);
   }
 
-  const TrainConfig& cfg_;
+  dist::Communicator& comm_;
+  const TrainConfig cfg_;     // as resolved for the processes (ranks)
+  const int64_t local_batch_;  // this process's share of the global batch
   std::unique_ptr<RunFolder> folder_;
   DataSource data_;
   models::ModelConfig mc_;
@@ -860,6 +1051,8 @@ class Run {
   std::unique_ptr<MetricsLog> metrics_;
   std::string ckpt_;
   std::unique_ptr<OutputLosses> losses_;
+  std::unique_ptr<dist::GradientExchange> exchange_;  // data-parallel only
+  std::vector<int> exchange_index_;                    // per param: its buffer in exchange_
   TrainResult result_;
   // Divergence: the checkpoint a rollback returns to (this run's last one, or the one
   // it resumed from), the steps whose batches are skipped after one, and the count.

@@ -17,6 +17,7 @@
 #include "data/image_folder.h"
 #include "data/loader.h"
 #include "models/models.h"
+#include "dist/communicator.h"
 #include "train/loss.h"
 
 namespace incres::train {
@@ -68,6 +69,12 @@ struct TrainConfig {
   // fp32 | bf16 (backend::Precision: feature maps and conv operands in bf16; master
   // weights, optimizer and moving-average state, BN statistics and the loss in fp32).
   std::string precision = "fp32";
+  // Data-parallel training (mpirun -np N incres train ...; docs/distributed.md). `batch`
+  // is the global batch, split evenly over the N processes; `ranks` is N, as the run
+  // found it (recorded, so that a resume with another N is refused).
+  int ranks = 1;
+  bool sync_bn = false;       // BatchNorm statistics over the global batch, not each process's share
+  double comm_timeout = 60;   // seconds a collective may wait for the other processes
   std::string out_dir;       // checkpoints and metrics; empty = write nothing
   std::string resume;        // a checkpoint to continue from
   // Resume even where the checkpoint records other settings (each change is logged);
@@ -142,6 +149,10 @@ struct TrainResult {
   int64_t bad_images = 0;  // image folders with skip_bad: files skipped (train and val)
   int64_t params = 0, macs = 0;  // of the model trained (MACs of one image's forward pass)
   int rollbacks = 0;  // divergence rollbacks done
+  int ranks = 1;      // processes that trained it (data-parallel)
+  // Data-parallel: the mean seconds per step the gradient exchange was still running
+  // after backward ended (not hidden behind it), over the last span.
+  double exchange_exposed = 0;
   bool already_finished = false;  // resumed from a checkpoint at the run's last step: nothing done
 };
 
@@ -253,8 +264,10 @@ class OutputLosses {
 };
 
 // Runs an inference program over every batch of the loader (one epoch).
-// Either loader (data::Loader, data::ImageFolderLoader).
-EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_t classes);
+// Either loader (data::Loader, data::ImageFolderLoader). Data-parallel, each process
+// evaluates its shard of every batch and the counts and sums are summed across them.
+EvalResult evaluate(backend::Program& program, data::BatchSource& loader, int64_t classes,
+                    dist::Communicator& comm = dist::single_process());
 
 TrainResult run_training(const TrainConfig& config);
 

@@ -108,6 +108,7 @@ class CpuProgram final : public Program {
   std::string backend_name() const override { return "cpu"; }
   void set_profiling(bool on) override { profiling_ = on; }
   std::vector<StepProfile> steps() const override;
+  std::vector<int> grad_order() const override;
 
  private:
   // A value's layout and memories: its activation and, in training, its gradient.
@@ -129,6 +130,7 @@ class CpuProgram final : public Program {
   std::vector<std::vector<Step>> emit_nodes();  // returns each node's backward steps
   void emit_edges(std::vector<std::vector<Step>> node_bwd);
   void plan();  // the memory plan: every buffer a block of one arena
+  void order_grads();  // where each parameter's gradient is final (grad_ready)
 
   const float* output_impl(int i) const override;
   void backward_impl(const float* dy, std::span<const float* const> aux_dy) override;
@@ -192,6 +194,7 @@ class CpuProgram final : public Program {
   std::pair<memory, memory> plain_weights(const Site& at, const graph::Conv2d& c, bool keep);
   // The other ops (emit_ops.cpp).
   void compile_batchnorm(Site& at, const graph::BatchNorm& bn);
+  void compile_batchnorm_synced(Site& at, const graph::BatchNorm& bn, dnnl::normalization_flags flags);
   void compile_eltwise(Site& at, dnnl::algorithm use_dst_algo);
   void compile_add(Site& at, const graph::Add& a);
   void compile_shortcut_a(Site& at, const graph::ShortcutA& s);
@@ -225,6 +228,10 @@ class CpuProgram final : public Program {
   Tensor arena_;
   size_t live_peak_ = 0, unplanned_ = 0;
   std::vector<Step> prep_, fwd_, bwd_;
+  // Per backward step, the trainable parameters whose gradients are final after it;
+  // then those no step writes (their gradients stay zero).
+  std::vector<std::vector<int>> ready_after_;
+  std::vector<int> ready_at_end_;
   uint64_t prepared_version_ = ~uint64_t{0};  // the store version prep_ last ran at
   bool profiling_ = false;
   bool forwarded_ = false;  // a forward() ran since the last backward()

@@ -1,6 +1,8 @@
 // Every op but the convolution on the oneDNN backend: a primitive where oneDNN has
 // one that matches PyTorch's semantics, else our own loop (backend/cpu/kernels.h).
+#include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "backend/cpu/cpu_program.h"
 #include "backend/dropout_mask.h"
@@ -27,6 +29,7 @@ void CpuProgram::compile_batchnorm(Site& at, const graph::BatchNorm& bn) {
                            {DNNL_ARG_SHIFT, beta}, {DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
     return;
   }
+  if (opt_.sum_across) return compile_batchnorm_synced(at, bn, flags);
   dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_training, val_[x].md, bn.eps, flags);
   dnnl::batch_normalization_forward::primitive_desc pd(d, attr(), eng_);
   memory mean = alloc(pd.mean_desc()), var = alloc(pd.variance_desc());
@@ -55,6 +58,91 @@ void CpuProgram::compile_batchnorm(Site& at, const graph::BatchNorm& bn) {
   if (fuse) bargs[DNNL_ARG_WORKSPACE] = ws;
   bs.push_back(step(bpd, std::move(bargs)));
   finish_contribution(bs, at.id, 0, dx);
+}
+
+// Training with global statistics (--sync-bn). Forward: the per-channel sums of x and
+// x^2 and the sample count are summed across the processes, and oneDNN normalises by
+// the mean and variance they give (use_global_stats). Its backward then takes those as
+// constants: d(x) = gamma / sigma * dy, with the local sums of dy (d(beta)) and dy *
+// xhat (d(gamma)). Summed across the processes, those sums give the terms the mean and
+// variance contribute, which a loop subtracts:
+//   d(x) = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat)),
+// the means over every process's batch. d(gamma) and d(beta) stay this process's own:
+// the gradient exchange averages them with the rest.
+void CpuProgram::compile_batchnorm_synced(Site& at, const graph::BatchNorm& bn, dnnl::normalization_flags flags) {
+  using nf = dnnl::normalization_flags;
+  const int x = at.n.inputs[0], y = at.n.output;
+  INCRES_CHECK(val_[x].md.data_type() == dt::f32, "--sync-bn runs in fp32: drop --precision bf16 or --sync-bn");
+  const bool fuse = plan_.nodes[at.id].fused_relu >= 0;
+  memory gamma = param(at.n.params[0], false), beta = param(at.n.params[1], false);
+  memory rmean = param(at.n.params[2], false), rvar = param(at.n.params[3], false);
+  memory dgamma = param(at.n.params[0], true), dbeta = param(at.n.params[1], true);
+  const memory xm = val_[x].act;
+  const kernels::Blocked X = blocked(val_[x].md);
+  const int64_t C = X.C;
+  dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_training, val_[x].md, bn.eps,
+                                            flags | nf::use_global_stats);
+  dnnl::batch_normalization_forward::primitive_desc pd(d, attr(), eng_);
+  memory mean = alloc(pd.mean_desc()), var = alloc(pd.variance_desc());
+  // The sums (x, x^2, count; then d(gamma), d(beta)) and the correction's a and b.
+  struct Sums {
+    std::vector<double> fwd, bwd;
+    std::vector<float> a, b;
+  };
+  auto st = std::make_shared<Sums>(Sums{std::vector<double>(2 * C + 1), std::vector<double>(2 * C),
+                                        std::vector<float>(C), std::vector<float>(C)});
+  const float momentum = bn.momentum, eps = bn.eps;
+  at.fwd.push_back(loop({xm, mean, var}, [=, this] {
+    std::fill(st->fwd.begin(), st->fwd.end(), 0.0);
+    kernels::channel_sums(st->fwd.data(), data(xm), X);
+    st->fwd[2 * C] = static_cast<double>(X.N * X.H * X.W);
+    opt_.sum_across(st->fwd.data(), 2 * C + 1);
+    const double n = st->fwd[2 * C];
+    float *m = data(mean), *v = data(var);
+    for (int64_t c = 0; c < C; ++c) {
+      const double mu = st->fwd[c] / n;
+      m[c] = static_cast<float>(mu);
+      v[c] = static_cast<float>(std::max(st->fwd[C + c] / n - mu * mu, 0.0));
+    }
+    // Running statistics as PyTorch keeps them: the unbiased variance of the whole batch.
+    kernels::update_running_stats(data(rmean), data(rvar), m, v, C, momentum,
+                                  n > 1 ? static_cast<float>(n / (n - 1)) : 1.f);
+  }));
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm},      {DNNL_ARG_DST, val_[y].act},
+                                       {DNNL_ARG_SCALE, gamma}, {DNNL_ARG_SHIFT, beta},
+                                       {DNNL_ARG_MEAN, mean},   {DNNL_ARG_VARIANCE, var}};
+  memory ws;
+  if (fuse) args[DNNL_ARG_WORKSPACE] = ws = alloc(pd.workspace_desc());
+  at.fwd.push_back(step(pd, std::move(args)));
+
+  dnnl::batch_normalization_backward::desc bd(dnnl::prop_kind::backward, val_[x].md, val_[x].md, bn.eps,
+                                              flags | nf::use_global_stats);
+  dnnl::batch_normalization_backward::primitive_desc bpd(bd, attr(), eng_, pd);
+  memory dx = contribution(at.id, 0);
+  std::unordered_map<int, memory> bargs{
+      {DNNL_ARG_SRC, xm},        {DNNL_ARG_MEAN, mean},       {DNNL_ARG_VARIANCE, var},
+      {DNNL_ARG_DIFF_DST, val_[y].grad}, {DNNL_ARG_SCALE, gamma}, {DNNL_ARG_SHIFT, beta},
+      {DNNL_ARG_DIFF_SRC, dx},   {DNNL_ARG_DIFF_SCALE, dgamma}, {DNNL_ARG_DIFF_SHIFT, dbeta}};
+  if (fuse) bargs[DNNL_ARG_WORKSPACE] = ws;
+  at.bwd.push_back(step(bpd, std::move(bargs)));
+  at.bwd.push_back(loop({dx, xm, mean, var, dgamma, dbeta}, [=, this] {
+    const float *dg = data(dgamma), *db = data(dbeta), *m = data(mean), *v = data(var), *g = data(gamma);
+    for (int64_t c = 0; c < C; ++c) {
+      st->bwd[c] = dg[c];
+      st->bwd[C + c] = db[c];
+    }
+    opt_.sum_across(st->bwd.data(), 2 * C);
+    const double n = st->fwd[2 * C];
+    for (int64_t c = 0; c < C; ++c) {
+      const double inv = 1.0 / std::sqrt(static_cast<double>(v[c]) + eps), scale = g[c] * inv;
+      const double mean_dy = st->bwd[C + c] / n, mean_dy_xhat = st->bwd[c] / n;
+      // dx -= scale * (mean_dy + (x - mu) * inv * mean_dy_xhat), as a + b * x.
+      st->a[c] = static_cast<float>(scale * (mean_dy - m[c] * inv * mean_dy_xhat));
+      st->b[c] = static_cast<float>(scale * inv * mean_dy_xhat);
+    }
+    kernels::channel_affine_sub(data(dx), data(xm), X, st->a.data(), st->b.data());
+  }));
+  finish_contribution(at.bwd, at.id, 0, dx);
 }
 
 void CpuProgram::compile_eltwise(Site& at, dnnl::algorithm algo) {
@@ -327,7 +415,7 @@ void CpuProgram::compile_dropout(Site& at, const graph::Dropout& d) {
   const float p = d.p;
   memory xf = f32_in(at.fwd, xm), yf = f32_out(ym);
   at.fwd.push_back(loop({xf, yf}, [=, this]() {
-    kernels::dropout_forward(data(yf), data(xf), X, DropoutMask(opt_.seed, drawn_step_, node, p));
+    kernels::dropout_forward(data(yf), data(xf), X, DropoutMask(opt_.seed, drawn_step_, node, p, opt_.sample_offset * X.C * X.H * X.W));
   }));
   f32_flush(at.fwd, yf, ym);
   if (!val_[x].grad) return;
@@ -335,14 +423,14 @@ void CpuProgram::compile_dropout(Site& at, const graph::Dropout& d) {
   if (dx.get_desc().data_type() != dt::f32) {
     memory dyf = f32_in(at.bwd, dy), t = alloc(with_type(dx.get_desc(), dt::f32));
     at.bwd.push_back(loop({t, dyf}, [=, this]() {
-      kernels::dropout_backward(data(t), data(dyf), X, DropoutMask(opt_.seed, drawn_step_, node, p), false);
+      kernels::dropout_backward(data(t), data(dyf), X, DropoutMask(opt_.seed, drawn_step_, node, p, opt_.sample_offset * X.C * X.H * X.W), false);
     }));
     add_scaled(at.bwd, at.id, 0, t, 1.f);
     return;
   }
   const bool accumulate = !first_contribution(at.id, 0);
   at.bwd.push_back(loop({dx, dy}, [=, this]() {
-    kernels::dropout_backward(data(dx), data(dy), X, DropoutMask(opt_.seed, drawn_step_, node, p), accumulate);
+    kernels::dropout_backward(data(dx), data(dy), X, DropoutMask(opt_.seed, drawn_step_, node, p, opt_.sample_offset * X.C * X.H * X.W), accumulate);
   }));
 }
 

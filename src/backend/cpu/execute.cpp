@@ -81,8 +81,19 @@ void CpuProgram::backward_impl(const float* dy, std::span<const float* const> au
       std::memset(d.get_data_handle(), 0, d.get_desc().get_size());
     }
   }
-  for (Step& s : bwd_) run(s);
+  if (!opt_.grad_ready) {
+    for (Step& s : bwd_) run(s);
+    strm_.wait();
+    return;
+  }
+  for (size_t i = 0; i < bwd_.size(); ++i) {
+    run(bwd_[i]);
+    if (ready_after_[i].empty()) continue;
+    strm_.wait();
+    for (int p : ready_after_[i]) opt_.grad_ready(p);
+  }
   strm_.wait();
+  for (int p : ready_at_end_) opt_.grad_ready(p);
 }
 
 const float* CpuProgram::input_grad() const {

@@ -45,6 +45,39 @@ void update_running_stats(float* rm, float* rv, const float* mean, const float* 
 }
 
 namespace {
+// Calls f(channel, first element, count) for every run of elements of one channel:
+// a pixel row of a plain (or N x F) layout, a block's lane of a blocked one (stride
+// block, H * W elements).
+template <class F>
+void for_channel_runs(const Blocked& X, F f) {
+  const int64_t hw = X.H * X.W;
+  for (int64_t n = 0; n < X.N; ++n)
+    for (int64_t cb = 0; cb < X.C / X.block; ++cb)
+      for (int64_t lane = 0; lane < X.block; ++lane)
+        f(cb * X.block + lane, (n * (X.C / X.block) + cb) * hw * X.block + lane, hw);
+}
+}  // namespace
+
+void channel_sums(double* sums, const float* x, const Blocked& X) {
+  for_channel_runs(X, [&](int64_t c, int64_t first, int64_t count) {
+    double s = 0, q = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const double v = x[first + i * X.block];
+      s += v;
+      q += v * v;
+    }
+    sums[c] += s;
+    sums[X.C + c] += q;
+  });
+}
+
+void channel_affine_sub(float* y, const float* x, const Blocked& X, const float* a, const float* b) {
+  for_channel_runs(X, [&](int64_t c, int64_t first, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) y[first + i * X.block] -= a[c] + b[c] * x[first + i * X.block];
+  });
+}
+
+namespace {
 // Both values in one blocked layout (nChw8c / nChw16c): the shortcut moves whole
 // channel blocks, a row of pixels at a time.
 bool same_blocks(const Blocked& X, const Blocked& Y) {

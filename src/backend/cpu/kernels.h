@@ -25,6 +25,11 @@ int64_t count_zeros(const float* x, int64_t count);
 // running = (1 - m) * running + m * batch, with the batch variance made unbiased.
 void update_running_stats(float* running_mean, float* running_var, const float* mean,
                           const float* var, int64_t C, float momentum, float unbias);
+// Global BatchNorm statistics (sync BN). sums[c] += the sum over (n, h, w) of x,
+// sums[C + c] += that of x^2, in double.
+void channel_sums(double* sums, const float* x, const Blocked& X);
+// y[e] -= a[c] + b[c] * x[e] for every element e of channel c.
+void channel_affine_sub(float* y, const float* x, const Blocked& X, const float* a, const float* b);
 // Inference: what a conv absorbs into its weights and bias, the BatchNorm after it
 // and the scale of a residual sum it feeds (y = x + scale * conv: Inception-ResNet).
 // Per output channel k, s = scale * gamma / sqrt(var + eps); w_out[k] = s * w[k]

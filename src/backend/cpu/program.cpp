@@ -197,6 +197,32 @@ CpuProgram::CpuProgram(const Graph& g, graph::ParamStore& store, Options opt)
   scratch_.bind();
   tmp_.bind();
   fold_.bind();
+  if (training()) order_grads();
+}
+
+// A parameter's gradient is final after the last backward step that holds its buffer
+// (the conv's weight-gradient primitive, or the reorder into the f32 master gradient
+// of a bf16 program).
+void CpuProgram::order_grads() {
+  std::unordered_map<const void*, int> param_of;
+  for (size_t p = 0; p < g_.params.size(); ++p)
+    if (g_.params[p].trainable() && !store_.grads[p].empty()) param_of[store_.grads[p].raw()] = static_cast<int>(p);
+  std::vector<int> last(g_.params.size(), -1);
+  for (size_t i = 0; i < bwd_.size(); ++i)
+    for (const memory& m : bwd_[i].held)
+      if (auto it = param_of.find(m ? m.get_data_handle() : nullptr); it != param_of.end())
+        last[it->second] = static_cast<int>(i);
+  ready_after_.assign(bwd_.size(), {});
+  for (const auto& [raw, p] : param_of) (last[p] >= 0 ? ready_after_[last[p]] : ready_at_end_).push_back(p);
+  for (auto& r : ready_after_) std::sort(r.begin(), r.end());
+  std::sort(ready_at_end_.begin(), ready_at_end_.end());
+}
+
+std::vector<int> CpuProgram::grad_order() const {
+  std::vector<int> order;
+  for (const auto& r : ready_after_) order.insert(order.end(), r.begin(), r.end());
+  order.insert(order.end(), ready_at_end_.begin(), ready_at_end_.end());
+  return order;
 }
 
 // Every value a live node reads or writes gets its memories: its own buffer, or a

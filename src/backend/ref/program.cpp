@@ -48,6 +48,15 @@ class RefProgram final : public Program {
     return static_cast<double>(std::count(x, x + n, 0.f)) / static_cast<double>(n);
   }
   std::string backend_name() const override { return "ref"; }
+  // Backward runs the nodes in reverse order; a node's parameters are final once it ran.
+  std::vector<int> grad_order() const override {
+    std::vector<int> order;
+    for (int id = static_cast<int>(g_.nodes.size()) - 1; id >= 0; --id)
+      if (live_[id])
+        for (int p : g_.nodes[id].params)
+          if (g_.params[p].trainable()) order.push_back(p);
+    return order;
+  }
 
  private:
   const float* output_impl(int i) const override;
@@ -93,6 +102,7 @@ RefProgram::RefProgram(const Graph& g, graph::ParamStore& store, Options opt)
     : g_(g), store_(store), opt_(opt) {
   INCRES_CHECK(opt.batch >= 1, "ref backend: batch size must be at least 1, got ", opt.batch);
   INCRES_CHECK(g_.input >= 0 && g_.output >= 0, "ref backend: the graph has no input or output");
+  INCRES_CHECK(!opt.sum_across, "ref backend: no global BatchNorm statistics (--sync-bn); use the cpu backend");
   INCRES_CHECK(store.values.size() == g_.params.size() && store.grads.size() == g_.params.size(),
                "ref backend: the parameter store holds ", store.values.size(),
                " tensors but the graph has ", g_.params.size(), " parameters");
@@ -202,7 +212,7 @@ void RefProgram::forward_node(int id) {
       },
       [&](const graph::Dropout& d) {
         if (training())
-          ref::dropout_forward(y, act(in), count(in), DropoutMask(opt_.seed, drawn_step_, id, d.p));
+          ref::dropout_forward(y, act(in), count(in), DropoutMask(opt_.seed, drawn_step_, id, d.p, opt_.sample_offset * (count(in) / opt_.batch)));
         else
           std::memcpy(y, act(in), static_cast<size_t>(count(in)) * sizeof(float));
       },
@@ -225,8 +235,13 @@ void RefProgram::backward_impl(const float* dy, std::span<const float* const> au
     const float* seed = i == 0 ? dy : aux_dy.empty() ? nullptr : aux_dy[i - 1];
     if (seed) std::memcpy(grad(outputs_[i]), seed, static_cast<size_t>(count(outputs_[i])) * sizeof(float));
   }
-  for (int id = static_cast<int>(g_.nodes.size()) - 1; id >= 0; --id)
-    if (live_[id]) backward_node(id);
+  for (int id = static_cast<int>(g_.nodes.size()) - 1; id >= 0; --id) {
+    if (!live_[id]) continue;
+    backward_node(id);
+    if (opt_.grad_ready)
+      for (int p : g_.nodes[id].params)
+        if (g_.params[p].trainable()) opt_.grad_ready(p);
+  }
 }
 
 void RefProgram::backward_node(int id) {
@@ -273,7 +288,7 @@ void RefProgram::backward_node(int id) {
       },
       [&](const graph::Dropout& d) {
         if (float* dx = grad(in))
-          ref::dropout_backward(dx, dy, count(in), DropoutMask(opt_.seed, drawn_step_, id, d.p));
+          ref::dropout_backward(dx, dy, count(in), DropoutMask(opt_.seed, drawn_step_, id, d.p, opt_.sample_offset * (count(in) / opt_.batch)));
       },
       [&](const graph::Sigmoid&) {
         if (float* dx = grad(in)) ref::sigmoid_backward(dx, dy, act(n.output), count(in));
