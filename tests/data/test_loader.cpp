@@ -115,6 +115,44 @@ TEST(Loader, SameBatchesForAnyNumberOfWorkers) {
   EXPECT_FALSE(run_epoch(l, 0)[0] == runs[0][0]);
 }
 
+// Data-parallel shards (data::Shard): batch i of shard k is rows [k * b, (k + 1) * b)
+// of batch i of one loader reading b * count at a time, augmentation included, also
+// for the last partial batch of an evaluation (a shard past its end gets size 0).
+TEST(Loader, ShardsTogetherReadWhatOneLoaderReads) {
+  Dataset ds = make(37);
+  for (bool drop_last : {true, false}) {
+    LoaderOptions whole = opts(1);
+    whole.drop_last = drop_last;
+    whole.shuffle = drop_last;
+    Loader one(ds, whole);
+    const std::vector<Copy> ref = run_epoch(one, 1);
+    const int64_t per = 3 * 6 * 6;
+    for (int count : {2, 4}) {
+      std::vector<std::vector<Copy>> shards;
+      for (int k = 0; k < count; ++k) {
+        LoaderOptions o = whole;
+        o.batch = whole.batch / count;
+        o.shard = {.index = k, .count = count};
+        Loader l(ds, o);
+        EXPECT_EQ(l.batches_per_epoch(), one.batches_per_epoch());
+        shards.push_back(run_epoch(l, 1));
+      }
+      for (size_t i = 0; i < ref.size(); ++i) {
+        std::vector<int32_t> labels;
+        std::vector<float> images;
+        for (int k = 0; k < count; ++k) {
+          const Copy& c = shards[k][i];
+          labels.insert(labels.end(), c.labels.begin(), c.labels.end());
+          images.insert(images.end(), c.images.begin(), c.images.begin() + c.size * per);
+        }
+        EXPECT_EQ(labels, ref[i].labels) << "batch " << i << " of " << count << " shards";
+        EXPECT_TRUE(std::equal(images.begin(), images.end(), ref[i].images.begin()))
+            << "batch " << i << " of " << count << " shards";
+      }
+    }
+  }
+}
+
 TEST(Loader, ResumeEqualsStraightRun) {
   Dataset ds = make();
   Loader straight(ds, opts(3));
