@@ -378,12 +378,178 @@ Experiment inception_residual() {
   return e;
 }
 
+// Inception-v4 paper, Sec. 3.3: "if the number of filters exceeded 1000, the residual
+// variants started to exhibit instabilities and the network has just 'died' early in
+// the training, meaning that the last layer before the average pooling started to
+// produce only zeros"; scaling the residuals by 0.1 to 0.3 before the addition kept
+// training stable. Inception-ResNet-v2 at two widths (its last blocks carry 1040 and
+// 2080 channels: beyond the paper's 1000), unscaled against 0.1 / 0.2 / 0.3, at an
+// aggressive constant learning rate, recording the zeros entering the pool.
+Experiment residual_scaling() {
+  Experiment e;
+  e.name = "residual-scaling";
+  e.title = "scaling the residuals of wide Inception-ResNets";
+  e.paper = "Inception-v4 paper, Sec. 3.3 (ImageNet)";
+  e.paper_metric = "the paper's account";
+  e.seeds = 1;
+  e.iters = 600;
+  e.test_limit = 2000;
+  e.eval_every = 50;
+  e.report_zeros = true;
+  e.runs = [](const Scale& s) {
+    std::vector<Run> runs;
+    for (const char* width : {"0.5", "1"}) {
+      if (s.full && std::string(width) != "1") continue;
+      for (auto [scale, label, paper] : {std::tuple{"1", "unscaled", "dies early (> 1000 filters)"},
+                                         {"0.3", "scale 0.3", "trains"}, {"0.2", "scale 0.2", "trains"},
+                                         {"0.1", "scale 0.1", "trains"}}) {
+        Run r = cifar(cat("w", width, "-", scale == std::string("1") ? "none" : scale), cat("width ", width, ", ", label),
+                      cat("width ", width), paper, "inception_resnet_v2", {{"width", width}, {"residual-scale", scale}});
+        r.config.image = s.full ? 299 : 75;
+        r.config.batch = 32;
+        // Aggressive: 5x the ResNet recipe's rate, constant, no warm-up.
+        r.config.lr = 0.5;
+        r.config.schedule = "constant";
+        r.may_diverge = true;
+        runs.push_back(r);
+      }
+    }
+    return runs;
+  };
+  e.panels = {{"training loss, width 0.5", "width 0.5", {"train_loss"}, "loss", true},
+              {"zeros entering the pool, width 0.5", "width 0.5", {"pool_input_zeros"}, "fraction of zeros"},
+              {"training loss, width 1", "width 1", {"train_loss"}, "loss", true},
+              {"zeros entering the pool, width 1", "width 1", {"pool_input_zeros"}, "fraction of zeros"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    // Dead: the loss went non-finite, or (nearly) every value entering the pool is 0,
+    // or the net learned nothing (training loss at chance, ln 10, or above).
+    auto dead = [](const Result& x) {
+      return x.seeds == 0 || (!std::isnan(x.pool_zeros) && x.pool_zeros > 0.99) || x.train_loss >= 0.95 * std::log(10.0);
+    };
+    std::string text;
+    bool unscaled_died = false, scaled_trained = true, any = false;
+    for (const char* width : {"0.5", "1"}) {
+      const auto none = r.find(cat("w", width, "-none"));
+      if (none == r.end()) continue;
+      any = true;
+      const bool died = dead(none->second);
+      unscaled_died = unscaled_died || died;
+      std::string scaled;
+      for (const char* sc : {"0.3", "0.2", "0.1"}) {
+        const Result& x = r.at(cat("w", width, "-", sc));
+        scaled_trained = scaled_trained && !dead(x);
+        scaled += cat(scaled.empty() ? "" : ", ", sc, ": ", x.seeds == 0 ? "diverged" : pct(x.test_error));
+      }
+      const Result& n = none->second;
+      text += cat(text.empty() ? "" : "; ", "width ", width, ": unscaled ",
+                  n.seeds == 0 ? "diverged (" + n.diverged_at + ")"
+                               : cat(died ? "died" : "trained", ", test error ", pct(n.test_error),
+                                     std::isnan(n.pool_zeros) ? "" : cat(", ", fixed(100 * n.pool_zeros), "% zeros entering the pool")),
+                  "; scaled (test error) ", scaled);
+    }
+    if (!any) return std::string("no runs");
+    return cat(yes_no(unscaled_died && scaled_trained, unscaled_died), ": ", text,
+               unscaled_died ? "." : ". The unscaled nets did not die at the widths tried.");
+  };
+  return e;
+}
+
+// Rethinking the Inception Architecture, Sec. 4 and 7: the auxiliary classifier does
+// not speed up early training but helps a little at the end, as a regulariser; with
+// its fully connected layer batch-normalised (BN-auxiliary), a little more.
+// inception_v3_79 keeps the 17x17 grid the head needs at a 79x79 input.
+Experiment aux_classifier() {
+  Experiment e;
+  e.name = "aux-classifier";
+  e.title = "Inception-v3's auxiliary classifier";
+  e.paper = "Rethinking the Inception Architecture, Sec. 4 and 7 (ImageNet)";
+  e.paper_metric = "the paper's account (top-1 error, Table 3)";
+  e.seeds = 2;
+  e.iters = 1200;
+  e.train_limit = 20000;
+  e.test_limit = 5000;
+  e.eval_every = 200;
+  e.runs = [](const Scale& s) {
+    const std::string model = s.full ? "inception_v3" : "inception_v3_79";
+    auto net = [&](std::string name, std::string label, std::string paper) {
+      Run r = cifar(std::move(name), std::move(label), "", std::move(paper), model,
+                    s.full ? std::vector<std::pair<std::string, std::string>>{}
+                           : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
+      r.config.batch = s.full ? 128 : 32;
+      return r;
+    };
+    Run none = net("no-aux", "no auxiliary head", "");
+    none.config.aux = false;
+    Run aux = net("aux", "auxiliary head (weight 0.4)", "no faster early on; a little better at the end");
+    Run bn = net("aux-bn", "BN-auxiliary head", "0.4 points better still (top-1)");
+    bn.config.model_options.emplace_back("aux-bn", "true");
+    return std::vector<Run>{none, aux, bn};
+  };
+  e.panels = {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &none = r.at("no-aux"), &aux = r.at("aux"), &bn = r.at("aux-bn");
+    const double spread = noise(r);
+    // Early: the first evaluation's test error of seed 0.
+    auto early = [](const Result& x) { return x.curve.empty() ? std::nan("") : x.curve.front().test_error; };
+    const bool end = aux.test_error < none.test_error, bn_better = bn.test_error < aux.test_error;
+    const bool not_faster = !(early(aux) < early(none) - spread);
+    return cat(yes_no(end && bn_better && not_faster && aux.test_error + spread < none.test_error, end || bn_better),
+               ": final test error ", pct(none.test_error), " without the head, ", pct(aux.test_error), " with it, ",
+               pct(bn.test_error), " with the BN-auxiliary head; at the first evaluation ", pct(early(none)), " / ",
+               pct(early(aux)), " / ", pct(early(bn)), "; seed spread ", points(spread),
+               end && aux.test_error + spread >= none.test_error ? " (the gain is within it)" : "", ".");
+  };
+  return e;
+}
+
+// Rethinking the Inception Architecture, Sec. 9 and Table 2: at about equal compute,
+// nets for 299x299, 151x151 and 79x79 inputs (their stems changed so that the grids
+// from 35x35 on are the same) end close: 76.6 / 76.4 / 75.2% top-1 on ImageNet.
+Experiment low_resolution() {
+  Experiment e;
+  e.name = "low-resolution";
+  e.title = "lower-resolution input at equal compute";
+  e.paper = "Rethinking the Inception Architecture, Sec. 9 and Table 2 (ImageNet)";
+  e.paper_metric = "ImageNet top-1 error %";
+  e.seeds = 1;
+  e.iters = 2000;
+  e.train_limit = 20000;
+  e.test_limit = 5000;
+  e.eval_every = 250;
+  e.runs = [](const Scale& s) {
+    std::vector<Run> runs;
+    for (auto [model, label, paper] : {std::tuple{"inception_v3", "299x299 (stride 2, max pool)", "23.4"},
+                                       {"inception_v3_151", "151x151 (stride 1, max pool)", "23.6"},
+                                       {"inception_v3_79", "79x79 (stride 1, no pool)", "24.8"}}) {
+      Run r = cifar(model, label, "", paper, model,
+                    s.full ? std::vector<std::pair<std::string, std::string>>{}
+                           : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
+      r.config.aux = false;  // the three differ in the stem alone
+      r.config.batch = s.full ? 128 : 32;
+      runs.push_back(r);
+    }
+    return runs;
+  };
+  e.panels = error_panels();
+  e.verdict = [](const std::map<std::string, Result>& r) {
+    const Result &a = r.at("inception_v3"), &b = r.at("inception_v3_151"), &c = r.at("inception_v3_79");
+    const double span = std::max({a.test_error, b.test_error, c.test_error}) -
+                        std::min({a.test_error, b.test_error, c.test_error});
+    // The paper's three lie within 1.4 points; "close" here: within 2.
+    return cat(yes_no(span <= 2.0, span <= 4.0), ": test error ", pct(a.test_error), " / ", pct(b.test_error), " / ",
+               pct(c.test_error), " at 299 / 151 / 79 (", fixed(a.macs / 1e6, 0), " / ", fixed(b.macs / 1e6, 0), " / ",
+               fixed(c.macs / 1e6, 0), " M MACs), ", points(span), " apart (the paper: 1.4 points).");
+  };
+  return e;
+}
+
 }  // namespace
 
 const std::vector<Experiment>& catalog() {
-  static const std::vector<Experiment> all = {degradation(),   shortcuts(),     identity_shortcut(), unit_order(),
-                                              depth(),         inception_residual(), factorization(),
-                                              label_smoothing()};
+  static const std::vector<Experiment> all = {
+      degradation(),        shortcuts(),         identity_shortcut(), unit_order(),     depth(),
+      inception_residual(), residual_scaling(),  factorization(),     aux_classifier(), label_smoothing(),
+      low_resolution()};
   return all;
 }
 

@@ -65,6 +65,7 @@ std::string train_command(const train::TrainConfig& c) {
   flag("--iters", c.iters, d.iters);
   flag("--batch", c.batch, d.batch);
   flag("--lr", c.lr, d.lr);
+  flag("--schedule", c.schedule, d.schedule);
   flag("--milestones", c.milestones, d.milestones);
   flag("--warmup-iters", c.warmup_iters, d.warmup_iters);
   flag("--warmup-lr", c.warmup_lr, d.warmup_lr);
@@ -132,7 +133,13 @@ bool train_run(const Run& r, train::TrainConfig c) {
   try {
     t = train::run_training(c);
   } catch (const Error& e) {
-    fail("run ", r.name, " seed ", c.seed, ": ", e.what());
+    const std::string what = e.what();
+    const bool nonfinite = what.find("loss is ") != std::string::npos || what.find("gradient norm is ") != std::string::npos;
+    if (!r.may_diverge || !nonfinite) fail("run ", r.name, " seed ", c.seed, ": ", what);
+    log_info(cat("run ", r.name, " seed ", c.seed, " diverged, as this experiment allows: ", what));
+    train::plot_run(c.out_dir);
+    write_json(dir / kDoneFile, {{"diverged", what.substr(0, what.find("; stopping"))}});
+    return true;
   }
   train::plot_run(c.out_dir);
   const std::vector<nlohmann::json> rows = train::read_metrics((dir / "metrics.jsonl").string());
@@ -239,7 +246,7 @@ std::string run(const Experiment& e, const Options& o) {
   int finished_runs = 0;
   for (const Run& r : runs) {
     Result res{.run = &r, .curve = {}};
-    std::vector<double> train_err, test_err, train_loss, ece, seconds;
+    std::vector<double> train_err, test_err, train_loss, ece, seconds, zeros;
     std::vector<std::vector<nlohmann::json>> curves;
     for (int seed = 0; seed < seeds; ++seed) {
       const fs::path rd = run_config(e, r, o, seed).out_dir;
@@ -250,8 +257,14 @@ std::string run(const Experiment& e, const Options& o) {
           if (row.contains("test_error"))
             res.curve.push_back({row["step"].get<int64_t>(), row.value("train_seconds", 0.0),
                                  row["test_error"].get<double>()});
-      if (!fs::exists(rd / kDoneFile) || rows.empty()) continue;
+      if (!fs::exists(rd / kDoneFile)) continue;
       const nlohmann::json done = read_json(rd / kDoneFile);
+      if (done.contains("diverged")) {
+        ++res.diverged;
+        if (res.diverged_at.empty()) res.diverged_at = done["diverged"].get<std::string>();
+        continue;
+      }
+      if (rows.empty()) continue;
       res.params = done.value("params", int64_t{0});
       res.macs = done.value("macs", int64_t{0});
       const nlohmann::json& last = rows.back();
@@ -260,11 +273,15 @@ std::string run(const Experiment& e, const Options& o) {
       train_loss.push_back(last["train_loss"].get<double>());
       ece.push_back(last.value("test_ece", 0.0));  // runs of older builds: none
       seconds.push_back(last.value("train_seconds", 0.0));
+      if (last.contains("pool_input_zeros") && last["pool_input_zeros"].is_number())
+        zeros.push_back(last["pool_input_zeros"].get<double>());
     }
     write_curve(dir / "curves" / (r.name + ".tsv"), curves);
     for (const auto& rows : curves) last_step[r.name] = std::max(last_step[r.name], rows.back()["step"].get<int64_t>());
     res.seeds = static_cast<int>(test_err.size());
-    if (res.seeds == seeds) ++finished_runs;
+    if (res.seeds + res.diverged == seeds) ++finished_runs;
+    if (!zeros.empty()) res.pool_zeros = mean(zeros);
+    if (res.seeds == 0 && res.diverged > 0) results[r.name] = res;
     if (res.seeds > 0) {
       res.train_error = mean(train_err);
       res.test_error = mean(test_err);
@@ -286,11 +303,12 @@ std::string run(const Experiment& e, const Options& o) {
      << (first.train_limit ? cat(" (first ", first.train_limit, " training images)") : std::string(" (all training images)"))
      << (first.test_limit ? cat(", test on the first ", first.test_limit, " test images") : std::string(", the whole test set"))
      << "; " << first.iters << " iterations of batch " << first.batch << ", lr " << first.lr
-     << " divided by 10 at 50% and 75%; evaluated every " << first.eval_every << " iterations; " << seeds
+     << (first.schedule == "multistep" ? " divided by 10 at 50% and 75%" : " (" + first.schedule + " schedule)")
+     << "; evaluated every " << first.eval_every << " iterations; " << seeds
      << (seeds == 1 ? " seed" : " seeds") << " (the same for every run).\n\n"
      << "| run | params | MACs | train error % | test error % |" << (e.report_ece ? " test ECE % |" : "")
-     << " paper: " << e.paper_metric << " |\n"
-     << "|---|---:|---:|---:|---:|" << (e.report_ece ? "---:|" : "") << "---:|\n";
+     << (e.report_zeros ? " zeros entering the pool |" : "") << " paper: " << e.paper_metric << " |\n"
+     << "|---|---:|---:|---:|---:|" << (e.report_ece ? "---:|" : "") << (e.report_zeros ? "---:|" : "") << "---:|\n";
   for (const Run& r : runs) {
     auto it = results.find(r.name);
     if (it == results.end()) {
@@ -300,13 +318,21 @@ std::string run(const Experiment& e, const Options& o) {
       continue;
     }
     const Result& x = it->second;
+    if (x.seeds == 0) {  // every seed diverged
+      md << "| " << r.label << " | | | diverged | " << x.diverged_at << " |" << (e.report_ece ? " |" : "")
+         << (e.report_zeros ? " |" : "") << " " << r.paper << " |\n";
+      continue;
+    }
     std::string test = fixed(x.test_error);
+    if (x.diverged > 0) test += cat(" (", x.diverged, " seed(s) diverged)");
     if (x.seeds > 1) test += cat(" ± ", fixed(x.test_error_sd), " (", x.seeds, " seeds, ", fixed(x.test_error_min), "–",
                                  fixed(x.test_error_max), ")");
     else if (seeds > 1) test += " (1 seed)";
     md << "| " << r.label << " | " << with_commas(x.params) << " | " << fixed(static_cast<double>(x.macs) / 1e6, 1)
        << " M | " << fixed(x.train_error) << " | " << test << " |"
-       << (e.report_ece ? " " + fixed(x.test_ece) + " |" : "") << " " << r.paper << " |\n";
+       << (e.report_ece ? " " + fixed(x.test_ece) + " |" : "")
+       << (e.report_zeros ? " " + (std::isnan(x.pool_zeros) ? std::string("-") : fixed(100 * x.pool_zeros) + "%") + " |" : "")
+       << " " << r.paper << " |\n";
   }
   md << "\n"
      << (finished_runs == static_cast<int>(runs.size())

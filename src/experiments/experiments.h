@@ -4,6 +4,7 @@
 // it needs (each resumable; finished runs are skipped), then the report.
 #pragma once
 #include <cstdint>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <string>
@@ -44,6 +45,9 @@ struct Run {
   std::string group;  // the plot panel it is drawn in ("" = every panel)
   std::string paper;  // the paper's figure for it, as text ("6.97", "fails", "")
   train::TrainConfig config;
+  // A run whose loss may go non-finite, as a result (Inception-ResNet without residual
+  // scaling): it then ends there, recorded as diverged, and the experiment goes on.
+  bool may_diverge = false;
 };
 
 // The final numbers of a run, or of the mean over its seeds.
@@ -56,6 +60,12 @@ struct Result {
   double train_seconds = 0;  // time spent in training steps, mean over seeds
   double test_error_sd = 0;      // sample standard deviation over seeds (0 for one)
   double test_error_min = 0, test_error_max = 0;
+  // The fraction of exact zeros entering the last global pool at the end (mean over
+  // seeds; NaN where not recorded): Inception-v4's dead units.
+  double pool_zeros = std::nan("");
+  // Seeds whose loss went non-finite (may_diverge runs), and seed 0's message.
+  int diverged = 0;
+  std::string diverged_at;
   // Seed 0's test error at each evaluation, with the training time spent by then.
   struct Point {
     int64_t step = 0;
@@ -87,6 +97,7 @@ struct Experiment {
   std::function<std::vector<Run>(const Scale&)> runs;
   std::vector<Panel> panels;
   bool report_ece = false;  // the table shows each run's expected calibration error
+  bool report_zeros = false;  // ... and the fraction of zeros entering the last pool
   // The finding checked on the results by run name: one sentence.
   std::function<std::string(const std::map<std::string, Result>&)> verdict;
 };

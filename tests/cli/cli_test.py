@@ -919,7 +919,8 @@ class Experiment(unittest.TestCase):
     def test_every_experiment_runs(self):
         names = [l.split()[0] for l in run("experiment", "list").stdout.splitlines()]
         self.assertEqual(names, ["degradation", "shortcuts", "identity-shortcut", "unit-order", "depth",
-                                 "inception-residual", "factorization", "label-smoothing"])
+                                 "inception-residual", "residual-scaling", "factorization", "aux-classifier",
+                                 "label-smoothing", "low-resolution"])
         with tempfile.TemporaryDirectory() as d:
             for name in names:
                 r = run("experiment", name, "--iters", "2", "--eval-every", "1", "--train-limit", "128",
