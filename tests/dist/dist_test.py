@@ -86,6 +86,34 @@ class Equivalence(unittest.TestCase):
             self.assertLess(max_rel(one[:3], two[:3]), 1e-5)
             self.assertLess(max_rel(one, two), max(4 * envelope, 1e-3))
 
+    def test_every_step_from_the_same_state(self):
+        # Compounding aside: from the 2-rank run's own checkpoints at steps 0, 25, 50 and
+        # 75, one process continues for 3 steps (resuming across N is allowed with
+        # --sync-bn), and every one of those steps' losses is within 1e-5 of the 2-rank
+        # run's.
+        with tempfile.TemporaryDirectory() as d:
+            recipe = ["train", *SMALL, "--iters", "100", "--eval-every", "1", "--lr", "1e-4", "--schedule", "constant",
+                      "--sync-bn", "--out", f"{d}/two"]
+            for k in (25, 50, 75, 100):
+                resume = ["--resume", f"{d}/two/last.safetensors"] if k > 25 else []
+                ok(mpirun(2, [*recipe, "--stop-after", k, *resume]))
+                if k < 100:
+                    os.replace(f"{d}/two/last.safetensors", f"{d}/two-{k}.safetensors")
+                    os.link(f"{d}/two-{k}.safetensors", f"{d}/two/last.safetensors")
+            two = {r["step"]: r["train_loss"] for r in rows(f"{d}/two")}
+            self.assertEqual(sorted(two), list(range(1, 101)))
+            worst = 0
+            for k in (0, 25, 50, 75):
+                one = f"{d}/one-{k}"
+                args = [a if a != f"{d}/two" else one for a in recipe] + ["--stop-after", k + 3]
+                ok(single(args + (["--resume", f"{d}/two-{k}.safetensors"] if k else [])))
+                for r in rows(one):
+                    if r["step"] > k:
+                        worst = max(worst, abs(r["train_loss"] - two[r["step"]]) / two[r["step"]])
+            print(f"\n  1 process continuing the 2-rank run at steps 0/25/50/75, 3 steps each: {worst:.1e}",
+                  file=sys.stderr)
+            self.assertLess(worst, 1e-5)
+
     def test_per_rank_statistics_without_sync_bn(self):
         # Without --sync-bn each rank normalises its own 16 images (as PyTorch DDP
         # does), so the very first loss is not the 1-process one, yet the run learns.
@@ -194,7 +222,7 @@ def rank_pid(folder, rank):
 class Faults(unittest.TestCase):
     def start(self, folder, extra=()):
         cmd = [MPIRUN, "-np", "2", "--mca", "btl", "tcp,self", "--oversubscribe", "-x", "INCRES_LOG",
-               "-x", "OMP_NUM_THREADS", INCRES, "train", *SMALL, "--iters", "200", "--eval-every", "20",
+               "-x", "OMP_NUM_THREADS", INCRES, "train", *SMALL, "--iters", "100", "--eval-every", "20",
                "--comm-timeout", "10", "--out", folder, *extra]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         deadline = time.time() + 120
@@ -221,9 +249,9 @@ class Faults(unittest.TestCase):
         return err
 
     def resume(self, folder):
-        ok(mpirun(2, ["train", *SMALL, "--iters", "200", "--eval-every", "20", "--out", folder,
+        ok(mpirun(2, ["train", *SMALL, "--iters", "100", "--eval-every", "20", "--out", folder,
                       "--resume", f"{folder}/last.safetensors"]))
-        self.assertEqual(rows(folder)[-1]["step"], 200)
+        self.assertEqual(rows(folder)[-1]["step"], 100)
 
     def test_killed_rank(self):
         with tempfile.TemporaryDirectory() as d:
