@@ -28,9 +28,13 @@ void check_store(const graph::Graph& g, const graph::ParamStore& store, const ch
                  "ParamStore(graph)");
 }
 
+// The first ten names, then how many more: a checkpoint of another model would
+// otherwise list hundreds.
 std::string join(const std::vector<std::string>& v) {
+  constexpr size_t kShown = 10;
   std::string s;
-  for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
+  for (size_t i = 0; i < v.size() && i < kShown; ++i) s += (s.empty() ? "" : ", ") + v[i];
+  if (v.size() > kShown) s += cat(", and ", v.size() - kShown, " more");
   return s;
 }
 
