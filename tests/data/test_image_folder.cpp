@@ -246,6 +246,39 @@ TEST(ImageFolderLoader, SameBatchesForAnyNumberOfWorkersAndOnResume) {
   EXPECT_TRUE(resumed[1] == runs[0][5]);
 }
 
+// Data-parallel shards: together, batch by batch, they read what one loader of the
+// whole batch reads (random-resized crops and flips included), partial batch too.
+TEST(ImageFolderLoader, ShardsTogetherReadWhatOneLoaderReads) {
+  TempDir d;
+  ImageFolder f = make_loader_tree(d, 13, false);
+  for (bool drop_last : {true, false}) {
+    ImageLoaderOptions whole = loader_opts(1);
+    whole.drop_last = drop_last;
+    ImageFolderLoader one(f, whole);
+    const std::vector<Copy> ref = run_epoch(one, 1);
+    const size_t per = 3 * 16 * 16;
+    std::vector<std::vector<Copy>> shards;
+    for (int k = 0; k < 2; ++k) {
+      ImageLoaderOptions o = whole;
+      o.batch = 2;
+      o.shard = {.index = k, .count = 2};
+      ImageFolderLoader l(f, o);
+      ASSERT_EQ(l.batches_per_epoch(), one.batches_per_epoch());
+      shards.push_back(run_epoch(l, 1));
+    }
+    for (size_t i = 0; i < ref.size(); ++i) {
+      std::vector<int32_t> labels;
+      std::vector<float> images;
+      for (const auto& s : shards) {
+        labels.insert(labels.end(), s[i].labels.begin(), s[i].labels.end());
+        images.insert(images.end(), s[i].images.begin(), s[i].images.begin() + s[i].size * per);
+      }
+      EXPECT_EQ(labels, ref[i].labels) << "batch " << i;
+      EXPECT_TRUE(std::equal(images.begin(), images.end(), ref[i].images.begin())) << "batch " << i;
+    }
+  }
+}
+
 TEST(ImageFolderLoader, FirstBadFileIsAnErrorNamingIt) {
   TempDir d;
   ImageFolder f = make_loader_tree(d, 6, true);
