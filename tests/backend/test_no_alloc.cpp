@@ -22,10 +22,13 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <memory>
 #include <new>
 #include <vector>
 
 #include "backend/program.h"
+#include "dist/gradient_exchange.h"
 #include "core/rng.h"
 #include "graph/builder.h"
 #include "graph/params.h"
@@ -101,12 +104,19 @@ struct Counts {
 // Allocations made by 3 training steps (forward + backward, every auxiliary output
 // given a gradient), after 2 warm-up steps (first-touch work: OpenMP's thread team,
 // lazy jit kernels).
+// `with`: the data-parallel hooks to compile with (their batch, mode and precision are
+// set here); `store` receives the parameters.
 Counts allocations_per_step(const std::string& backend, const graph::Graph& g, int64_t N,
                             backend::Precision precision = backend::Precision::f32,
-                            backend::Mode mode = backend::Mode::train) {
-  graph::ParamStore store(g);
+                            backend::Mode mode = backend::Mode::train, backend::Options with = {},
+                            graph::ParamStore* into = nullptr, std::function<void()> after_backward = {}) {
+  graph::ParamStore own(g);
+  graph::ParamStore& store = into ? *into : own;
   store.init(g, 1);
-  auto prog = backend::compile(backend, g, store, {.batch = N, .mode = mode, .precision = precision});
+  with.batch = N;
+  with.mode = mode;
+  with.precision = precision;
+  auto prog = backend::compile(backend, g, store, with);
   Rng rng(2);
   std::vector<float> x(static_cast<size_t>(N * g.input_shape().numel()));
   std::vector<std::vector<float>> dys;
@@ -121,6 +131,7 @@ Counts allocations_per_step(const std::string& backend, const graph::Graph& g, i
   auto train_step = [&] {
     prog->forward(x.data());
     if (mode == backend::Mode::train) prog->backward(dy.data(), aux_dy);
+    if (after_backward) after_backward();
   };
   for (int step = 0; step < 2; ++step) train_step();
   g_allocations = g_onednn_allocations = g_executes = 0;
@@ -182,6 +193,36 @@ TEST(NoAlloc, CpuTrainingStep) {
     std::printf("oneDNN: %lld allocations per training step inside its %lld primitive executions "
                 "(exec_args_t, exec_ctx_t; not avoidable through its public API)\n",
                 static_cast<long long>(c.onednn), static_cast<long long>(c.executes));
+  }
+}
+
+// Data-parallel: gradients reported ready into a gradient exchange (of a world of one,
+// whose sums do nothing: the packing, the buckets and the averaging run as under MPI),
+// and BatchNorm's global-statistics loops with their sums across processes.
+TEST(NoAlloc, CpuDataParallelStep) {
+  for (const graph::Graph& g : {resnet20(), inception_like()}) {
+    graph::ParamStore store(g);
+    std::unique_ptr<dist::GradientExchange> ex;
+    std::vector<int> index(g.params.size(), -1);
+    backend::Options hooks{.sum_across = [](double*, int64_t) {}, .sample_offset = 8};
+    // The exchange follows the program's order: built at the first report, in the
+    // warm-up steps.
+    hooks.grad_ready = [&](int p) {
+      if (!ex) {
+        std::vector<std::span<float>> bufs;
+        auto order = backend::compile("cpu", g, store, {.batch = 8, .mode = backend::Mode::train})->grad_order();
+        for (int q : order) {
+          index[q] = static_cast<int>(bufs.size());
+          bufs.emplace_back(store.grads[q].data<float>(), static_cast<size_t>(store.grads[q].numel()));
+        }
+        ex = std::make_unique<dist::GradientExchange>(dist::single_process(), std::move(bufs), 4 << 10);
+      }
+      ex->ready(index[p]);
+    };
+    const Counts c = allocations_per_step("cpu", g, 8, backend::Precision::f32, backend::Mode::train, hooks, &store,
+                                          [&] { ex->finish(); });
+    EXPECT_EQ(c.ours, 0) << "allocations per data-parallel step outside oneDNN's execute";
+    EXPECT_GT(ex->buckets(), 1);
   }
 }
 
