@@ -448,8 +448,14 @@ Experiment residual_scaling() {
                   "; scaled (test error) ", scaled);
     }
     if (!any) return std::string("no runs");
-    return cat(yes_no(unscaled_died && scaled_trained, unscaled_died), ": ", text,
-               unscaled_died ? "." : ". The unscaled nets did not die at the widths tried.");
+    // Partly: the unscaled nets died and some scaled one trained. Every net dead says
+    // nothing of the scaling: the rate killed them all.
+    bool all_dead = unscaled_died;
+    for (const auto& [name, x] : r) all_dead = all_dead && dead(x);
+    return cat(yes_no(unscaled_died && scaled_trained, unscaled_died && !all_dead), ": ", text,
+               all_dead        ? ". Every net died, scaled or not: this rate kills them all."
+               : unscaled_died ? "."
+                               : ". The unscaled nets did not die at the widths tried.");
   };
   return e;
 }
