@@ -33,6 +33,17 @@ void warm_up(Run& r, const Scale& s) {
   r.config.warmup_lr = 0.01;
 }
 
+// An Inception net under the ResNet recipe, scaled to the budget: width 0.25 and a
+// batch of `batch` at the default scale, the paper's width and batch 128 with --full.
+Run inception(std::string name, std::string label, std::string group, std::string paper, const std::string& model,
+              const Scale& s, int64_t batch) {
+  Run r = cifar(std::move(name), std::move(label), std::move(group), std::move(paper), model,
+                s.full ? std::vector<std::pair<std::string, std::string>>{}
+                       : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
+  r.config.batch = s.full ? 128 : batch;
+  return r;
+}
+
 std::string pct(double v) { return fixed(v) + "%"; }
 
 // The usual plot: training error (dashed) and test error against iterations.
@@ -339,11 +350,8 @@ Experiment inception_residual() {
   e.eval_every = 250;
   e.runs = [](const Scale& s) {
     auto net = [&](std::string name, std::string label, std::string group, std::string paper, const std::string& m) {
-      Run r = cifar(std::move(name), std::move(label), std::move(group), std::move(paper), m,
-                    s.full ? std::vector<std::pair<std::string, std::string>>{}
-                           : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
+      Run r = inception(std::move(name), std::move(label), std::move(group), std::move(paper), m, s, 64);
       r.config.image = s.full ? 299 : 75;
-      r.config.batch = s.full ? 128 : 64;
       if (m == "inception_v3") r.config.aux = false;  // the other three have no auxiliary head
       return r;
     };
@@ -478,11 +486,7 @@ Experiment aux_classifier() {
   e.runs = [](const Scale& s) {
     const std::string model = s.full ? "inception_v3" : "inception_v3_79";
     auto net = [&](std::string name, std::string label, std::string paper) {
-      Run r = cifar(std::move(name), std::move(label), "", std::move(paper), model,
-                    s.full ? std::vector<std::pair<std::string, std::string>>{}
-                           : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
-      r.config.batch = s.full ? 128 : 32;
-      return r;
+      return inception(std::move(name), std::move(label), "", std::move(paper), model, s, 32);
     };
     Run none = net("no-aux", "no auxiliary head", "");
     none.config.aux = false;
@@ -527,11 +531,8 @@ Experiment low_resolution() {
     for (auto [model, label, paper] : {std::tuple{"inception_v3", "299x299 (stride 2, max pool)", "23.4"},
                                        {"inception_v3_151", "151x151 (stride 1, max pool)", "23.6"},
                                        {"inception_v3_79", "79x79 (stride 1, no pool)", "24.8"}}) {
-      Run r = cifar(model, label, "", paper, model,
-                    s.full ? std::vector<std::pair<std::string, std::string>>{}
-                           : std::vector<std::pair<std::string, std::string>>{{"width", "0.25"}});
+      Run r = inception(model, label, "", paper, model, s, 32);
       r.config.aux = false;  // the three differ in the stem alone
-      r.config.batch = s.full ? 128 : 32;
       runs.push_back(r);
     }
     return runs;
