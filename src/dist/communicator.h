@@ -56,8 +56,8 @@ bool launched_by_mpi();
 // per process and finalised at exit.
 Communicator& world();
 
-// The sum in a fixed order for a world of one and the tests: a Communicator that
-// holds one rank and does nothing.
+// A world of one process, whose collectives do nothing: what world() is when no MPI
+// launcher started this process, and what single-process callers and tests pass.
 Communicator& single_process();
 
 }  // namespace incres::dist
