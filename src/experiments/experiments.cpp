@@ -134,7 +134,10 @@ bool train_run(const Run& r, train::TrainConfig c) {
     t = train::run_training(c);
   } catch (const Error& e) {
     const std::string what = e.what();
-    const bool nonfinite = what.find("loss is ") != std::string::npos || what.find("gradient norm is ") != std::string::npos;
+    // The trainer's own checks, or the checkpoint's refusal to save a NaN statistic.
+    const bool nonfinite = what.find("loss is ") != std::string::npos ||
+                           what.find("gradient norm is ") != std::string::npos ||
+                           what.find("holds NaN or Inf") != std::string::npos;
     if (!r.may_diverge || !nonfinite) fail("run ", r.name, " seed ", c.seed, ": ", what);
     log_info(cat("run ", r.name, " seed ", c.seed, " diverged, as this experiment allows: ", what));
     train::plot_run(c.out_dir);
@@ -195,9 +198,10 @@ void write_curve(const fs::path& path, const std::vector<std::vector<nlohmann::j
 }
 
 void plot(const Experiment& e, const std::vector<Run>& runs, const fs::path& dir) {
-  const size_t n = e.panels.size();
-  std::string s = cat("set terminal pngcairo size ", 520 * n, ",460 font ',10'\nset output ",
-                      train::gnuplot_quote((dir / "plot.png").string()), "\nset multiplot layout 1,", n,
+  // One row of panels; more than four wrap into two rows.
+  const size_t n = e.panels.size(), cols = n > 4 ? (n + 1) / 2 : n, rows = (n + cols - 1) / cols;
+  std::string s = cat("set terminal pngcairo size ", 520 * cols, ",", 460 * rows, " font ',10'\nset output ",
+                      train::gnuplot_quote((dir / "plot.png").string()), "\nset multiplot layout ", rows, ",", cols,
                       " title ", train::gnuplot_quote(e.title + " (" + e.paper + ")"),
                       "\nset grid\nset key top right\n");
   for (const Panel& p : e.panels) {
@@ -245,7 +249,8 @@ std::string run(const Experiment& e, const Options& o) {
   std::map<std::string, int64_t> last_step;  // of runs started, the furthest seed's last row
   int finished_runs = 0;
   for (const Run& r : runs) {
-    Result res{.run = &r, .curve = {}};
+    Result res;
+    res.run = &r;
     std::vector<double> train_err, test_err, train_loss, ece, seconds, zeros;
     std::vector<std::vector<nlohmann::json>> curves;
     for (int seed = 0; seed < seeds; ++seed) {
@@ -296,13 +301,18 @@ std::string run(const Experiment& e, const Options& o) {
   }
 
   const train::TrainConfig first = run_config(e, runs.front(), o, 0);
+  std::vector<double> lrs;  // the learning rates of the runs, in order of appearance
+  for (const Run& r : runs)
+    if (const double lr = run_config(e, r, o, 0).lr; std::find(lrs.begin(), lrs.end(), lr) == lrs.end()) lrs.push_back(lr);
+  std::string rates;  // "0.5 or 0.2"
+  for (double lr : lrs) rates += cat(rates.empty() ? "" : " or ", lr);
   std::ostringstream md;
   md << "# " << e.name << ": " << e.title << "\n\n"
      << "Paper: " << e.paper << ".\n\n"
      << "Scale: " << (o.full ? "full (the paper's schedule)" : "default budget") << "; data " << first.data
      << (first.train_limit ? cat(" (first ", first.train_limit, " training images)") : std::string(" (all training images)"))
      << (first.test_limit ? cat(", test on the first ", first.test_limit, " test images") : std::string(", the whole test set"))
-     << "; " << first.iters << " iterations of batch " << first.batch << ", lr " << first.lr
+     << "; " << first.iters << " iterations of batch " << first.batch << ", lr " << rates
      << (first.schedule == "multistep" ? " divided by 10 at 50% and 75%" : " (" + first.schedule + " schedule)")
      << "; evaluated every " << first.eval_every << " iterations; " << seeds
      << (seeds == 1 ? " seed" : " seeds") << " (the same for every run).\n\n"
@@ -313,8 +323,8 @@ std::string run(const Experiment& e, const Options& o) {
     auto it = results.find(r.name);
     if (it == results.end()) {
       const std::string state = last_step.count(r.name) ? cat("unfinished (step ", last_step[r.name], ")") : "not run";
-      md << "| " << r.label << " | | | " << state << " | " << state << " |" << (e.report_ece ? " |" : "") << " "
-         << r.paper << " |\n";
+      md << "| " << r.label << " | | | " << state << " | " << state << " |" << (e.report_ece ? " |" : "")
+         << (e.report_zeros ? " |" : "") << " " << r.paper << " |\n";
       continue;
     }
     const Result& x = it->second;

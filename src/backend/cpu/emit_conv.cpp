@@ -219,7 +219,7 @@ void CpuProgram::compile_conv_winograd(Site& at, const graph::Conv2d& c, const W
     }
   });
   s.kind = "winograd";
-  s.impl = std::string(line ? "F(4," + std::to_string(line->f.r) + ")" : "F(4x4,3x3)") + ":avx2+" + mm.impl;
+  s.impl = std::string(line ? "F(4," + std::to_string(line->f.r) + ")" : "F(4x4,3x3)") + ":" + wg::transform_isa(g) + "+" + mm.impl;
   for (const memory& h : mm.held) s.held.push_back(h);
   at.fwd.push_back(std::move(s));
 }

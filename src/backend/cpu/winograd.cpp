@@ -111,6 +111,8 @@ static bool wide(const Geometry& g) {
   return avx512 && g.block % 16 == 0;
 }
 
+const char* transform_isa(const Geometry& g) { return wide(g) ? "avx512" : "avx2"; }
+
 void transform_input(const Geometry& g, const float* src, int64_t first, int64_t count, int64_t chunk, float* v) {
   if (wide(g)) return avx512::transform_input(g, src, first, count, chunk, v);
   avx2::transform_input(g, src, first, count, chunk, v);

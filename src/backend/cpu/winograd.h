@@ -41,6 +41,10 @@ struct Geometry {
   int64_t tiles() const { return N * tiles_h() * tiles_w(); }
 };
 
+// The instruction set the transforms of g run on: "avx512" (16 lanes, nChw16c on a
+// CPU with AVX-512) or "avx2".
+const char* transform_isa(const Geometry& g);
+
 // u (kPoints x C x K, row-major per point) from the plain K x C x 3 x 3 weights of
 // k_real output and c_real input channels; the padding channels get zeros.
 void transform_weights(const Geometry& g, const float* kcrs, int64_t k_real, int64_t c_real, float* u);
