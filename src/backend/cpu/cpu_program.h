@@ -90,6 +90,7 @@ bool cpu_isa_has(dnnl::cpu_isa want);
 int64_t channel_block(const Graph& g);   // the channel block of a graph's blocked values
 tag blocked_tag(int64_t block);          // nChw16c or nChw8c
 tag layout_of(const memory::desc& md);   // nchw, nChw8c or nChw16c
+bool is_nhwc(const memory::desc& md);    // a bf16 layout (layout.cpp)
 memory::desc with_type(const memory::desc& md, dt type);  // the same layout in another data type
 kernels::Blocked blocked(const memory::desc& md);  // a 4D or 2D value as our loops index it
 memory::dims dims_of(const Shape& s, int64_t batch);

@@ -53,7 +53,7 @@ void CpuProgram::compile_conv(Site& at, const graph::Conv2d& c) {
     memory::dims xd = val_[x].md.dims(), crop_r = pad_r;
     for (int i : {0, 1}) xd[2 + i] += std::min<int64_t>(pad_r[i], 0), crop_r[i] = std::max<int64_t>(pad_r[i], 0);
     const bool crop = xd != val_[x].md.dims();
-    const tag dx_tag = type == dt::bf16 ? tag::nhwc : layout_of(val_[x].md);  // bf16 values are nhwc
+    const tag dx_tag = is_nhwc(val_[x].md) ? tag::nhwc : layout_of(val_[x].md);
     const memory::desc dx_md = crop ? memory::desc(xd, type, dx_tag) : val_[x].md;
     dnnl::convolution_backward_data::desc bd(algo, dx_md, w_any, val_[y].md, strides, pad_l, crop_r);
     dnnl::convolution_backward_data::primitive_desc bpd(bd, attr(), eng_, fpd);

@@ -185,13 +185,17 @@ void CpuProgram::compile_add(Site& at, const graph::Add& add) {
 void CpuProgram::compile_shortcut_a(Site& at, const graph::ShortcutA& s) {
   const int x = at.n.inputs[0], y = at.n.output;
   if (val_[x].md.data_type() == dt::bf16) {
-    // bf16 (nhwc, inference): y's channels past x's are zeros (zero bytes are bf16
-    // zeros); x[:, :, ::s, ::s] goes into the first ones through one reorder that
-    // reads x with strides s times its own and writes a channel view of y.
+    // bf16 (nhwc, or whole 16-channel blocks): y's channels past x's are zeros (zero
+    // bytes are bf16 zeros); x[:, :, ::s, ::s] goes into the first ones through one
+    // reorder that reads x with its own layout at s times its row and column strides
+    // and writes a channel view of y.
     const memory::dims xd = val_[x].md.dims(), yd = val_[y].md.dims();
-    const int64_t C = xd[1], H = xd[2], W = xd[3], st = s.stride;
-    const memory::desc sub(memory::dims{yd[0], C, yd[2], yd[3]}, dt::bf16,
-                           memory::dims{C * H * W, 1, st * W * C, st * C});
+    const int64_t C = xd[1], st = s.stride;
+    memory::desc sub = val_[x].md;
+    for (int i : {2, 3}) {
+      sub.data.dims[i] = sub.data.padded_dims[i] = yd[i];
+      sub.data.format_desc.blocking.strides[i] *= st;
+    }
     memory ym = val_[y].act, part = view(ym, val_[y].md.submemory_desc({yd[0], C, yd[2], yd[3]}, {0, 0, 0, 0}));
     memory xs = view(val_[x].act, sub);
     const size_t bytes = val_[y].md.get_size();
@@ -383,7 +387,7 @@ void CpuProgram::compile_concat(Site& at) {
       continue;
     }
     INCRES_CHECK(val_[v].md.data_type() == dt::f32, "cpu backend: a bf16 concat slice off the channel blocks at ",
-                 at.n.name);  // bf16 values are nhwc, where every slice is a view
+                 at.n.name);  // bf16 values are nhwc or in whole 16-channel blocks: every slice is a view
     const kernels::Blocked X = blocked(val_[v].md);
     memory dx = val_[v].grad, dy = val_[y].grad;
     const int64_t offset = offsets[i];

@@ -1,7 +1,7 @@
 // The layout of every value (phase 1 of compiling, program.cpp): one channel block
 // per graph, nChw16c (AVX-512) or nChw8c, chosen so that every conv has a jit kernel
 // on this CPU (channel_block); nchw where the channel count allows no block; nc for
-// flat values.
+// flat values. bf16 feature maps: see bf16_tag.
 #include "backend/cpu/cpu_program.h"
 #include "core/error.h"
 
@@ -62,8 +62,10 @@ tag layout_of(const memory::desc& md) {
   return tag::nchw;
 }
 
-// (A bf16 value is nhwc: its f32 copy, for our loops, is nchw, which layout_of and
-// blocked() describe.)
+bool is_nhwc(const memory::desc& md) { return md == memory::desc(md.dims(), md.data_type(), tag::nhwc); }
+
+// (An nhwc bf16 value's f32 copy, for our loops, is nchw, which layout_of and
+// blocked() describe; a blocked one's is blocked alike.)
 memory::desc with_type(const memory::desc& md, dt type) {
   return md.dims().size() == 2 ? memory::desc(md.dims(), type, tag::nc) : memory::desc(md.dims(), type, layout_of(md));
 }
@@ -82,6 +84,18 @@ kernels::Blocked blocked(const memory::desc& md) {
   return kernels::Blocked{d[0], d[1], d[2], d[3], block};
 }
 
+// The layout of a bf16 feature map whose f32 layout would be `f32_tag`. With AMX,
+// nhwc: oneDNN 2.6 runs its AMX convs (brgconv) only there, 4.6x faster than its
+// nChw16c bf16 kernels. Without AMX (AVX512-BF16: Zen 4/5, Cooper Lake) the graph's
+// 16-channel blocks, where its jit_bf16 convs beat brgconv on nhwc: resnet50 b16 on a
+// Zen 5, 21.8 against 18.5 images/s training and 91.8 against 83.0 inference
+// (docs/performance.md). Those kernels are 16-channel only, so a graph narrowed to
+// 8-channel blocks stays nhwc, where brgconv takes any channel count.
+static tag bf16_tag(tag f32_tag, int64_t block) {
+  static const bool amx = cpu_isa_has(dnnl::cpu_isa::avx512_core_amx);
+  return amx || block != 16 ? tag::nhwc : f32_tag;
+}
+
 void CpuProgram::assign_layouts() {
   block_ = channel_block(g_);
   val_.resize(g_.values.size());
@@ -91,7 +105,7 @@ void CpuProgram::assign_layouts() {
     const tag t = s.rank() == 1 ? tag::nc : (s[0] % block_ == 0 ? blocked_tag(block_) : tag::nchw);
     // bf16 programs keep feature maps in bf16; flat values (pooled features, logits) in f32.
     const bool bf16 = opt_.precision == Precision::bf16 && s.rank() == 3;
-    val_[v].md = memory::desc(dims_of(s, opt_.batch), bf16 ? dt::bf16 : dt::f32, bf16 ? tag::nhwc : t);
+    val_[v].md = memory::desc(dims_of(s, opt_.batch), bf16 ? dt::bf16 : dt::f32, bf16 ? bf16_tag(t, block_) : t);
   }
 }
 
