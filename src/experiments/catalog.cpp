@@ -51,8 +51,7 @@ std::vector<Panel> error_panels() {
   return {{"training error", "", {"train_error"}, "error (%)"}, {"test error", "", {"test_error"}, "error (%)"}};
 }
 
-// The run with the lowest (or highest) mean test error.
-// The run with the lowest (or highest) test error among those that trained; runs
+// The run with the lowest (or highest) mean test error among those that trained; runs
 // whose every seed diverged have no test error and are left out.
 const Result& extreme(const std::map<std::string, Result>& r, bool lowest) {
   auto key = [&](const Result& x) {
