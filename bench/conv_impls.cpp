@@ -4,11 +4,18 @@
 // a channel slice of a larger blocked tensor (a concat without copies); and whether
 // bf16 convolutions exist on this CPU. The reference (ref:*) implementations are
 // listed, not timed. The evidence behind docs/performance.md's "why" paragraphs.
+//
+// bench/conv_impls --batch 1 --cold: ResNet-50's convs at batch 1 with their weights
+// coming from memory, as in a whole network (each call reads the next of 8 weight
+// buffers, 8x the largest conv's 9.4 MB, past the caches), the case of batch-1 latency.
 #include <dnnl.hpp>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "best_of.h"
 
@@ -23,12 +30,14 @@ struct Shape {
   int C, K, H, W, R, S, stride, pad_h, pad_w;
 };
 
-const char* tag_name(tag t) { return t == tag::nChw8c ? "nChw8c" : t == tag::nhwc ? "nhwc" : "nchw"; }
+const char* tag_name(tag t) {
+  return t == tag::nChw16c ? "nChw16c" : t == tag::nChw8c ? "nChw8c" : t == tag::nhwc ? "nhwc" : "nchw";
+}
 
-void time_all(const engine& eng, stream& s, const Shape& sh, int N) {
+void time_all(const engine& eng, stream& s, const Shape& sh, int N, bool cold) {
   const int OH = (sh.H + 2 * sh.pad_h - sh.R) / sh.stride + 1, OW = (sh.W + 2 * sh.pad_w - sh.S) / sh.stride + 1;
   const double flops = 2.0 * N * sh.K * OH * OW * sh.C * sh.R * sh.S;
-  for (tag t : {tag::nChw8c, tag::nhwc, tag::nchw}) {
+  for (tag t : {tag::nChw16c, tag::nChw8c, tag::nhwc, tag::nchw}) {
     memory::desc src({N, sh.C, sh.H, sh.W}, dt::f32, t), dst({N, sh.K, OH, OW}, dt::f32, t);
     memory::desc w({sh.K, sh.C, sh.R, sh.S}, dt::f32, tag::any);
     convolution_forward::desc d(prop_kind::forward_inference, algorithm::convolution_direct, src, w, dst,
@@ -41,11 +50,19 @@ void time_all(const engine& eng, stream& s, const Shape& sh, int N) {
         continue;
       }
       convolution_forward conv(pd);
-      memory a(pd.src_desc(), eng), b(pd.weights_desc(), eng), o(pd.dst_desc(), eng), sp(pd.scratchpad_desc(), eng);
-      const double best = best_of(4, [&] {
-        conv.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, o}, {DNNL_ARG_SCRATCHPAD, sp}});
+      memory a(pd.src_desc(), eng), o(pd.dst_desc(), eng), sp(pd.scratchpad_desc(), eng);
+      std::vector<memory> weights(cold ? 8 : 1);
+      for (memory& w : weights) {
+        w = memory(pd.weights_desc(), eng);
+        std::memset(w.get_data_handle(), 0, pd.weights_desc().get_size());
+      }
+      // Cold: 8 calls per timed run, each on the next weight buffer.
+      const int calls = cold ? 8 : 1;
+      const double best = best_of(cold ? 6 : 4, [&] {
+        for (int i = 0; i < calls; ++i)
+          conv.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, weights[i]}, {DNNL_ARG_DST, o}, {DNNL_ARG_SCRATCHPAD, sp}});
         s.wait();
-      });
+      }) / calls;
       std::printf("  %-7s %-14s %8.2f ms %7.1f GFLOP/s\n", tag_name(t), impl.c_str(), best * 1e3, flops / best / 1e9);
     } while (pd.next_impl());
   }
@@ -88,9 +105,36 @@ void bf16_conv(const engine& eng) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  int batch = 16;
+  bool cold = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--batch" && i + 1 < argc) batch = std::max(1, std::atoi(argv[++i]));
+    else if (arg == "--cold") cold = true;
+    else {
+      std::fprintf(stderr, "usage: conv_impls [--batch N] [--cold]\n");
+      return 2;
+    }
+  }
   engine eng(engine::kind::cpu, 0);
   stream s(eng);
+  if (cold) {
+    const Shape resnet50[] = {
+        {"ResNet-50 layer4 3x3", 512, 512, 7, 7, 3, 3, 1, 1, 1},
+        {"ResNet-50 layer4.0 3x3 (stride 2)", 512, 512, 14, 14, 3, 3, 2, 1, 1},
+        {"ResNet-50 layer3.0 3x3 (stride 2)", 256, 256, 28, 28, 3, 3, 2, 1, 1},
+        {"ResNet-50 layer3 3x3", 256, 256, 14, 14, 3, 3, 1, 1, 1},
+        {"ResNet-50 layer4 1x1 2048->512", 2048, 512, 7, 7, 1, 1, 1, 0, 0},
+        {"ResNet-50 layer4 1x1 512->2048", 512, 2048, 7, 7, 1, 1, 1, 0, 0},
+    };
+    for (const Shape& sh : resnet50) {
+      std::printf("%s: %d->%d, %dx%d, kernel %dx%d, stride %d, batch %d, weights from memory\n", sh.where, sh.C, sh.K,
+                  sh.H, sh.W, sh.R, sh.S, sh.stride, batch);
+      time_all(eng, s, sh, batch, true);
+    }
+    return 0;
+  }
   const Shape shapes[] = {
       {"Inception-v3 Conv2d_2a_3x3", 32, 32, 149, 149, 3, 3, 1, 0, 0},
       {"Inception-v3 Mixed_6a.branch3x3 (stride 2)", 288, 384, 35, 35, 3, 3, 2, 0, 0},
@@ -102,7 +146,7 @@ int main() {
   };
   for (const Shape& sh : shapes) {
     std::printf("%s: %d->%d, %dx%d, kernel %dx%d, stride %d\n", sh.where, sh.C, sh.K, sh.H, sh.W, sh.R, sh.S, sh.stride);
-    time_all(eng, s, sh, 16);
+    time_all(eng, s, sh, batch, false);
   }
   slice_destination(eng);
   bf16_conv(eng);
