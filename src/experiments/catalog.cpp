@@ -184,8 +184,8 @@ Experiment identity_shortcut() {
     for (const char* name : {"scaling", "shortcut-gate-0", "conv1x1", "dropout"}) {
       const Result& x = r.at(name);
       const bool failed = x.seeds == 0;
-      (failed || x.test_error > id.test_error + 1 ? worse : not_worse) +=
-          cat(worse.empty() && not_worse.empty() ? "" : ", ", x.run->label, " ", failed ? "diverged" : pct(x.test_error));
+      std::string& list = failed || x.test_error > id.test_error + 1 ? worse : not_worse;
+      list += cat(list.empty() ? "" : ", ", x.run->label, " ", failed ? "diverged" : pct(x.test_error));
     }
     return cat(yes_no(best && not_worse.empty(), best || !worse.empty()), ": identity ",
                best ? "has the lowest test error (" : "does not have the lowest test error (", pct(id.test_error),
