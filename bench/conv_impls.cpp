@@ -5,9 +5,10 @@
 // bf16 convolutions exist on this CPU. The reference (ref:*) implementations are
 // listed, not timed. The evidence behind docs/performance.md's "why" paragraphs.
 //
-// bench/conv_impls --batch 1 --cold: ResNet-50's convs at batch 1 with their weights
-// coming from memory, as in a whole network (each call reads the next of 8 weight
-// buffers, 8x the largest conv's 9.4 MB, past the caches), the case of batch-1 latency.
+// bench/conv_impls --resnet50 --batch 1 [--cold]: ResNet-50's late convs at batch 1,
+// the case of batch-1 latency; --cold with their weights coming from memory, as in a
+// whole network (each call reads the next of 8 weight buffers, 8x the largest conv's
+// 9.4 MB, past the caches), else from the cache.
 #include <dnnl.hpp>
 
 #include <algorithm>
@@ -107,13 +108,14 @@ void bf16_conv(const engine& eng) {
 
 int main(int argc, char** argv) {
   int batch = 16;
-  bool cold = false;
+  bool cold = false, resnet50 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--batch" && i + 1 < argc) batch = std::max(1, std::atoi(argv[++i]));
     else if (arg == "--cold") cold = true;
+    else if (arg == "--resnet50") resnet50 = true;
     else {
-      std::fprintf(stderr, "usage: conv_impls [--batch N] [--cold]\n");
+      std::fprintf(stderr, "usage: conv_impls [--resnet50] [--batch N] [--cold]\n");
       return 2;
     }
   }
@@ -136,12 +138,12 @@ int main(int argc, char** argv) {
       {"Inception-v3 Mixed_7b 1x3", 384, 384, 8, 8, 1, 3, 1, 0, 1},
       {"ResNet-50 layer1 3x3", 64, 64, 56, 56, 3, 3, 1, 1, 1},
   };
-  for (const Shape& sh : cold ? resnet50_thin : below_peak) {
+  for (const Shape& sh : resnet50 ? resnet50_thin : below_peak) {
     std::printf("%s: %d->%d, %dx%d, kernel %dx%d, stride %d, batch %d%s\n", sh.where, sh.C, sh.K, sh.H, sh.W, sh.R,
                 sh.S, sh.stride, batch, cold ? ", weights from memory" : "");
     time_all(eng, s, sh, batch, cold);
   }
-  if (cold) return 0;
+  if (resnet50) return 0;
   slice_destination(eng);
   bf16_conv(eng);
   return 0;
