@@ -256,8 +256,9 @@ void CpuProgram::compile_conv_infer(Site& at, const graph::Conv2d& c) {
   // A thin 3x3 (batch x output map at most 14x14: ResNet-50's layer3 and layer4 at
   // batch 1) reads more weight than it computes on, and its weights come from memory.
   // There oneDNN's nhwc brgemm kernel streams them faster than its nChw16c direct
-  // one: on a Zen 5, 0.69 against 0.89 ms for layer4's 3x3 (bench/conv_impls --batch
-  // 1 --cold). Such a conv runs in nhwc between reorders of its small maps.
+  // one: on a Zen 5, 0.69 against 0.89 ms for layer4's 3x3 (bench/conv_impls
+  // --resnet50 --batch 1 --cold). Such a conv runs in nhwc between reorders of its
+  // small maps.
   memory src = val_[x].act, dst = val_[y].act;
   const memory::dims yd = val_[y].md.dims();
   if (c.R == 3 && c.S == 3 && yd[0] * yd[2] * yd[3] <= 14 * 14 && val_[x].md.data_type() == dt::f32 &&
